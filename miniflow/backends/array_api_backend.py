@@ -1,0 +1,44 @@
+"""Any other Array-API library, through array-api-compat: torch, JAX, Dask, array-api-strict."""
+from .base import Backend
+
+
+class ArrayAPIBackend(Backend):
+    """A library whose arrays array-api-compat (or the library itself) makes standard."""
+
+
+class TorchBackend(ArrayAPIBackend):
+    def __init__(self):
+        super().__init__("torch", "torch", "pip install torch")
+
+    def to_numpy(self, array):
+        return array.detach().cpu().numpy()
+
+    def synchronize(self, *arrays):
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+
+class JaxBackend(ArrayAPIBackend):
+    def __init__(self):
+        super().__init__("jax.numpy", "jax.numpy", "pip install jax")
+
+    def owns(self, value):
+        import jax
+
+        return isinstance(value, jax.Array)
+
+    def synchronize(self, *arrays):
+        for array in arrays:
+            array.block_until_ready()
+
+
+class DaskBackend(ArrayAPIBackend):
+    def __init__(self):
+        super().__init__("dask.array", "dask.array", "pip install 'dask[array]'")
+
+    def to_numpy(self, array):
+        import numpy as np
+
+        return np.asarray(array.compute())

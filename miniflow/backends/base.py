@@ -1,0 +1,140 @@
+"""What every backend provides: an Array-API namespace plus the few things the standard leaves out."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, FeedError
+
+
+class Backend:
+    """One array library, seen through the Array API standard.
+
+    Subclasses fill in the library-specific parts; graph, node and executor
+    code only ever touch ``xp`` and the methods below.
+
+    Parameters
+    ----------
+    name : str
+        The registry name (``"numpy"``, ``"cupy"``, ``"torch"``, ...).
+    module_name : str
+        The module imported, lazily, the first time the backend is used.
+    install_hint : str
+        The command that installs the library, for error messages.
+    """
+
+    def __init__(self, name: str, module_name: str, install_hint: str):
+        self.name = name
+        self.module_name = module_name
+        self.install_hint = install_hint
+        self._xp = None
+
+    # -- loading ---------------------------------------------------------
+    def _import(self):
+        """Import the library; raise BackendUnavailableError saying how to fix it."""
+        try:
+            return importlib.import_module(self.module_name)
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                f"backend {self.name!r} needs {self.module_name}, which is not "
+                f"installed ({exc}); install it with: {self.install_hint}"
+            ) from None
+
+    def _load(self):
+        """Return the Array-API namespace of the library (called once)."""
+        module = self._import()
+        import array_api_compat
+
+        return array_api_compat.array_namespace(module.asarray(0))
+
+    @property
+    def xp(self):
+        """The Array-API namespace nodes compute with."""
+        if self._xp is None:
+            xp = self._load()
+            self.float32, self.int64 = xp.float32, xp.int64
+            self.array_type = type(xp.asarray(0.0))
+            self._xp = xp
+        return self._xp
+
+    def unavailable_reason(self) -> str | None:
+        """Why this backend cannot run here, or None when it can."""
+        try:
+            self.xp
+        except BackendUnavailableError as exc:
+            return str(exc)
+        return None
+
+    def is_available(self) -> bool:
+        return self.unavailable_reason() is None
+
+    # -- moving data -----------------------------------------------------
+    def owns(self, value) -> bool:
+        """True when ``value`` already is an array of this backend (use it, don't copy)."""
+        return isinstance(value, self.array_type)
+
+    def asarray(self, value, dtype=None):
+        """Host data (Python numbers, lists, NumPy arrays) -> an array of this backend."""
+        return self.xp.asarray(value, dtype=dtype)
+
+    def accept(self, value, *, integer: bool = False, what: str = "value"):
+        """A fed value as an array of this backend: used as is when it already is one.
+
+        Host data is converted (see ``from_host``); an array of another library is
+        an error rather than a silent device transfer. ``what`` names the value in
+        errors; ``integer`` asks for integer labels.
+        """
+        if self.owns(value):
+            if integer and not self.xp.isdtype(value.dtype, "integral"):
+                raise FeedError(f"{what}: expected integer labels, got dtype {value.dtype}")
+            return value
+        from . import backend_of
+
+        owner = backend_of(value)
+        if owner not in (None, "numpy"):
+            raise FeedError(
+                f"{what}: got a {owner} array but the graph runs on backend {self.name!r}; "
+                f"convert it first (e.g. with miniflow.backends.get_backend({owner!r}).to_numpy)"
+                f" or run with backend={owner!r}")
+        return self.from_host(value, integer=integer, what=what)
+
+    def from_host(self, value, *, integer: bool = False, what: str = "value"):
+        """Convert a host value fed by a user, checking that it is numeric.
+
+        Python numbers and lists become float32 (int64 where ``integer``);
+        NumPy arrays keep their dtype. ``what`` names the value in errors.
+        """
+        if value is None or isinstance(value, (str, bytes, dict, set)):
+            raise FeedError(
+                f"{what}: cannot use {type(value).__name__} {value!r:.60} as an array; "
+                "feed a number, a (nested) list of numbers or an array"
+            )
+        is_python = not isinstance(value, (np.ndarray, np.generic))
+        try:
+            host = np.asarray(value)
+        except (ValueError, TypeError) as exc:  # ragged lists and the like
+            raise FeedError(f"{what}: cannot make an array of {value!r:.60}: {exc}") from None
+        if host.dtype.kind not in "biuf":
+            raise FeedError(
+                f"{what}: expected numbers, got an array of dtype {host.dtype} "
+                f"from {type(value).__name__} {value!r:.60}"
+            )
+        if integer and host.dtype.kind not in "iu":
+            raise FeedError(f"{what}: expected integer labels, got dtype {host.dtype}")
+        if is_python:
+            host = host.astype(np.int64 if integer else np.float32)
+        return self.asarray(host)
+
+    def to_numpy(self, array):
+        """Backend array -> NumPy array on the host (a copy where the library needs one)."""
+        try:
+            return np.from_dlpack(array)
+        except (TypeError, RuntimeError, BufferError, AttributeError):
+            return np.asarray(array)
+
+    def synchronize(self, *arrays) -> None:
+        """Wait until queued work is done, so a clock read after it is honest."""
+
+    def __repr__(self):
+        return f"<miniflow backend {self.name!r}>"

@@ -1,0 +1,198 @@
+"""Running a graph: forward in topological order, then reverse-mode backward.
+
+This module, like the graph and the nodes, never imports an array library: it
+orders, calls, sums and unbroadcasts through the backend's ``xp``.
+"""
+from __future__ import annotations
+
+from .backends import get_backend, infer_backend
+from .errors import FeedError, GraphError, MiniflowError, NodeError, ShapeError
+from .graph import Node, Plan
+
+
+class Context:
+    """What one node sees during one run: the namespace, its inputs, what it saved.
+
+    Created fresh for every node in every run, so nodes keep no per-run state.
+    """
+
+    __slots__ = ("xp", "backend", "inputs", "saved", "needs_input_grad")
+
+    def __init__(self, backend, needs_input_grad):
+        self.backend = backend
+        self.xp = backend.xp
+        self.needs_input_grad = needs_input_grad
+        self.saved = ()
+
+    def save(self, *values):
+        """Keep values computed in forward for use in backward."""
+        self.saved = values
+
+
+def _select_backend(spec, plan: Plan, feed_dict):
+    if spec is not None:
+        return get_backend(spec)
+    return infer_backend((node.label, feed_dict[node])
+                         for _, node, _ in plan.feeds if node in feed_dict)
+
+
+def _failure(node: Node, stage: str, args, exc: Exception) -> NodeError:
+    """Turn an exception inside a node's rule into an error naming the node and shapes."""
+    shapes = [tuple(getattr(a, "shape", ())) for a in args]
+    if isinstance(exc, MiniflowError):
+        return type(exc)(f"{node.label}: {exc}")
+    problem = node.shape_problem(*shapes) if stage == "forward" else None
+    if problem:
+        return ShapeError(f"{node.label}: {problem}")
+    described = ", ".join(str(s) for s in shapes)
+    return NodeError(f"{node.label}: {stage} failed on inputs of shapes {described}: "
+                     f"{type(exc).__name__}: {exc}")
+
+
+def _forward(plan: Plan, feed_dict, backend):
+    """Compute every node's value; return (values, contexts), both indexed like plan.nodes."""
+    if not isinstance(feed_dict, dict):
+        raise FeedError(f"feed_dict must be a dict {{Input: value}}, not {type(feed_dict).__name__}")
+    count = len(plan.nodes)
+    values = [None] * count
+    for i, node, integer in plan.feeds:
+        try:
+            value = feed_dict[node]
+        except KeyError:
+            users = ", ".join(n.label for n in plan.consumers(node)) or "the output"
+            raise GraphError(f"{node.label} is missing from feed_dict (needed by {users})") from None
+        values[i] = backend.accept(value, integer=integer, what=node.label)
+
+    contexts = [None] * count
+    needs_input_grad = plan.needs_input_grad
+    for i, node in enumerate(plan.nodes):
+        if values[i] is not None:  # fed
+            continue
+        args = tuple(values[j] for j in plan.input_positions[i])
+        ctx = Context(backend, needs_input_grad[i])
+        ctx.inputs = args
+        try:
+            values[i] = node.forward(ctx, *args)
+        except Exception as exc:
+            raise _failure(node, "forward", args, exc) from exc
+        contexts[i] = ctx
+    return values, contexts
+
+
+def unbroadcast(xp, grad, shape):
+    """Sum ``grad`` down to ``shape``, undoing the broadcasting forward did."""
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = xp.sum(grad, axis=tuple(range(extra)))
+    stretched = tuple(k for k, n in enumerate(shape) if n == 1 and grad.shape[k] != 1)
+    if stretched:
+        grad = xp.sum(grad, axis=stretched, keepdims=True)
+    return grad
+
+
+def _seed(plan: Plan, values, feed_dict, backend):
+    """d output / d output: 1 for a scalar, the fed value for a DummyGrad."""
+    output, value = plan.output, values[-1]
+    xp = backend.xp
+    if output.gradient_is_fed:
+        if output not in feed_dict:
+            raise GraphError(f"{output.label} needs its upstream gradient in feed_dict "
+                             f"(e.g. feed_dict[{output.label}] = 1.0)")
+        seed = backend.accept(feed_dict[output], what=output.label)
+        try:
+            return xp.broadcast_to(xp.astype(seed, value.dtype), value.shape)
+        except Exception:
+            raise ShapeError(f"{output.label}: the fed gradient has shape {tuple(seed.shape)}, "
+                             f"which does not broadcast to the output's shape "
+                             f"{tuple(value.shape)}") from None
+    if value.ndim != 0:
+        raise GraphError(
+            f"{output.label} has shape {tuple(value.shape)}, not a scalar: gradients need a "
+            "scalar output; reduce it (Sum, Mean) or end the graph with DummyGrad to feed "
+            "its upstream gradient")
+    return xp.ones_like(value)
+
+
+def _backward(plan: Plan, values, contexts, seed, xp):
+    grads = [None] * len(plan.nodes)
+    grads[-1] = seed
+    for i in plan.backward_steps:
+        grad = grads[i]
+        ctx = contexts[i]
+        try:
+            input_grads = plan.nodes[i].backward(ctx, grad)
+        except Exception as exc:
+            raise _failure(plan.nodes[i], "backward", ctx.inputs, exc) from exc
+        for j, needed, input_grad in zip(plan.input_positions[i], ctx.needs_input_grad,
+                                         input_grads):
+            if needed:
+                input_grad = unbroadcast(xp, input_grad, values[j].shape)
+                # A node used twice gets the sum of its consumers' gradients.
+                grads[j] = input_grad if grads[j] is None else grads[j] + input_grad
+    return grads
+
+
+def value_and_grad(node: Node, feed_dict: dict, wrt, backend=None):
+    """Run the graph ending at ``node``; return its value and its gradients.
+
+    Parameters
+    ----------
+    node : Node
+        The output. A scalar is seeded with gradient 1; a DummyGrad node takes
+        its upstream gradient from ``feed_dict[node]``.
+    feed_dict : dict
+        ``{Input: value}`` for every Input the output depends on. Numbers and
+        lists become float32 arrays (int64 for labels); arrays of the chosen
+        backend are used without a copy.
+    wrt : Node or sequence of Node
+        The nodes to differentiate with respect to. Only the gradients these
+        need are computed. A node the output does not depend on is an error.
+    backend : str, module, Backend or None
+        Where to compute (see :func:`miniflow.backends.get_backend`); None
+        infers it from the fed arrays (NumPy for plain Python data).
+
+    Returns
+    -------
+    value, grads
+        Arrays of the chosen backend; ``grads`` is a list matching ``wrt``
+        (a single array when ``wrt`` is a single node), each of its node's shape.
+        Gradients may share memory with each other: treat them as read-only.
+    """
+    single = isinstance(wrt, Node)
+    wrt = (wrt,) if single else tuple(wrt)
+    plan = Plan.for_(node, wrt)
+    backend = _select_backend(backend, plan, feed_dict)
+    values, contexts = _forward(plan, feed_dict, backend)
+    seed = _seed(plan, values, feed_dict, backend)
+    grads = _backward(plan, values, contexts, seed, backend.xp)
+    result = [grads[i] for i in plan.wrt_positions]
+    return values[-1], (result[0] if single else result)
+
+
+def evaluate(node: Node, feed_dict: dict, backend=None):
+    """The value of ``node`` (forward only), as an array of the chosen backend."""
+    plan = Plan.for_(node)
+    backend = _select_backend(backend, plan, feed_dict)
+    values, _ = _forward(plan, feed_dict, backend)
+    return values[-1]
+
+
+def accuracy(node: Node, feed_dict: dict, backend=None) -> float:
+    """The fraction of rows classified correctly by a classification loss node.
+
+    For ``CrossEntropyWithSoftmax(logits, labels)``: the fraction of rows whose
+    argmax of the logits equals the label. Returns a Python float: the one
+    value brought back to the host.
+    """
+    score = getattr(node, "correct", None)
+    if score is None:
+        raise GraphError(f"accuracy needs a classification loss node such as "
+                         f"CrossEntropyWithSoftmax, not {node.label}")
+    # Running the loss node too costs little and validates the labels.
+    plan = Plan.for_(node)
+    backend = _select_backend(backend, plan, feed_dict)
+    values, _ = _forward(plan, feed_dict, backend)
+    logits, labels = (values[plan.index[n]] for n in node.inputs[:2])
+    return score(backend.xp, logits, labels)

@@ -49,8 +49,12 @@ def _failure(node: Node, stage: str, args, exc: Exception) -> NodeError:
                      f"{type(exc).__name__}: {exc}")
 
 
-def _forward(plan: Plan, feed_dict, backend):
-    """Compute every node's value; return (values, contexts), both indexed like plan.nodes."""
+def _forward(plan: Plan, feed_dict, backend, timer=None):
+    """Compute every node's value; return (values, contexts), both indexed like plan.nodes.
+
+    ``timer(i, "forward")``, when given, returns a context manager wrapped around
+    node i's rule (the profiler's hook).
+    """
     if not isinstance(feed_dict, dict):
         raise FeedError(f"feed_dict must be a dict {{Input: value}}, not {type(feed_dict).__name__}")
     count = len(plan.nodes)
@@ -72,7 +76,11 @@ def _forward(plan: Plan, feed_dict, backend):
         ctx = Context(backend, needs_input_grad[i])
         ctx.inputs = args
         try:
-            values[i] = node.forward(ctx, *args)
+            if timer is None:
+                values[i] = node.forward(ctx, *args)
+            else:
+                with timer(i, "forward"):
+                    values[i] = node.forward(ctx, *args)
         except Exception as exc:
             raise _failure(node, "forward", args, exc) from exc
         contexts[i] = ctx
@@ -115,14 +123,19 @@ def _seed(plan: Plan, values, feed_dict, backend):
     return xp.ones_like(value)
 
 
-def _backward(plan: Plan, values, contexts, seed, xp):
+def _backward(plan: Plan, values, contexts, seed, xp, timer=None):
+    """Reverse-mode pass: return the gradient of the output for each node (None if unneeded)."""
     grads = [None] * len(plan.nodes)
     grads[-1] = seed
     for i in plan.backward_steps:
         grad = grads[i]
         ctx = contexts[i]
         try:
-            input_grads = plan.nodes[i].backward(ctx, grad)
+            if timer is None:
+                input_grads = plan.nodes[i].backward(ctx, grad)
+            else:
+                with timer(i, "backward"):
+                    input_grads = plan.nodes[i].backward(ctx, grad)
         except Exception as exc:
             raise _failure(plan.nodes[i], "backward", ctx.inputs, exc) from exc
         for j, needed, input_grad in zip(plan.input_positions[i], ctx.needs_input_grad,

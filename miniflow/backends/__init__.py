@@ -47,19 +47,16 @@ def backend_names() -> list[str]:
 
 def _by_name(name: str) -> Backend:
     name = _ALIASES.get(name, name)
+    if name not in _FACTORIES:
+        raise BackendError(
+            f"unknown backend {name!r}; known backends: {', '.join(_FACTORIES)} "
+            f"(available here: {', '.join(available_backends()) or 'none'}), "
+            "or pass an Array-API module itself"
+        )
     backend = _instances.get(name)
     if backend is None:
-        with _lock:
-            backend = _instances.get(name)
-            if backend is None:
-                if name not in _FACTORIES:
-                    raise BackendError(
-                        f"unknown backend {name!r}; known backends: {', '.join(_FACTORIES)} "
-                        f"(available here: {', '.join(available_backends()) or 'none'}), "
-                        "or pass an Array-API module itself"
-                    )
-                backend = _FACTORIES[name]()
-                _instances[name] = backend
+        with _lock:  # two threads asking at once must share one instance
+            backend = _instances.setdefault(name, _FACTORIES[name]())
     return backend
 
 

@@ -1,0 +1,431 @@
+"""MNIST: find the four IDX files, download them if missing, verify, split.
+
+The loader's promises, in order of importance:
+
+* It returns exactly the canonical MNIST data or raises: every file's
+  decompressed content must match a known SHA-256.
+* It never deletes or overwrites a file it did not write. A corrupt local
+  file is reported, not "repaired" by downloading over it.
+* A download is verified before it becomes visible, and lands with an atomic
+  rename, so an interrupted download never leaves a file that looks complete.
+* When it fails, one error says where it looked, what went wrong with each
+  mirror, and how to point it at a local copy.
+"""
+
+import gzip
+import hashlib
+import http.client
+import operator
+import os
+import socket
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MiniflowError
+from .idx import MnistFormatError, read_idx
+
+# Tried in turn for each missing file. The original site often answers 403
+# to scripts, so it comes last.
+DEFAULT_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+# `timeout` bounds each network wait; a whole file may take this many times
+# longer, so that a server trickling a byte at a time cannot hold us forever.
+_TOTAL_TIME_FACTOR = 20
+_CHUNK_SIZE = 1 << 16
+
+_HOW_TO_POINT = (
+    "To use a local copy of the four MNIST files (raw or .gz), pass "
+    "--data-dir DIR on the command line, set MINIFLOW_DATA=DIR, or call "
+    "load_mnist(data_dir=DIR)."
+)
+
+
+class MnistChecksumError(MnistFormatError):
+    """A file parses as IDX but its content is not the canonical MNIST file."""
+
+
+class MnistNotFoundError(MiniflowError, FileNotFoundError):
+    """The MNIST files are neither on disk nor obtainable from any mirror."""
+
+
+@dataclass(frozen=True)
+class _FileSpec:
+    name: str  # canonical name of the decompressed file
+    sha256: str  # of the decompressed content
+    shape: tuple
+
+
+# Each file's SHA-256 covers its decompressed content: the .gz bytes depend
+# on the compressor, the IDX bytes do not.
+_FILES = {
+    "train_images": _FileSpec(
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        (60000, 28, 28),
+    ),
+    "train_labels": _FileSpec(
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        (60000,),
+    ),
+    "test_images": _FileSpec(
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        (10000, 28, 28),
+    ),
+    "test_labels": _FileSpec(
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        (10000,),
+    ),
+}
+_N_TRAIN = _FILES["train_labels"].shape[0]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class MNIST:
+    """The MNIST digits, split into training, validation and test sets.
+
+    Images are float32 arrays of shape (N, 784): each row is a 28x28 image
+    flattened row by row, with pixels scaled to [0, 1] (pixel / 255). Labels
+    are int64 arrays of shape (N,) holding the digits 0-9.
+
+    The validation set is the *last* `validation_size` rows of the official
+    60,000-image training file and the training set is the rest, so the
+    split is the same on every run (by default 55,000 / 5,000). The test set
+    is the official 10,000-image test file.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    def __repr__(self):
+        return (
+            f"MNIST(train={len(self.train_labels)}, val={len(self.val_labels)}, "
+            f"test={len(self.test_labels)})"
+        )
+
+
+def default_data_dir() -> Path:
+    """The folder `load_mnist` uses when it is given none.
+
+    Returns
+    -------
+    pathlib.Path
+        ``$MINIFLOW_DATA`` if that is set, else the per-user cache
+        ``$XDG_CACHE_HOME/miniflow/mnist`` (``~/.cache/miniflow/mnist`` when
+        ``XDG_CACHE_HOME`` is unset). The folder need not exist.
+    """
+    return _resolve_data_dir(None)[0]
+
+
+def load_mnist(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    validation_size: int = 5000,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+    timeout: float = 30.0,
+    progress: bool | None = None,
+) -> MNIST:
+    """Load MNIST, downloading and verifying the files if they are missing.
+
+    Parameters
+    ----------
+    data_dir : str or os.PathLike, optional
+        Folder holding the four IDX files, each either raw
+        (``train-images-idx3-ubyte``) or gzipped (``...-ubyte.gz``).
+        Default: `default_data_dir()`.
+    validation_size : int, default 5000
+        How many of the last training rows form the validation set,
+        0 <= validation_size < 60000.
+    download : bool, default True
+        Download missing files into `data_dir`. Files already there are used
+        as they are, never replaced.
+    mirrors : sequence of str, optional
+        Base URLs tried in turn for each missing file (the file name plus
+        ``.gz`` is appended). Default: `DEFAULT_MIRRORS`.
+    timeout : float, default 30.0
+        Seconds to wait to connect or for any single read; a whole file may
+        take at most 20 times this.
+    progress : bool, optional
+        Show download progress on stderr (a tqdm bar if tqdm is installed,
+        else one line per file). Default: only when stderr is a terminal.
+
+    Returns
+    -------
+    MNIST
+        float32 images of shape (N, 784) scaled to [0, 1] and int64 labels
+        0-9; training/validation split as described in `MNIST`.
+
+    Raises
+    ------
+    ValueError
+        If `validation_size` is out of range.
+    MnistNotFoundError
+        If a file is missing and cannot be downloaded (or `download` is
+        False). The message says where the loader looked and why each
+        mirror failed.
+    MnistFormatError
+        If a local file is truncated, not gzip/IDX, or has the wrong shape.
+    MnistChecksumError
+        If a local file's content is not the canonical MNIST file.
+    """
+    validation_size = operator.index(validation_size)
+    if not 0 <= validation_size < _N_TRAIN:
+        raise ValueError(
+            f"validation_size must be in [0, {_N_TRAIN}), got {validation_size}"
+        )
+    folder, origin = _resolve_data_dir(data_dir)
+    local = {key: _find_local(folder, spec) for key, spec in _FILES.items()}
+    missing = [_FILES[key].name for key, path in local.items() if path is None]
+    if missing and not download:
+        raise MnistNotFoundError(
+            _not_found_message(folder, origin, missing, "Downloading is off (download=False).")
+        )
+    if mirrors is None:
+        mirrors = DEFAULT_MIRRORS
+
+    raw = {}
+    for key, spec in _FILES.items():
+        if local[key] is not None:
+            raw[key] = _read_local(local[key], spec)
+            continue
+        try:
+            raw[key] = _download(spec, folder, mirrors, timeout, progress)
+        except _MirrorsFailed as exc:
+            raise MnistNotFoundError(
+                _not_found_message(folder, origin, missing, exc.report())
+            ) from None
+    return _split(raw, validation_size)
+
+
+def _split(raw, validation_size):
+    """Scale images, widen labels and cut the validation rows off the end."""
+    images = {
+        key: np.divide(raw[key].reshape(len(raw[key]), -1), 255, dtype=np.float32)
+        for key in ("train_images", "test_images")
+    }
+    labels = {key: raw[key].astype(np.int64) for key in ("train_labels", "test_labels")}
+    cut = _N_TRAIN - validation_size
+    return MNIST(
+        train_images=images["train_images"][:cut],
+        train_labels=labels["train_labels"][:cut],
+        val_images=images["train_images"][cut:],
+        val_labels=labels["train_labels"][cut:],
+        test_images=images["test_images"],
+        test_labels=labels["test_labels"],
+    )
+
+
+# --- where the files are --------------------------------------------------
+
+
+def _resolve_data_dir(data_dir):
+    """Return (folder, how it was chosen); the latter is for error messages."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser(), "given as the data_dir argument"
+    env = os.environ.get("MINIFLOW_DATA")
+    if env:
+        return Path(env).expanduser(), "from the MINIFLOW_DATA environment variable"
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec says to ignore relative paths: they would depend on the
+    # working directory.
+    if not os.path.isabs(cache):
+        cache = "~/.cache"
+    folder = Path(cache).expanduser() / "miniflow" / "mnist"
+    return folder, "the per-user cache, as neither data_dir nor MINIFLOW_DATA is set"
+
+
+def _find_local(folder, spec):
+    """The raw or gzipped copy of `spec` in `folder` (raw first), or None."""
+    for candidate in (folder / spec.name, folder / f"{spec.name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_local(path, spec):
+    """Read, decompress (if .gz) and verify one local file."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = _decompress(data, str(path))
+    return _parse(data, str(path), spec)
+
+
+def _not_found_message(folder, origin, missing, why):
+    return (
+        f"MNIST files missing from {folder} ({origin}): "
+        f"{', '.join(missing)}.\n"
+        f"Looked for each as raw IDX and as .gz. {why}\n"
+        f"{_HOW_TO_POINT}"
+    )
+
+
+# --- decoding and verifying -----------------------------------------------
+
+
+def _decompress(data, name):
+    """Gunzip `data`, turning the gzip module's errors into MnistFormatError."""
+    try:
+        return gzip.decompress(data)
+    except EOFError as exc:
+        raise MnistFormatError(name, f"truncated gzip data ({exc})") from None
+    except (OSError, zlib.error) as exc:
+        raise MnistFormatError(name, f"corrupt gzip data ({exc})") from None
+
+
+def _parse(content, name, spec):
+    """Decode decompressed IDX bytes and check they are the canonical file."""
+    array = read_idx(content, name)
+    if array.shape != spec.shape:
+        raise MnistFormatError(
+            name, f"expected shape {spec.shape} for {spec.name}, found {array.shape}"
+        )
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != spec.sha256:
+        raise MnistChecksumError(
+            name,
+            f"checksum mismatch: SHA-256 of the decompressed content is "
+            f"{digest}, expected {spec.sha256} (corrupt, or not the "
+            f"canonical {spec.name})",
+        )
+    return array
+
+
+# --- downloading ------------------------------------------------------------
+
+
+class _MirrorsFailed(Exception):
+    """Every mirror failed for one file; `failures` is [(url, reason), ...]."""
+
+    def __init__(self, failures):
+        super().__init__(failures)
+        self.failures = failures
+
+    def report(self):
+        if not self.failures:
+            return "No download mirrors were given."
+        lines = [f"  {url}: {reason}" for url, reason in self.failures]
+        return "Downloading failed from every mirror:\n" + "\n".join(lines)
+
+
+def _download(spec, folder, mirrors, timeout, progress):
+    """Fetch `spec` from the first mirror that serves a verified copy.
+
+    The verified .gz is then saved in `folder`, which is created if needed.
+    Returns the decoded array; raises _MirrorsFailed otherwise.
+    """
+    failures = []
+    for mirror in mirrors:
+        url = f"{mirror.rstrip('/')}/{spec.name}.gz"
+        try:
+            data = _fetch(url, timeout, progress)
+            array = _parse(_decompress(data, url), url, spec)
+        except (OSError, http.client.HTTPException, MnistFormatError) as exc:
+            failures.append((url, _describe_failure(exc)))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(folder / f"{spec.name}.gz", data)
+        return array
+    raise _MirrorsFailed(failures)
+
+
+def _fetch(url, timeout, progress):
+    """Return the body at `url`, failing fast on a stalled or trickling server."""
+    deadline = time.monotonic() + _TOTAL_TIME_FACTOR * timeout
+    chunks = []
+    # urlopen's timeout applies to the connection and to every read, so a
+    # server that goes silent raises TimeoutError instead of hanging.
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        # From the header rather than response.length, which only HTTP
+        # responses have; a file:// mirror works too.
+        size = int(response.headers.get("Content-Length", 0)) or None
+        with _progress(progress, url, size) as advance:
+            # read1, unlike read, returns whatever has arrived rather than
+            # waiting for a full chunk, so the deadline is checked often.
+            while chunk := response.read1(_CHUNK_SIZE):
+                chunks.append(chunk)
+                advance(len(chunk))
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"timed out: the download took more than "
+                        f"{_TOTAL_TIME_FACTOR * timeout:g} s in total"
+                    )
+    return b"".join(chunks)
+
+
+@contextmanager
+def _progress(show, url, total):
+    """Yield a callback to report bytes received, drawn on stderr if `show`."""
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        yield lambda n: None
+        return
+    try:
+        from tqdm import tqdm  # optional: a plain line does without it
+    except ImportError:
+        print(f"Downloading {url}", file=sys.stderr, flush=True)
+        yield lambda n: None
+        return
+    filename = url.rsplit("/", 1)[-1]
+    with tqdm(total=total, unit="B", unit_scale=True, desc=filename) as bar:
+        yield bar.update
+
+
+def _describe_failure(exc):
+    """A short reason such as 'HTTP 403 Forbidden' or 'connection refused'."""
+    if isinstance(exc, MnistFormatError):
+        return exc.fault
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    # urlopen wraps connection errors in URLError; errors while reading the
+    # body arrive unwrapped.
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return str(reason) or "timed out"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, socket.gaierror):
+        return f"host not found ({reason.strerror}; offline?)"
+    return str(reason) or type(reason).__name__
+
+
+def _write_atomically(path, data):
+    """Write `data` to `path` so that `path` never holds a partial file.
+
+    The bytes go to a hidden temporary file in the same folder (so the final
+    rename stays on one file system and is atomic), are flushed to disk, and
+    only then take the final name. On any failure the temporary is removed.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); a dataset is ordinary data.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

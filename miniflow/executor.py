@@ -18,9 +18,10 @@ class Context:
 
     __slots__ = ("xp", "backend", "inputs", "saved", "needs_input_grad")
 
-    def __init__(self, backend, needs_input_grad):
+    def __init__(self, backend, inputs, needs_input_grad):
         self.backend = backend
         self.xp = backend.xp
+        self.inputs = inputs
         self.needs_input_grad = needs_input_grad
         self.saved = ()
 
@@ -32,8 +33,7 @@ class Context:
 def _select_backend(spec, plan: Plan, feed_dict):
     if spec is not None:
         return get_backend(spec)
-    return infer_backend((node.label, feed_dict[node])
-                         for _, node, _ in plan.feeds if node in feed_dict)
+    return infer_backend((node, feed_dict[node]) for _, node, _ in plan.feeds if node in feed_dict)
 
 
 def _failure(node: Node, stage: str, args, exc: Exception) -> NodeError:
@@ -65,16 +65,12 @@ def _forward(plan: Plan, feed_dict, backend, timer=None):
         except KeyError:
             users = ", ".join(n.label for n in plan.consumers(node)) or "the output"
             raise GraphError(f"{node.label} is missing from feed_dict (needed by {users})") from None
-        values[i] = backend.accept(value, integer=integer, what=node.label)
+        values[i] = backend.accept(value, integer=integer, what=node)
 
     contexts = [None] * count
-    needs_input_grad = plan.needs_input_grad
-    for i, node in enumerate(plan.nodes):
-        if values[i] is not None:  # fed
-            continue
-        args = tuple(values[j] for j in plan.input_positions[i])
-        ctx = Context(backend, needs_input_grad[i])
-        ctx.inputs = args
+    for i, node, positions, needs_input_grad in plan.compute_steps:
+        args = tuple(values[j] for j in positions)
+        ctx = contexts[i] = Context(backend, args, needs_input_grad)
         try:
             if timer is None:
                 values[i] = node.forward(ctx, *args)
@@ -83,7 +79,6 @@ def _forward(plan: Plan, feed_dict, backend, timer=None):
                     values[i] = node.forward(ctx, *args)
         except Exception as exc:
             raise _failure(node, "forward", args, exc) from exc
-        contexts[i] = ctx
     return values, contexts
 
 
@@ -108,7 +103,7 @@ def _seed(plan: Plan, values, feed_dict, backend):
         if output not in feed_dict:
             raise GraphError(f"{output.label} needs its upstream gradient in feed_dict "
                              f"(e.g. feed_dict[{output.label}] = 1.0)")
-        seed = backend.accept(feed_dict[output], what=output.label)
+        seed = backend.accept(feed_dict[output], what=output)
         try:
             return xp.broadcast_to(xp.astype(seed, value.dtype), value.shape)
         except Exception:

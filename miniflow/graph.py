@@ -66,6 +66,9 @@ class Node:
         kind = type(self).__name__
         return f"{kind} {self.name!r}" if self.name else f"{kind}#{self.id}"
 
+    def __str__(self):
+        return self.label
+
     def __repr__(self):
         return f"<{self.label}>"
 
@@ -139,7 +142,7 @@ class Constant(Node):
         self.value = value
 
     def forward(self, ctx):
-        return ctx.backend.accept(self.value, what=self.label)
+        return ctx.backend.accept(self.value, what=self)
 
 
 def as_node(value) -> Node:
@@ -232,6 +235,8 @@ class Plan:
             tuple(from_wrt[j] and reaches_output[j] and ok
                   for j, ok in zip(self.input_positions[i], differentiable[i]))
             for i in range(len(self.nodes))]
+        self.compute_steps = [(i, node, self.input_positions[i], self.needs_input_grad[i])
+                              for i, node in enumerate(self.nodes) if type(node) is not Input]
         self.backward_steps = [i for i in reversed(range(len(self.nodes)))
                                if any(self.needs_input_grad[i]) and reaches_output[i]]
 

@@ -277,15 +277,20 @@ class CrossEntropyWithSoftmax(Node):
 
     def forward(self, ctx, logits, labels):
         xp = ctx.xp
-        _check_labels(xp, logits, labels)
+        batch, classes = _check_label_shapes(xp, logits, labels)
+        # One-hot by comparison: standard everywhere, unlike a fancy-index scatter.
+        is_label = labels[:, None] == xp.arange(classes, dtype=labels.dtype)
+        # A row holds at most one match, so fewer matches than rows means a label
+        # outside [0, classes): one reduction checks them all.
+        if int(xp.count_nonzero(is_label)) != batch:
+            raise NodeError(f"labels must lie in [0, {classes}); got values from "
+                            f"{int(xp.min(labels))} to {int(xp.max(labels))}")
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)
         exp = xp.exp(shifted)
         total = xp.sum(exp, axis=-1, keepdims=True)
-        log_probs = shifted - xp.log(total)
-        # One-hot by comparison: standard everywhere, unlike a fancy-index scatter.
-        is_label = labels[:, None] == xp.arange(logits.shape[-1], dtype=labels.dtype)
         ctx.save(exp / total, is_label)
-        return -xp.sum(xp.where(is_label, log_probs, 0)) / logits.shape[0]
+        log_probs = shifted - xp.log(total)
+        return -xp.sum(xp.where(is_label, log_probs, 0)) / batch
 
     def backward(self, ctx, grad):
         probs, is_label = ctx.saved
@@ -305,18 +310,18 @@ class CrossEntropyWithSoftmax(Node):
         return softmax(backend.xp, backend.accept(logits, what="logits"))
 
 
-def _check_labels(xp, logits, labels):
+def _check_label_shapes(xp, logits, labels) -> tuple[int, int]:
+    """Check logits are (batch, classes) and labels one integer per row; return both sizes."""
     if logits.ndim != 2:
         raise ShapeError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
     if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
         raise ShapeError(f"need one label per row: logits have shape {tuple(logits.shape)}, "
                          f"labels {tuple(labels.shape)}")
+    if logits.shape[0] == 0:
+        raise ShapeError("the batch is empty: the mean loss of no rows is undefined")
     if not xp.isdtype(labels.dtype, "integral"):
         raise NodeError(f"labels must be integers, got dtype {labels.dtype}")
-    classes = logits.shape[-1]
-    if labels.shape[0] and bool(xp.any((labels < 0) | (labels >= classes))):
-        raise NodeError(f"labels must lie in [0, {classes}); got values from "
-                        f"{int(xp.min(labels))} to {int(xp.max(labels))}")
+    return logits.shape
 
 
 class DummyGrad(Node):

@@ -80,6 +80,9 @@ def get_backend(spec=None) -> Backend:
     """
     if spec is None:
         spec = "numpy"
+    backend = _instances.get(spec) if isinstance(spec, str) else None
+    if backend is not None and backend._xp is not None:  # the per-step fast path
+        return backend
     if isinstance(spec, Backend):
         backend = spec
     elif isinstance(spec, str):
@@ -130,16 +133,18 @@ def backend_of(value) -> str | None:
 def infer_backend(named_values) -> Backend:
     """The backend whose arrays are fed; NumPy when only host data is.
 
-    ``named_values`` is an iterable of ``(label, value)``; the labels name the
-    culprits when arrays of two libraries are mixed.
+    ``named_values`` is an iterable of ``(name, value)``; a name (a string, or
+    anything with a ``label``) is only used to point at the culprits when arrays
+    of two libraries are mixed.
     """
-    owners: dict[str, str] = {}
-    for label, value in named_values:
-        name = backend_of(value)
-        if name is not None:
-            owners.setdefault(name, label)
+    owners: dict[str, object] = {}
+    for name, value in named_values:
+        owner = _type_cache[type(value)] if type(value) in _type_cache else backend_of(value)
+        if owner is not None and owner not in owners:
+            owners[owner] = name
     if len(owners) > 1:
-        found = "; ".join(f"{name} arrays (e.g. {label})" for name, label in owners.items())
+        found = "; ".join(f"{owner} arrays (e.g. {getattr(name, 'label', name)})"
+                          for owner, name in owners.items())
         raise BackendError(
             f"feed_dict mixes arrays of different libraries: {found}. Convert them to one "
             "library, or pass backend=... to convert host (NumPy/Python) data to it")

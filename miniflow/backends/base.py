@@ -82,8 +82,8 @@ class Backend:
         """A fed value as an array of this backend: used as is when it already is one.
 
         Host data is converted (see ``from_host``); an array of another library is
-        an error rather than a silent device transfer. ``what`` names the value in
-        errors; ``integer`` asks for integer labels.
+        an error rather than a silent device transfer. ``what`` (a string, or the
+        Node fed) names the value in errors; ``integer`` asks for integer labels.
         """
         if self.owns(value):
             if integer and not self.xp.isdtype(value.dtype, "integral"):

@@ -1,0 +1,314 @@
+"""Optimizers and learning-rate schedules over ``{parameter Input node: array}``.
+
+An optimizer holds the parameters on their backend and replaces them with
+updated arrays at each step, given the gradients ``value_and_grad`` returns::
+
+    opt = Momentum(params, lr=CosineDecay(0.1, total_steps), momentum=0.9)
+    for batch in batches:
+        loss, grads = value_and_grad(model.loss, {**opt.params, **batch}, wrt=opt.nodes)
+        opt.step(grads)
+
+Updates are functional (``p = p - lr * g`` makes a new array and never
+writes into an old one), so they work on every backend, including those
+whose arrays cannot be written (JAX). Updating in place where arrays allow it
+was measured on NumPy: it saves about 1-2% of an epoch in isolation and
+nothing measurable in the full MNIST run (the matrix products dominate), so
+there is one rule per optimizer, not two.
+"""
+from __future__ import annotations
+
+import math
+
+from .backends import get_backend, infer_backend
+from .errors import MiniflowError, ShapeError
+
+__all__ = [
+    "Optimizer", "SGD", "Momentum", "Adam", "OPTIMIZERS", "make_optimizer", "OptimizerError",
+    "ConstantLR", "StepDecay", "CosineDecay", "SCHEDULES", "make_schedule",
+]
+
+
+class OptimizerError(MiniflowError, ValueError):
+    """An optimizer or schedule was given an unusable setting or gradient."""
+
+
+# -- learning-rate schedules -------------------------------------------------------
+
+def _check_lr(lr) -> float:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
+            or lr <= 0:
+        raise OptimizerError(f"the learning rate must be a positive number, got {lr!r}")
+    return float(lr)
+
+
+def _check_steps(total_steps, what="total_steps") -> int:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+        raise OptimizerError(f"{what} must be a positive integer, got {total_steps!r}")
+    return total_steps
+
+
+class ConstantLR:
+    """The same learning rate at every step.
+
+    Parameters
+    ----------
+    lr : float
+        The learning rate, > 0.
+    """
+
+    def __init__(self, lr: float):
+        self.lr = _check_lr(lr)
+
+    def __call__(self, step: int) -> float:
+        return self.lr
+
+    def __repr__(self):
+        return f"ConstantLR({self.lr:g})"
+
+
+class StepDecay:
+    """``lr * gamma ** (step // step_size)``: the rate drops by ``gamma`` every ``step_size`` steps.
+
+    Parameters
+    ----------
+    lr : float
+        The rate of the first ``step_size`` steps, > 0.
+    step_size : int
+        Steps between drops, >= 1.
+    gamma : float
+        The factor of each drop, in (0, 1].
+    """
+
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
+        self.lr = _check_lr(lr)
+        self.step_size = _check_steps(step_size, "step_size")
+        if not 0 < gamma <= 1:
+            raise OptimizerError(f"gamma must lie in (0, 1], got {gamma!r}")
+        self.gamma = float(gamma)
+
+    def __call__(self, step: int) -> float:
+        return self.lr * self.gamma ** (step // self.step_size)
+
+    def __repr__(self):
+        return f"StepDecay({self.lr:g}, step_size={self.step_size}, gamma={self.gamma:g})"
+
+
+class CosineDecay:
+    """Half a cosine from ``lr`` at step 0 down to 0 at ``total_steps`` (and 0 after).
+
+    ``lr * (1 + cos(pi * step / total_steps)) / 2``: large steps early, then a
+    gentle landing that lets the last epochs settle into a minimum.
+
+    Parameters
+    ----------
+    lr : float
+        The initial rate, > 0.
+    total_steps : int
+        The number of steps of the whole run, >= 1.
+    """
+
+    def __init__(self, lr: float, total_steps: int):
+        self.lr = _check_lr(lr)
+        self.total_steps = _check_steps(total_steps)
+
+    def __call__(self, step: int) -> float:
+        progress = min(step, self.total_steps) / self.total_steps
+        return 0.5 * self.lr * (1.0 + math.cos(math.pi * progress))
+
+    def __repr__(self):
+        return f"CosineDecay({self.lr:g}, total_steps={self.total_steps})"
+
+
+#: The schedules ``make_schedule`` knows, by name.
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def make_schedule(name: str, lr: float, total_steps: int):
+    """The schedule called ``name`` for a run of ``total_steps`` steps.
+
+    ``"constant"`` keeps ``lr``; ``"step"`` divides it by 10 after each third
+    of the run; ``"cosine"`` decays it to 0 along a half cosine.
+    """
+    total_steps = _check_steps(total_steps)
+    if name == "constant":
+        return ConstantLR(lr)
+    if name == "step":
+        return StepDecay(lr, step_size=max(1, math.ceil(total_steps / 3)), gamma=0.1)
+    if name == "cosine":
+        return CosineDecay(lr, total_steps)
+    raise OptimizerError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+# -- optimizers ----------------------------------------------------------------------
+
+class Optimizer:
+    """Base class: owns the parameters and applies one update rule per step.
+
+    Parameters
+    ----------
+    params : dict
+        ``{Input node: array}``. Host arrays are moved to ``backend``; no array
+        is ever modified: each step puts new ones in ``self.params`` (feed
+        them to the next step).
+    lr : float or callable
+        A learning rate > 0, or a schedule ``lr(step) -> float`` (step counts from 0).
+    backend : str, module, Backend or None
+        Where the parameters and the optimizer's state live; None infers it
+        from the arrays given (NumPy for host data).
+    """
+
+    def __init__(self, params: dict, lr, *, backend=None):
+        if not isinstance(params, dict) or not params:
+            raise OptimizerError("params must be a non-empty dict {Input node: array}")
+        self.schedule = lr if callable(lr) else ConstantLR(lr)
+        if backend is None:
+            backend = infer_backend((node.label, value) for node, value in params.items())
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp
+        self.params = {node: self.backend.accept(value, what=node.label)
+                       for node, value in params.items()}
+        #: The parameter nodes, in order: pass as ``wrt`` so gradients line up.
+        self.nodes = tuple(self.params)
+        self.step_count = 0
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next step will use."""
+        return self.schedule(self.step_count)
+
+    def step(self, grads) -> None:
+        """Apply one update.
+
+        Parameters
+        ----------
+        grads : sequence or dict
+            One gradient per parameter: a sequence in the order of ``self.nodes``
+            (what ``value_and_grad(..., wrt=opt.nodes)`` returns) or a dict
+            ``{node: gradient}``. Arrays of this optimizer's backend.
+        """
+        if isinstance(grads, dict):
+            missing = [node.label for node in self.nodes if node not in grads]
+            if missing:
+                raise OptimizerError(f"no gradient given for {', '.join(missing)}")
+            grads = [grads[node] for node in self.nodes]
+        elif len(grads) != len(self.nodes):
+            raise OptimizerError(f"expected {len(self.nodes)} gradients (one per parameter), "
+                                 f"got {len(grads)}")
+        lr = self.schedule(self.step_count)
+        self.step_count += 1
+        for node, grad in zip(self.nodes, grads):
+            param = self.params[node]
+            if grad.shape != param.shape:
+                raise ShapeError(f"the gradient for {node.label} has shape {tuple(grad.shape)} "
+                                 f"but the parameter has shape {tuple(param.shape)}")
+            self.params[node] = self._update(node, param, grad, lr)
+
+    def _update(self, node, param, grad, lr):
+        """Return the updated ``param``, a new array."""
+        raise NotImplementedError
+
+    def _zeros(self):
+        """State arrays, one per parameter, zero, on the parameters' backend."""
+        return {node: self.xp.zeros_like(value) for node, value in self.params.items()}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} lr={self.schedule!r} on {self.backend.name}>"
+
+
+class SGD(Optimizer):
+    """Plain gradient descent: ``p -= lr * g``."""
+
+    def _update(self, node, param, grad, lr):
+        return param - lr * grad
+
+
+class Momentum(Optimizer):
+    """Gradient descent with (heavy-ball or Nesterov) momentum.
+
+    ``v = momentum * v + g``, then ``p -= lr * v`` (heavy ball) or
+    ``p -= lr * (g + momentum * v)`` (Nesterov). This is PyTorch's form: the
+    velocity is in gradient units, so a schedule's new rate applies at once.
+
+    Parameters
+    ----------
+    params, lr, backend
+        As for :class:`Optimizer`.
+    momentum : float
+        In [0, 1); 0 is plain SGD.
+    nesterov : bool
+        Look ahead along the velocity (Sutskever et al., 2013).
+    """
+
+    def __init__(self, params, lr, momentum: float = 0.9, *, nesterov: bool = False,
+                 backend=None):
+        if not 0 <= momentum < 1:
+            raise OptimizerError(f"momentum must lie in [0, 1), got {momentum!r}")
+        super().__init__(params, lr, backend=backend)
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.velocity = self._zeros()
+
+    def _update(self, node, param, grad, lr):
+        mu = self.momentum
+        v = self.velocity[node] = mu * self.velocity[node] + grad
+        return param - lr * (grad + mu * v if self.nesterov else v)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015): steps scaled by running moments of the gradient.
+
+    ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g**2``, then
+    ``p -= lr * m_hat / (sqrt(v_hat) + eps)`` with the bias-corrected
+    ``m_hat = m / (1 - b1**t)``, ``v_hat = v / (1 - b2**t)`` at step t = 1, 2, ...
+
+    Parameters
+    ----------
+    params, lr, backend
+        As for :class:`Optimizer`.
+    betas : (float, float)
+        The decay rates of the two moments, each in [0, 1).
+    eps : float
+        Keeps the step finite where ``v`` is 0; > 0.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, *,
+                 backend=None):
+        beta1, beta2 = betas
+        for name, beta in (("betas[0]", beta1), ("betas[1]", beta2)):
+            if not 0 <= beta < 1:
+                raise OptimizerError(f"{name} must lie in [0, 1), got {beta!r}")
+        if not eps > 0:
+            raise OptimizerError(f"eps must be positive, got {eps!r}")
+        super().__init__(params, lr, backend=backend)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.m, self.v = self._zeros(), self._zeros()
+
+    def _update(self, node, param, grad, lr):
+        b1, b2 = self.beta1, self.beta2
+        t = self.step_count  # already counts this step: 1 on the first
+        # Folding the bias corrections into the rate and eps saves two array
+        # operations: lr * m_hat / (sqrt(v_hat) + eps) == step_size * m / (sqrt(v) + eps_hat).
+        correction2 = math.sqrt(1 - b2 ** t)
+        step_size = lr * correction2 / (1 - b1 ** t)
+        eps_hat = self.eps * correction2
+        m = self.m[node] = b1 * self.m[node] + (1 - b1) * grad
+        v = self.v[node] = b2 * self.v[node] + (1 - b2) * (grad * grad)
+        return param - step_size * m / (self.xp.sqrt(v) + eps_hat)
+
+
+#: The optimizers ``make_optimizer`` knows, by name.
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+
+
+def make_optimizer(name: str, params: dict, lr, *, momentum: float = 0.9, backend=None):
+    """The optimizer called ``name``: ``"sgd"``, ``"momentum"``, ``"nesterov"`` or ``"adam"``.
+
+    ``momentum`` is used by the two momentum methods (and as Adam's first beta).
+    The other arguments are as for :class:`Optimizer`.
+    """
+    if name == "sgd":
+        return SGD(params, lr, backend=backend)
+    if name in ("momentum", "nesterov"):
+        return Momentum(params, lr, momentum, nesterov=name == "nesterov", backend=backend)
+    if name == "adam":
+        return Adam(params, lr, betas=(momentum, 0.999), backend=backend)
+    raise OptimizerError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

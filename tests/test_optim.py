@@ -1,0 +1,230 @@
+"""Optimizers and learning-rate schedules, on every backend."""
+import math
+
+import numpy as np
+import pytest
+
+from miniflow import CrossEntropyWithSoftmax, Input, Linear, Mean, ShapeError, value_and_grad
+from miniflow.optim import (SGD, Adam, ConstantLR, CosineDecay, Momentum, OptimizerError,
+                            StepDecay, make_optimizer, make_schedule)
+
+
+# -- schedules -------------------------------------------------------------------------
+
+def test_constant_schedule_never_changes():
+    schedule = ConstantLR(0.3)
+    assert [schedule(step) for step in (0, 1, 10**6)] == [0.3, 0.3, 0.3]
+
+
+def test_step_decay_drops_by_gamma_every_step_size_steps():
+    schedule = StepDecay(1.0, step_size=10, gamma=0.5)
+    assert [schedule(step) for step in (0, 9, 10, 19, 20, 35)] == [1, 1, 0.5, 0.5, 0.25, 0.125]
+
+
+def test_cosine_decay_halves_at_midpoint_and_reaches_zero():
+    schedule = CosineDecay(0.1, total_steps=100)
+    assert schedule(0) == pytest.approx(0.1)
+    assert schedule(25) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
+    assert schedule(50) == pytest.approx(0.05)
+    assert schedule(100) == pytest.approx(0.0, abs=1e-15)
+    assert schedule(150) == pytest.approx(0.0, abs=1e-15)  # stays at 0 past the end
+    values = [schedule(step) for step in range(101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_make_schedule_by_name():
+    assert make_schedule("constant", 0.2, 90)(89) == 0.2
+    step = make_schedule("step", 1.0, 90)  # drops after each third of the run
+    assert (step(29), step(30), step(60)) == pytest.approx((1.0, 0.1, 0.01))
+    assert make_schedule("cosine", 1.0, 90)(45) == pytest.approx(0.5)
+    with pytest.raises(OptimizerError, match="unknown schedule 'linear'.*constant, step, cosine"):
+        make_schedule("linear", 0.1, 10)
+
+
+@pytest.mark.parametrize("lr", [0, -0.1, float("nan"), float("inf"), "0.1"])
+def test_a_non_positive_or_non_numeric_lr_is_refused(lr):
+    with pytest.raises(OptimizerError, match="learning rate must be a positive number"):
+        SGD({Input("w"): np.zeros(2, np.float32)}, lr=lr)
+    with pytest.raises(OptimizerError, match="learning rate"):
+        CosineDecay(lr, 10)
+
+
+def test_schedule_settings_are_checked():
+    with pytest.raises(OptimizerError, match="total_steps must be a positive integer"):
+        CosineDecay(0.1, 0)
+    with pytest.raises(OptimizerError, match="gamma must lie in"):
+        StepDecay(0.1, 10, gamma=1.5)
+
+
+# -- hand-computed steps on every backend ----------------------------------------------
+
+def _one_param(backend, value):
+    node = Input("w")
+    return node, {node: np.asarray(value, dtype=np.float32)}
+
+
+def _grad(backend, value):
+    return backend.asarray(np.asarray(value, dtype=np.float32))
+
+
+def test_sgd_step(backend, to_numpy):
+    node, params = _one_param(backend, [1.0, -2.0])
+    opt = SGD(params, lr=0.5, backend=backend)
+    opt.step([_grad(backend, [2.0, 4.0])])
+    np.testing.assert_allclose(to_numpy(opt.params[node]), [0.0, -4.0])
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_first_steps(backend, to_numpy, nesterov):
+    node, params = _one_param(backend, [1.0])
+    opt = Momentum(params, lr=0.1, momentum=0.9, nesterov=nesterov, backend=backend)
+    opt.step([_grad(backend, [1.0])])  # v = 1
+    opt.step([_grad(backend, [2.0])])  # v = 0.9 * 1 + 2 = 2.9
+    if nesterov:  # p -= lr * (g + mu * v)
+        expected = 1.0 - 0.1 * (1 + 0.9 * 1) - 0.1 * (2 + 0.9 * 2.9)
+    else:  # p -= lr * v
+        expected = 1.0 - 0.1 * 1 - 0.1 * 2.9
+    np.testing.assert_allclose(to_numpy(opt.params[node]), [expected], rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(opt.velocity[node]), [2.9], rtol=1e-6)
+
+
+def test_adam_first_steps(backend, to_numpy):
+    node, params = _one_param(backend, [1.0, 1.0])
+    opt = Adam(params, lr=0.01, betas=(0.9, 0.99), eps=1e-8, backend=backend)
+    g1, g2 = np.array([0.5, -2.0]), np.array([1.0, 1.0])
+    opt.step([_grad(backend, g1)])
+    # The first step is lr * sign(g): m_hat = g and v_hat = g**2.
+    np.testing.assert_allclose(to_numpy(opt.params[node]), [0.99, 1.01], rtol=1e-6)
+    opt.step([_grad(backend, g2)])
+    m = 0.9 * 0.1 * g1 + 0.1 * g2
+    v = 0.99 * 0.01 * g1**2 + 0.01 * g2**2
+    m_hat, v_hat = m / (1 - 0.9**2), v / (1 - 0.99**2)
+    expected = np.array([0.99, 1.01]) - 0.01 * m_hat / (np.sqrt(v_hat) + 1e-8)
+    np.testing.assert_allclose(to_numpy(opt.params[node]), expected, rtol=1e-5)
+
+
+def test_schedule_sets_each_steps_rate(backend, to_numpy):
+    node, params = _one_param(backend, [0.0])
+    opt = SGD(params, lr=StepDecay(1.0, step_size=1, gamma=0.5), backend=backend)
+    for _ in range(3):
+        opt.step([_grad(backend, [1.0])])
+    np.testing.assert_allclose(to_numpy(opt.params[node]), [-(1 + 0.5 + 0.25)])
+    assert opt.lr == 0.125 and opt.step_count == 3
+
+
+def test_state_lives_on_the_params_backend(backend):
+    node, params = _one_param(backend, [1.0, 2.0])
+    opt = Adam(params, backend=backend)
+    opt.step({node: _grad(backend, [1.0, 1.0])})
+    assert backend.owns(opt.params[node]) and backend.owns(opt.m[node])
+    assert backend.owns(opt.v[node])
+
+
+def test_the_callers_arrays_are_never_modified():
+    node, params = _one_param(None, [1.0, 2.0])
+    original = params[node].copy()
+    opt = Momentum(params, lr=0.1)
+    opt.step([np.ones(2, np.float32)])
+    np.testing.assert_array_equal(params[node], original)
+    assert opt.params[node] is not params[node]
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam"])
+def test_updates_never_write_into_an_array(name):
+    """Read-only arrays stand in for immutable ones (JAX): any in-place write would raise."""
+    node = Input("w")
+    opt = make_optimizer(name, {node: np.ones(3, np.float32)}, 0.1)
+    for _ in range(2):
+        state = [getattr(opt, attribute)[node] for attribute in ("velocity", "m", "v")
+                 if hasattr(opt, attribute)]
+        for array in [opt.params[node], *state]:
+            array.flags.writeable = False
+        gradient = np.ones(3, np.float32)
+        gradient.flags.writeable = False
+        opt.step([gradient])
+    assert (opt.params[node] < 1).all()
+
+
+# -- convergence -----------------------------------------------------------------------
+
+def _least_squares(backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3)).astype(np.float32)
+    true_w, true_b = np.array([[1.5], [-2.0], [0.5]], np.float32), np.array([0.3], np.float32)
+    y = x @ true_w + true_b
+    X, Y, W, B = Input("x"), Input("y"), Input("w"), Input("b")
+    error = Linear(X, W, B) - Y
+    loss = Mean(error * error)
+    params = {W: np.zeros((3, 1), np.float32), B: np.zeros(1, np.float32)}
+    data = {X: backend.asarray(x), Y: backend.asarray(y)}
+    return loss, params, data, (true_w, true_b)
+
+
+@pytest.mark.parametrize("name, lr", [("sgd", 0.1), ("momentum", 0.05), ("nesterov", 0.05),
+                                      ("adam", 0.05)])
+def test_each_optimizer_solves_least_squares(backend, to_numpy, name, lr):
+    loss, params, data, (true_w, true_b) = _least_squares(backend)
+    opt = make_optimizer(name, params, CosineDecay(lr, 300), backend=backend)
+    for _ in range(300):
+        value, grads = value_and_grad(loss, {**opt.params, **data}, opt.nodes, backend=backend)
+        opt.step(grads)
+    W, B = opt.nodes
+    np.testing.assert_allclose(to_numpy(opt.params[W]), true_w, atol=2e-2)
+    np.testing.assert_allclose(to_numpy(opt.params[B]), true_b, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adam"])
+def test_each_optimizer_fits_a_logistic_regression(backend, name):
+    rng = np.random.default_rng(1)
+    centers = np.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]])
+    labels = rng.integers(0, 3, size=150)
+    points = (centers[labels] + 0.5 * rng.standard_normal((150, 2))).astype(np.float32)
+    X, Y, W, B = Input("x"), Input("labels"), Input("w"), Input("b")
+    loss = CrossEntropyWithSoftmax(Linear(X, W, B), Y)
+    params = {W: np.zeros((2, 3), np.float32), B: np.zeros(3, np.float32)}
+    data = {X: backend.asarray(points), Y: backend.asarray(labels)}
+    opt = make_optimizer(name, params, 0.1, backend=backend)
+    first = None
+    for _ in range(100):
+        value, grads = value_and_grad(loss, {**opt.params, **data}, opt.nodes, backend=backend)
+        first = float(value) if first is None else first
+        opt.step(grads)
+    assert float(value) < 0.2 < first
+
+
+# -- errors ------------------------------------------------------------------------------
+
+def test_a_gradient_of_the_wrong_shape_names_the_parameter():
+    node, params = _one_param(None, np.zeros((3, 2)))
+    opt = SGD(params, lr=0.1)
+    with pytest.raises(ShapeError, match=r"gradient for Input 'w' has shape \(2, 3\) but the "
+                                         r"parameter has shape \(3, 2\)"):
+        opt.step([np.zeros((2, 3), np.float32)])
+
+
+def test_gradients_must_match_the_parameters_in_number():
+    node, params = _one_param(None, [1.0])
+    opt = SGD(params, lr=0.1)
+    with pytest.raises(OptimizerError, match="expected 1 gradients"):
+        opt.step([])
+    with pytest.raises(OptimizerError, match="no gradient given for Input 'w'"):
+        opt.step({})
+
+
+@pytest.mark.parametrize("betas", [(1.0, 0.999), (0.9, 1.0), (-0.1, 0.9)])
+def test_adam_betas_must_lie_in_zero_one(betas):
+    with pytest.raises(OptimizerError, match=r"betas\[\d\] must lie in \[0, 1\)"):
+        Adam({Input("w"): np.zeros(1, np.float32)}, betas=betas)
+
+
+@pytest.mark.parametrize("momentum", [1.0, -0.5])
+def test_momentum_must_lie_in_zero_one(momentum):
+    with pytest.raises(OptimizerError, match=r"momentum must lie in \[0, 1\)"):
+        Momentum({Input("w"): np.zeros(1, np.float32)}, lr=0.1, momentum=momentum)
+
+
+def test_unknown_optimizer_and_empty_params():
+    with pytest.raises(OptimizerError, match="unknown optimizer 'rmsprop'.*sgd, momentum"):
+        make_optimizer("rmsprop", {Input("w"): np.zeros(1)}, 0.1)
+    with pytest.raises(OptimizerError, match="non-empty dict"):
+        SGD({}, lr=0.1)

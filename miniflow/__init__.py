@@ -8,6 +8,7 @@ from .errors import (BackendError, BackendUnavailableError, FeedError, GraphErro
 from .executor import Context, accuracy, evaluate, value_and_grad
 from .graph import Constant, Input, Node
 from .gradcheck import GradcheckError, gradcheck
+from .viz import draw, to_dot
 from .nodes import (Add, CrossEntropyWithSoftmax, Div, DummyGrad, Exp, Linear, Log, MatMul,
                     Mean, Mul, Neg, ReLU, Sigmoid, Sub, Sum, Tanh)
 
@@ -20,5 +21,5 @@ __all__ = [
     "Node", "Constant", "Sub", "Neg", "Div", "MatMul", "ReLU", "Tanh", "Exp", "Log",
     "Sum", "Mean", "evaluate", "gradcheck", "Context",
     "MiniflowError", "GraphError", "FeedError", "NodeError", "ShapeError", "BackendError",
-    "BackendUnavailableError", "GradcheckError",
+    "BackendUnavailableError", "GradcheckError", "to_dot", "draw",
 ]

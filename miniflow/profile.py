@@ -1,0 +1,243 @@
+"""Where the time of a step goes: forward and backward time of every node.
+
+>>> prof = profile(model.loss, feed_dict, wrt=list(model.params))   # doctest: +SKIP
+>>> print(prof)                                                     # doctest: +SKIP
+>>> miniflow.viz.draw(model.loss, "hot.svg", profile=prof)          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from .executor import _backward, _forward, _seed, _select_backend
+from .graph import Node, Plan
+
+__all__ = ["profile", "Profile", "NodeTime"]
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """The time of one node's rules per step (the median over the measured steps).
+
+    Attributes
+    ----------
+    node : Node
+        The node timed.
+    shape : tuple of int
+        The shape of the node's value.
+    forward_ms, backward_ms : float
+        Milliseconds per step in its forward and backward rule (0 when the
+        step needed no backward rule of it).
+    share : float
+        Its fraction of the time of all nodes together (the shares sum to 1).
+    """
+
+    node: Node
+    shape: tuple[int, ...]
+    forward_ms: float
+    backward_ms: float
+    share: float
+
+    @property
+    def total_ms(self) -> float:
+        return self.forward_ms + self.backward_ms
+
+
+@dataclass
+class Profile:
+    """Per-node times of a graph's steps, with the whole step's time to compare them to.
+
+    Attributes
+    ----------
+    output : Node
+        The node the steps computed.
+    backend : str
+        The backend they ran on.
+    rows : list of NodeTime
+        One per node that runs a rule (fed Inputs do not), slowest first.
+    step_ms : float
+        Wall time of a whole step measured without the timing hook (median
+        over steps): the figure the per-node times should add up to, less what
+        runs between nodes (feeding, summing gradients).
+    hooked_step_ms : float
+        Wall time of a whole step with the timing hook (median over steps).
+    repeat, warmup : int
+        Steps measured, and steps run before measuring.
+    """
+
+    output: Node
+    backend: str
+    rows: list[NodeTime]
+    step_ms: float
+    hooked_step_ms: float
+    repeat: int
+    warmup: int
+    _by_node: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self._by_node = {row.node: row for row in self.rows}
+
+    def get(self, node: Node) -> NodeTime | None:
+        """The times of ``node``, or None if it ran no rule (a fed Input, another graph)."""
+        return self._by_node.get(node)
+
+    @property
+    def nodes_ms(self) -> float:
+        """The per-node times added up, per step."""
+        return sum(row.total_ms for row in self.rows)
+
+    @property
+    def overhead_ms(self) -> float:
+        """What the timing hook itself costs per step (and per-node syncs, on a GPU)."""
+        return self.hooked_step_ms - self.step_ms
+
+    def table(self) -> str:
+        """The profile as a text table, slowest node first."""
+        width = max([len("node"), *(len(row.node.label) for row in self.rows)])
+        shapes = [str(row.shape) for row in self.rows]
+        shape_width = max([len("shape"), *map(len, shapes)])
+        header = (f"{'node':<{width}}  {'shape':<{shape_width}}  "
+                  f"{'fwd ms':>8}  {'bwd ms':>8}  {'share':>6}")
+        lines = [f"Profile of {self.output.label} on {self.backend}: median of {self.repeat} "
+                 f"steps after {self.warmup} warm-up steps", header, "-" * len(header)]
+        for row, shape in zip(self.rows, shapes):
+            lines.append(f"{row.node.label:<{width}}  {shape:<{shape_width}}  "
+                         f"{row.forward_ms:8.3f}  {row.backward_ms:8.3f}  {row.share:6.1%}")
+        forward = sum(row.forward_ms for row in self.rows)
+        backward = sum(row.backward_ms for row in self.rows)
+        lines += [
+            "-" * len(header),
+            f"{'all nodes':<{width}}  {'':<{shape_width}}  {forward:8.3f}  {backward:8.3f}  "
+            f"{1:6.1%}",
+            f"measured step without the hook: {self.step_ms:.3f} ms; the nodes account "
+            f"for {self.nodes_ms / self.step_ms:.1%} of it",
+            f"hook overhead: {self.overhead_ms:.3f} ms per step "
+            f"({self.hooked_step_ms:.3f} ms per step with the hook)",
+        ]
+        return "\n".join(lines)
+
+    def __str__(self):
+        return self.table()
+
+
+def profile(node: Node, feed_dict: dict, wrt, backend=None, repeat: int = 20,
+            warmup: int = 2) -> Profile:
+    """Time every node's forward and backward rule over ``repeat`` steps.
+
+    A step is what :func:`miniflow.value_and_grad` does: forward, then backward
+    for ``wrt``. Each measured step is run twice, once with a timer around every
+    node's rule (the per-node figures) and once without (the step's true wall
+    time), alternating so that both see the same machine conditions. Every
+    figure is a median over the steps, so a step the operating system
+    interrupts does not skew it.
+
+    On a GPU the work is queued, so the timer synchronises the backend before
+    and after every node's rule: the per-node figures are honest, but the
+    hooked steps run slower than real ones (see ``Profile.overhead_ms``).
+    JAX can only wait for given arrays, so on JAX the per-node figures are
+    dispatch times.
+
+    Parameters
+    ----------
+    node : Node
+        The output.
+    feed_dict : dict
+        ``{Input: value}``, as for :func:`miniflow.value_and_grad`.
+    wrt : Node or sequence of Node
+        What the backward pass differentiates with respect to; ``()`` times
+        the forward pass only.
+    backend : str, module, Backend or None
+        Where to run; None infers it from the fed arrays.
+    repeat : int
+        Steps measured (each once with, once without the timer).
+    warmup : int
+        Steps run first and not measured (caches, lazy initialisation).
+
+    Returns
+    -------
+    Profile
+        Print it for a table; pass it to :func:`miniflow.viz.draw` to colour
+        the drawing by time.
+    """
+    if repeat < 1 or warmup < 0:
+        raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, "
+                         f"warmup={warmup}")
+    wrt = (wrt,) if isinstance(wrt, Node) else tuple(wrt)
+    plan = Plan.for_(node, wrt)
+    chosen = _select_backend(backend, plan, feed_dict)
+
+    for _ in range(warmup):
+        _step(plan, feed_dict, chosen)
+        _step(plan, feed_dict, chosen, _NodeTimer(len(plan.nodes), chosen.synchronize))
+
+    plain_ns, hooked_ns, timers = [], [], []
+    for _ in range(repeat):
+        start = time.perf_counter_ns()
+        _step(plan, feed_dict, chosen)
+        plain_ns.append(time.perf_counter_ns() - start)
+        timers.append(_NodeTimer(len(plan.nodes), chosen.synchronize))
+        start = time.perf_counter_ns()
+        values = _step(plan, feed_dict, chosen, timers[-1])
+        hooked_ns.append(time.perf_counter_ns() - start)
+
+    return Profile(output=node, backend=chosen.name, rows=_rows(plan, values, timers),
+                   step_ms=_ms(plain_ns), hooked_step_ms=_ms(hooked_ns),
+                   repeat=repeat, warmup=warmup)
+
+
+def _step(plan: Plan, feed_dict, backend, timer=None):
+    """One forward and backward pass, finished on the device; return the values."""
+    values, contexts = _forward(plan, feed_dict, backend, timer)
+    grads = []
+    if plan.wrt_positions:
+        seed = _seed(plan, values, feed_dict, backend)
+        grads = _backward(plan, values, contexts, seed, backend.xp, timer)
+        grads = [grads[i] for i in plan.wrt_positions]
+    backend.synchronize(values[-1], *grads)
+    return values
+
+
+class _NodeTimer:
+    """The executor's timer hook for one step: records the time of each node's rules.
+
+    One object serves every node of the step (rules never nest), so timing a node
+    allocates nothing: ``timer(i, stage)`` aims the object at a node and returns it.
+    """
+
+    def __init__(self, count: int, synchronize):
+        self.forward_ns = [0] * count
+        self.backward_ns = [0] * count
+        self._synchronize = synchronize
+        self._totals, self._index, self._start = self.forward_ns, 0, 0
+
+    def __call__(self, index: int, stage: str):
+        self._totals = self.forward_ns if stage == "forward" else self.backward_ns
+        self._index = index
+        return self
+
+    def __enter__(self):
+        self._synchronize()  # don't charge this node for work queued before it
+        self._start = time.perf_counter_ns()
+
+    def __exit__(self, *exc_info):
+        self._synchronize()
+        self._totals[self._index] += time.perf_counter_ns() - self._start
+        return False
+
+
+def _ms(nanoseconds) -> float:
+    return statistics.median(nanoseconds) / 1e6
+
+
+def _rows(plan: Plan, values, timers: list[_NodeTimer]) -> list[NodeTime]:
+    """One row per node that ran a rule, slowest first."""
+    fed = {i for i, _, _ in plan.feeds}
+    ran = [i for i in range(len(plan.nodes)) if i not in fed]
+    forward = {i: _ms([t.forward_ns[i] for t in timers]) for i in ran}
+    backward = {i: _ms([t.backward_ns[i] for t in timers]) for i in ran}
+    total = sum(forward.values()) + sum(backward.values()) or 1.0
+    rows = [NodeTime(node=plan.nodes[i], shape=tuple(values[i].shape), forward_ms=forward[i],
+                     backward_ms=backward[i], share=(forward[i] + backward[i]) / total)
+            for i in ran]
+    return sorted(rows, key=lambda row: row.total_ms, reverse=True)

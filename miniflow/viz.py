@@ -1,0 +1,372 @@
+"""Drawings of a graph, optionally with one run's values and gradients and a profile's times.
+
+Three layers, each usable alone:
+
+* :func:`trace` runs a graph once and keeps every node's value and gradient,
+  copied to the host as NumPy arrays.
+* :func:`to_dot` writes the graph in Graphviz's DOT language: plain text that
+  needs nothing installed.
+* :func:`draw` renders that text to SVG, PNG or PDF with Graphviz (the
+  ``graphviz`` Python package and the ``dot`` program); the :class:`Drawing` it
+  returns also displays itself inline in Jupyter.
+
+Example
+-------
+>>> run = trace(model.loss, feed_dict)                      # doctest: +SKIP
+>>> draw(model.loss, "mlp.svg", run=run)                    # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import functools
+import html
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MiniflowError
+from .executor import _backward, _forward, _seed, _select_backend
+from .graph import Constant, Input, Node, Plan, topological_order
+from .serialize import atomic_write, check_writable
+
+__all__ = ["RunTrace", "trace", "to_dot", "draw", "Drawing", "DrawError",
+           "GraphvizMissingError"]
+
+#: Values with at most this many elements are written out in full in a drawing.
+SMALL_VALUE_SIZE = 6
+
+_RANKDIRS = ("LR", "RL", "TB", "BT")
+_RENDERED_SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
+_SOURCE_SUFFIXES = (".dot", ".gv")
+
+_FILL = {Input: "#deebf7", Constant: "#f0f0f0"}  # data and parameters blue, constants grey
+_HOT = (0xFB, 0x6A, 0x4A)  # the red of the slowest node; black text stays readable on it
+
+_INSTALL_BOTH = ("pip install 'miniflow[draw]' for the Python package, and Graphviz's dot "
+                 "program with apt-get install graphviz (Debian/Ubuntu) or brew install "
+                 "graphviz (macOS)")
+_NO_PACKAGE = ("drawing needs the graphviz Python package, which is not installed: "
+               + _INSTALL_BOTH + ". Without them, to_dot() still gives the DOT source, "
+               "and draw() can write it to a .dot file")
+_NO_DOT = ("the graphviz Python package is installed, but Graphviz's dot program is not "
+           "on PATH: install it with apt-get install graphviz (Debian/Ubuntu), brew install "
+           "graphviz (macOS) or conda install graphviz. Without it, to_dot() still gives "
+           "the DOT source, and draw() can write it to a .dot file")
+
+
+class DrawError(MiniflowError, RuntimeError):
+    """A drawing cannot be rendered or saved."""
+
+
+class GraphvizMissingError(DrawError):
+    """The ``graphviz`` Python package or Graphviz's ``dot`` program is not installed."""
+
+
+# -- one run, kept for drawing --------------------------------------------------
+
+@dataclass(frozen=True)
+class RunTrace:
+    """One run of a graph: every node's value, and the gradients it took, on the host.
+
+    Attributes
+    ----------
+    output : Node
+        The node the run computed.
+    backend : str
+        The name of the backend it ran on.
+    wrt : tuple of Node
+        The nodes it differentiated with respect to.
+    values : dict
+        ``{node: numpy.ndarray}`` for every node the output depends on.
+    grads : dict
+        ``{node: numpy.ndarray}``, d output / d node, for the nodes on a path
+        from some ``wrt`` node to the output.
+    """
+
+    output: Node
+    backend: str
+    wrt: tuple[Node, ...]
+    values: dict
+    grads: dict
+
+
+def trace(node: Node, feed_dict: dict, wrt=None, backend=None) -> RunTrace:
+    """Run the graph once, forward and backward, keeping every value and gradient.
+
+    Parameters
+    ----------
+    node : Node
+        The output: a scalar (or a DummyGrad fed its upstream gradient) when
+        gradients are taken.
+    feed_dict : dict
+        ``{Input: value}``, as for :func:`miniflow.value_and_grad`.
+    wrt : Node, sequence of Node or None
+        What to differentiate with respect to. None means every Input fed with
+        floating-point values (so integer labels are left out); ``()`` runs
+        forward only, for an output that is not a scalar.
+    backend : str, module, Backend or None
+        Where to compute; None infers it from the fed arrays.
+
+    Returns
+    -------
+    RunTrace
+        Host copies (NumPy arrays) of the values and gradients, safe to keep
+        after the feeds change.
+    """
+    forward_plan = Plan.for_(node)
+    chosen = _select_backend(backend, forward_plan, feed_dict)
+    if wrt is None:
+        wrt = _floating_inputs(forward_plan, feed_dict, chosen)
+    elif isinstance(wrt, Node):
+        wrt = (wrt,)
+    plan = Plan.for_(node, tuple(wrt))
+
+    values, contexts = _forward(plan, feed_dict, chosen)
+    grads = [None] * len(plan.nodes)
+    if plan.wrt_positions:
+        seed = _seed(plan, values, feed_dict, chosen)
+        grads = _backward(plan, values, contexts, seed, chosen.xp)
+
+    def host(array):
+        return np.array(chosen.to_numpy(array))  # a copy: the trace outlives the run
+
+    return RunTrace(
+        output=node, backend=chosen.name, wrt=tuple(wrt),
+        values={n: host(v) for n, v in zip(plan.nodes, values)},
+        grads={n: host(g) for n, g in zip(plan.nodes, grads) if g is not None})
+
+
+def _floating_inputs(plan: Plan, feed_dict, backend) -> tuple[Node, ...]:
+    """The Inputs fed with floating-point values: all a gradient can flow to."""
+    found = []
+    for _, node, integer in plan.feeds:
+        if integer or node not in feed_dict:
+            continue  # a missing feed is reported by the forward pass, with its consumers
+        value = backend.accept(feed_dict[node], what=node.label)
+        if backend.xp.isdtype(value.dtype, "real floating"):
+            found.append(node)
+    return tuple(found)
+
+
+# -- DOT source ------------------------------------------------------------------
+
+def to_dot(node: Node, run: RunTrace | None = None, profile=None, *, rankdir: str = "LR",
+           title: str | None = None) -> str:
+    """The Graphviz DOT source of the graph ``node`` depends on.
+
+    Each node is a box showing its type and name; an edge goes from each input
+    to the node that consumes it, labelled with the input's parameter name when
+    the node has several inputs.
+
+    Parameters
+    ----------
+    node : Node
+        The output of the graph to draw.
+    run : RunTrace, optional
+        From :func:`trace`: each node then also shows its value's dtype and
+        shape (small values in full) and its gradient's shape and norm.
+    profile : miniflow.profile.Profile, optional
+        Each node that ran is then filled from white to red by its share of the
+        time (the slowest node reddest) and shows its forward and backward time.
+    rankdir : {"LR", "RL", "TB", "BT"}
+        The direction data flows in the drawing: left to right by default.
+    title : str, optional
+        A caption above the graph.
+
+    Returns
+    -------
+    str
+        DOT text; render it with :func:`draw` or any Graphviz tool.
+    """
+    if rankdir not in _RANKDIRS:
+        raise ValueError(f"rankdir must be one of {', '.join(_RANKDIRS)}, not {rankdir!r}")
+    nodes = topological_order(node)
+    hottest = max((row.share for row in profile.rows), default=0.0) if profile else 0.0
+
+    lines = [
+        "digraph miniflow {",
+        f'  graph [rankdir={rankdir}, fontname="Helvetica", labelloc=t];',
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+        '  edge [fontname="Helvetica", fontsize=9, color="#555555"];',
+    ]
+    if title:
+        lines.append(f"  label=<{_html(title)}>;")
+    for n in nodes:
+        timing = profile.get(n) if profile else None
+        fill = _heat(timing.share / hottest) if timing and hottest > 0 else _fill(n)
+        lines.append(f'  n{n.id} [label=<{_node_label(n, run, timing)}>, fillcolor="{fill}"];')
+    for n in nodes:
+        names = _input_names(type(n), len(n.inputs)) if len(n.inputs) > 1 else None
+        for k, source in enumerate(n.inputs):
+            label = f" [label=<{_html(names[k])}>]" if names else ""
+            lines.append(f"  n{source.id} -> n{n.id}{label};")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _html(text: str) -> str:
+    """Escape text for a Graphviz HTML-like label.
+
+    ``<``, ``>`` and ``&`` are markup there, and Graphviz still reads
+    backslashes as escapes (``\\N`` becomes the node's DOT id), so each is doubled.
+    """
+    lines = (html.escape(line, quote=False).replace("\\", "\\\\")
+             for line in str(text).split("\n"))
+    return "<BR/>".join(lines)
+
+
+def _node_label(node: Node, run: RunTrace | None, timing) -> str:
+    lines = [f"<B>{_html(node.label)}</B>"]
+    if run is not None and node in run.values:
+        lines.append("value: " + _html(_describe_value(run.values[node])))
+    if run is not None and node in run.grads:
+        grad = run.grads[node]
+        norm = float(np.linalg.norm(grad.astype(np.float64).ravel()))
+        lines.append(f"grad: {_describe_shape(grad.shape)}, norm {norm:.4g}")
+    if timing is not None:
+        lines.append(f"fwd {timing.forward_ms:.3f} ms, bwd {timing.backward_ms:.3f} ms "
+                     f"({timing.share:.1%})")
+    return "<BR/>".join(lines)
+
+
+def _describe_shape(shape) -> str:
+    return "scalar" if len(shape) == 0 else str(tuple(shape))
+
+
+def _describe_value(value: np.ndarray) -> str:
+    text = f"{value.dtype} {_describe_shape(value.shape)}"
+    if value.size <= SMALL_VALUE_SIZE:
+        numbers = np.array2string(value, precision=4, separator=", ", suppress_small=True)
+        text += " = " + numbers.replace("\n", "")
+    return text
+
+
+@functools.cache
+def _input_names(kind: type, count: int) -> tuple[str, ...]:
+    """The names a node type's forward rule gives its inputs (x, w, b), or their positions.
+
+    The rule's signature is the one place a node says what its inputs mean, so
+    edges borrow it; a rule taking ``*values`` gives positions (0, 1, ...) instead.
+    """
+    parameters = list(inspect.signature(kind.forward).parameters.values())[2:]  # self, ctx
+    if len(parameters) != count or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return tuple(str(k) for k in range(count))
+    return tuple(p.name for p in parameters)
+
+
+def _fill(node: Node) -> str:
+    return _FILL.get(type(node), "white")
+
+
+def _heat(fraction: float) -> str:
+    """A colour from white (0) to red (1)."""
+    r, g, b = (round(255 + (channel - 255) * fraction) for channel in _HOT)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+# -- rendering -------------------------------------------------------------------
+
+def draw(node: Node, path=None, run: RunTrace | None = None, profile=None, *,
+         rankdir: str = "LR", title: str | None = None) -> "Drawing":
+    """Draw the graph ``node`` depends on; write it to ``path`` if given.
+
+    Parameters
+    ----------
+    node : Node
+        The output of the graph to draw.
+    path : str or os.PathLike, optional
+        Where to write the drawing. The extension picks the format: ``.svg``,
+        ``.png`` or ``.pdf`` (rendered by Graphviz), or ``.dot``/``.gv`` (the
+        DOT source itself, which needs no Graphviz). The file is replaced
+        atomically: a reader never sees half a drawing.
+    run, profile, rankdir, title
+        As for :func:`to_dot`.
+
+    Returns
+    -------
+    Drawing
+        Displays itself inline in Jupyter; ``.svg()`` and ``.save(path)`` too.
+
+    Raises
+    ------
+    GraphvizMissingError
+        Rendering needs the ``graphviz`` Python package or the ``dot``
+        program, and one is missing; the message says how to install it.
+    DrawError
+        The extension names no format this function writes.
+    """
+    drawing = Drawing(to_dot(node, run, profile, rankdir=rankdir, title=title))
+    if path is not None:
+        drawing.save(path)
+    return drawing
+
+
+class Drawing:
+    """DOT source that renders itself with Graphviz: inline in Jupyter, or to a file.
+
+    Parameters
+    ----------
+    source : str
+        The DOT text, e.g. from :func:`to_dot`.
+    """
+
+    def __init__(self, source: str):
+        self.source = source
+        self._svg = None
+
+    def render(self, format: str = "svg") -> bytes:
+        """The drawing in ``format`` ("svg", "png", "pdf", ...) as rendered by ``dot``."""
+        graphviz = _import_graphviz()
+        try:
+            return graphviz.Source(self.source).pipe(format=format)
+        except graphviz.ExecutableNotFound:
+            raise GraphvizMissingError(_NO_DOT) from None
+        except graphviz.CalledProcessError as exc:
+            stderr = (exc.stderr or b"").decode("utf-8", "replace").strip()
+            raise DrawError(f"Graphviz's dot could not render the drawing: {stderr}") from None
+
+    def svg(self) -> str:
+        """The drawing as SVG text (rendered once, then kept)."""
+        if self._svg is None:
+            self._svg = self.render("svg").decode("utf-8")
+        return self._svg
+
+    def save(self, path) -> Path:
+        """Write the drawing to ``path``, in the format its extension names; return the path."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in _RENDERED_SUFFIXES and suffix not in _SOURCE_SUFFIXES:
+            known = ", ".join([*_RENDERED_SUFFIXES, *_SOURCE_SUFFIXES])
+            raise DrawError(f"cannot tell the format of {str(path)!r} from its extension; "
+                            f"use one of {known}")
+        check_writable(path, "drawing")
+        if suffix in _SOURCE_SUFFIXES:
+            data = self.source.encode("utf-8")
+        else:
+            data = self.render(_RENDERED_SUFFIXES[suffix])
+        with atomic_write(path) as file:
+            file.write(data)
+        return path
+
+    # Jupyter asks for these; a missing Graphviz must not break the notebook.
+    def _repr_svg_(self):
+        try:
+            return self.svg()
+        except GraphvizMissingError:
+            return None
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        try:
+            return {"image/svg+xml": self.svg(), "text/plain": self.source}
+        except GraphvizMissingError as exc:
+            return {"text/plain": f"// {exc}\n{self.source}"}
+
+
+def _import_graphviz():
+    try:
+        import graphviz
+    except ImportError:
+        raise GraphvizMissingError(_NO_PACKAGE) from None
+    return graphviz
+

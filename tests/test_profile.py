@@ -1,0 +1,109 @@
+"""The per-node profile: times that add up, shares, the table, per-node synchronisation."""
+import numpy as np
+import pytest
+
+from miniflow import Constant, CrossEntropyWithSoftmax, Input, Linear, Mul, ReLU, Sum
+from miniflow.backends.numpy_backend import NumpyBackend
+from miniflow.graph import Plan
+from miniflow.profile import Profile, profile
+
+
+def mlp(sizes, batch, seed=0):
+    """A two-layer classifier, its parameters, and a NumPy feed for it."""
+    x, labels = Input("images"), Input("labels")
+    w1, b1, w2, b2 = (Input(name) for name in ("fc1.w", "fc1.b", "fc2.w", "fc2.b"))
+    fc1 = Linear(x, w1, b1, name="fc1")
+    loss = CrossEntropyWithSoftmax(Linear(ReLU(fc1), w2, b2, name="fc2"), labels, name="loss")
+    rng = np.random.default_rng(seed)
+    feed = {x: rng.random((batch, sizes[0]), dtype=np.float32),
+            labels: rng.integers(0, sizes[2], batch),
+            w1: (rng.standard_normal(sizes[:2]) * 0.05).astype(np.float32),
+            b1: np.zeros(sizes[1], np.float32),
+            w2: (rng.standard_normal(sizes[1:]) * 0.05).astype(np.float32),
+            b2: np.zeros(sizes[2], np.float32)}
+    return loss, fc1, [w1, b1, w2, b2], feed
+
+
+def test_node_times_add_up_to_the_measured_step():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    loss, fc1, params, feed = mlp((784, 256, 10), batch=128)
+    # One BLAS thread: on a busy machine, threads waiting for a core make every figure noisy.
+    with threadpoolctl.threadpool_limits(1):
+        prof = profile(loss, feed, wrt=params, repeat=50)
+    assert 0.5 <= prof.nodes_ms / prof.step_ms <= 1.1, prof.table()
+    assert sum(row.share for row in prof.rows) == pytest.approx(1.0)
+    totals = [row.total_ms for row in prof.rows]
+    assert totals == sorted(totals, reverse=True)
+    assert prof.rows[0].node is fc1  # the 784x256 layer dwarfs the rest
+    assert prof.overhead_ms == pytest.approx(prof.hooked_step_ms - prof.step_ms)
+
+
+def test_every_node_that_runs_a_rule_has_a_row(backend):
+    loss, _, params, feed = mlp((6, 4, 3), batch=5)
+    fed = {node: backend.asarray(value) for node, value in feed.items()}
+    prof = profile(loss, fed, wrt=params[2:], repeat=2, warmup=1)  # only fc2's parameters
+    assert prof.backend == backend.name
+    plan = Plan.for_(loss, tuple(params[2:]))
+    ops = [node for node in plan.nodes if type(node) is not Input]
+    assert {row.node for row in prof.rows} == set(ops)
+    shapes = {row.node.name: row.shape for row in prof.rows}
+    assert shapes["fc1"] == (5, 4) and shapes["fc2"] == (5, 3) and shapes["loss"] == ()
+    with_backward = {plan.nodes[i] for i in plan.backward_steps}
+    for row in prof.rows:
+        assert row.forward_ms > 0
+        assert (row.backward_ms > 0) == (row.node in with_backward)  # fc1 is not differentiated
+        assert prof.get(row.node) is row
+    assert prof.get(params[0]) is None  # fed Inputs run no rule
+
+
+def test_forward_only_profile_of_a_non_scalar_output():
+    x = Input("x")
+    out = Mul(ReLU(x), Constant(np.float32(2.0), name="two"))
+    prof = profile(out, {x: np.ones((3, 4), np.float32)}, wrt=(), repeat=2, warmup=0)
+    assert len(prof.rows) == 3 and all(row.backward_ms == 0 for row in prof.rows)
+    assert prof.get(out).shape == (3, 4)
+
+
+class CountingBackend(NumpyBackend):
+    """NumPy, counting the calls the profiler makes to wait for the device."""
+
+    def __init__(self):
+        super().__init__()
+        self.synchronized = 0
+
+    def synchronize(self, *arrays):
+        self.synchronized += 1
+
+
+def test_the_backend_is_synchronized_around_every_rule():
+    loss, _, params, feed = mlp((6, 4, 3), batch=5)
+    counting = CountingBackend()
+    profile(loss, feed, wrt=params, backend=counting, repeat=3, warmup=1)
+    plan = Plan.for_(loss, tuple(params))
+    rules = sum(type(node) is not Input for node in plan.nodes) + len(plan.backward_steps)
+    # Per step: a plain run and a timed run, each finished with one wait; the timed
+    # run also waits before and after every rule.
+    assert counting.synchronized == (1 + 3) * (2 + 2 * rules)
+
+
+def test_table_lists_nodes_slowest_first_with_their_times():
+    loss, _, params, feed = mlp((32, 16, 4), batch=8)
+    prof = profile(loss, feed, wrt=params, repeat=3, warmup=1)
+    table = prof.table()
+    assert str(prof) == table and isinstance(prof, Profile)
+    lines = table.splitlines()
+    assert lines[0].startswith("Profile of CrossEntropyWithSoftmax 'loss' on numpy: median of 3")
+    assert lines[1].split() == ["node", "shape", "fwd", "ms", "bwd", "ms", "share"]
+    for row, line in zip(prof.rows, lines[3:]):
+        assert line.startswith(row.node.label)
+        assert f"{row.forward_ms:8.3f}  {row.backward_ms:8.3f}  {row.share:6.1%}" in line
+        assert str(row.shape) in line
+    assert "100.0%" in lines[3 + len(prof.rows) + 1]
+    assert f"measured step without the hook: {prof.step_ms:.3f} ms" in table
+    assert f"hook overhead: {prof.overhead_ms:.3f} ms per step" in table
+
+
+def test_repeat_must_be_positive():
+    x = Input("x")
+    with pytest.raises(ValueError, match="repeat >= 1"):
+        profile(Sum(x), {x: [1.0]}, wrt=x, repeat=0)

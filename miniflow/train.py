@@ -89,7 +89,7 @@ class TrainConfig:
 
     hidden: tuple = (256,)
     activation: str = "relu"
-    optimizer: str = "momentum"
+    optimizer: str = "nesterov"
     lr: float | None = None
     schedule: str = "cosine"
     momentum: float = 0.9

@@ -18,9 +18,9 @@ class Context:
 
     __slots__ = ("xp", "backend", "inputs", "saved", "needs_input_grad")
 
-    def __init__(self, backend, inputs, needs_input_grad):
+    def __init__(self, backend, xp, inputs, needs_input_grad):
         self.backend = backend
-        self.xp = backend.xp
+        self.xp = xp
         self.inputs = inputs
         self.needs_input_grad = needs_input_grad
         self.saved = ()
@@ -68,9 +68,10 @@ def _forward(plan: Plan, feed_dict, backend, timer=None):
         values[i] = backend.accept(value, integer=integer, what=node)
 
     contexts = [None] * count
+    xp = backend.xp
     for i, node, positions, needs_input_grad in plan.compute_steps:
-        args = tuple(values[j] for j in positions)
-        ctx = contexts[i] = Context(backend, args, needs_input_grad)
+        args = [values[j] for j in positions]  # a list: a generator into tuple() costs 2x
+        ctx = contexts[i] = Context(backend, xp, args, needs_input_grad)
         try:
             if timer is None:
                 values[i] = node.forward(ctx, *args)
@@ -122,23 +123,25 @@ def _backward(plan: Plan, values, contexts, seed, xp, timer=None):
     """Reverse-mode pass: return the gradient of the output for each node (None if unneeded)."""
     grads = [None] * len(plan.nodes)
     grads[-1] = seed
-    for i in plan.backward_steps:
-        grad = grads[i]
+    for i, node, targets in plan.backward_steps:
         ctx = contexts[i]
         try:
             if timer is None:
-                input_grads = plan.nodes[i].backward(ctx, grad)
+                input_grads = node.backward(ctx, grads[i])
             else:
                 with timer(i, "backward"):
-                    input_grads = plan.nodes[i].backward(ctx, grad)
+                    input_grads = node.backward(ctx, grads[i])
         except Exception as exc:
-            raise _failure(plan.nodes[i], "backward", ctx.inputs, exc) from exc
-        for j, needed, input_grad in zip(plan.input_positions[i], ctx.needs_input_grad,
-                                         input_grads):
-            if needed:
+            raise _failure(node, "backward", ctx.inputs, exc) from exc
+        for k, j in targets:
+            input_grad = input_grads[k]
+            if input_grad is None:
+                raise NodeError(f"{node.label}: backward returned no gradient for input {k} "
+                                f"({plan.nodes[j].label}), which needs one")
+            if input_grad.shape != values[j].shape:
                 input_grad = unbroadcast(xp, input_grad, values[j].shape)
-                # A node used twice gets the sum of its consumers' gradients.
-                grads[j] = input_grad if grads[j] is None else grads[j] + input_grad
+            # A node used twice gets the sum of its consumers' gradients.
+            grads[j] = input_grad if grads[j] is None else grads[j] + input_grad
     return grads
 
 

@@ -237,8 +237,15 @@ class Plan:
             for i in range(len(self.nodes))]
         self.compute_steps = [(i, node, self.input_positions[i], self.needs_input_grad[i])
                               for i, node in enumerate(self.nodes) if type(node) is not Input]
-        self.backward_steps = [i for i in reversed(range(len(self.nodes)))
-                               if any(self.needs_input_grad[i]) and reaches_output[i]]
+        # Backward, in reverse order: (node number, node, the (argument position, input
+        # node number) pairs that need a gradient) for every node that passes one on.
+        self.backward_steps = []
+        for i in reversed(range(len(self.nodes))):
+            targets = tuple((k, j) for k, (j, need) in
+                            enumerate(zip(self.input_positions[i], self.needs_input_grad[i]))
+                            if need)
+            if targets and reaches_output[i]:
+                self.backward_steps.append((i, self.nodes[i], targets))
 
     @classmethod
     def for_(cls, output: Node, wrt: tuple[Node, ...] = ()) -> "Plan":

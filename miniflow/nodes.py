@@ -68,7 +68,8 @@ class Mul(_Elementwise):
 
     def backward(self, ctx, grad):
         x, y = ctx.inputs
-        return grad * y, grad * x
+        need_x, need_y = ctx.needs_input_grad
+        return grad * y if need_x else None, grad * x if need_y else None
 
 
 class Div(_Elementwise):
@@ -79,8 +80,9 @@ class Div(_Elementwise):
 
     def backward(self, ctx, grad):
         x, y = ctx.inputs
+        need_x, need_y = ctx.needs_input_grad
         grad_x = grad / y
-        return grad_x, -grad_x * x / y
+        return grad_x if need_x else None, -grad_x * x / y if need_y else None
 
 
 def _matmul_problem(x_shape, w_shape, x_name="x", w_name="w"):
@@ -190,7 +192,9 @@ class ReLU(Node):
 
     def backward(self, ctx, grad):
         (x,) = ctx.inputs
-        return (ctx.xp.where(x > 0, grad, 0),)
+        # Multiply by the 0/1 mask rather than xp.where: NumPy's where branches per
+        # element and mispredicts on a random sign pattern (12x slower at 512x1024).
+        return (grad * ctx.xp.astype(x > 0, grad.dtype),)
 
 
 class Exp(Node):
@@ -285,17 +289,18 @@ class CrossEntropyWithSoftmax(Node):
         if int(xp.count_nonzero(is_label)) != batch:
             raise NodeError(f"labels must lie in [0, {classes}); got values from "
                             f"{int(xp.min(labels))} to {int(xp.max(labels))}")
+        one_hot = xp.astype(is_label, logits.dtype)
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)
         exp = xp.exp(shifted)
         total = xp.sum(exp, axis=-1, keepdims=True)
-        ctx.save(exp / total, is_label)
-        log_probs = shifted - xp.log(total)
-        return -xp.sum(xp.where(is_label, log_probs, 0)) / batch
+        ctx.save(exp / total, one_hot)
+        # mean(-log softmax[label]) = mean(log total - shifted[label])
+        return (xp.sum(xp.log(total)) - xp.sum(one_hot * shifted)) / batch
 
     def backward(self, ctx, grad):
-        probs, is_label = ctx.saved
+        probs, one_hot = ctx.saved
         # d loss / d logits = (softmax - one_hot) / batch
-        return ctx.xp.where(is_label, probs - 1, probs) * (grad / probs.shape[0]), None
+        return (probs - one_hot) * (grad / probs.shape[0]), None
 
     def correct(self, xp, logits, labels) -> float:
         """The fraction of rows whose largest logit is at the label."""

@@ -163,3 +163,14 @@ def test_errors_inside_a_custom_node_name_it():
     with pytest.raises(NodeError, match=r"Broken 'mine': forward failed on inputs of shapes \(2,\): "
                                         r"RuntimeError: boom"):
         evaluate(Broken(x, name="mine"), {x: [1.0, 2.0]})
+
+
+def test_a_backward_rule_that_forgets_a_gradient_is_named():
+    class Forgetful(Sigmoid):
+        def backward(self, ctx, grad):
+            return (None,)
+
+    x = Input("x")
+    with pytest.raises(NodeError, match=r"Forgetful#\d+: backward returned no gradient for input 0 "
+                                        r"\(Input 'x'\)"):
+        value_and_grad(Sum(Forgetful(x)), {x: [1.0]}, x)

@@ -1,0 +1,131 @@
+"""Smoke tests of bench/: the scripts run, write what they promise, and compare like with like.
+
+No timing is asserted: CI machines are too noisy for that.
+"""
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+common = importlib.import_module("_common")
+
+
+def run_script(name, *args, timeout=120):
+    return subprocess.run([sys.executable, str(BENCH / name), *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=BENCH.parent)
+
+
+def read(path):
+    return json.loads(Path(path).read_text())
+
+
+def check_machine(machine):
+    assert machine["cpu_model"] and machine["cpus_usable"] >= 1
+    assert machine["malloc"]["policy"] == "heap"
+    assert any(b.get("internal_api") for b in machine["blas"]), machine["blas"]
+    assert "numpy" in machine["versions"]
+
+
+@pytest.fixture(scope="module")
+def step_json(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "step.json"
+    proc = run_script("step.py", "--quick", "--only", "miniflow:numpy", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_step_quick_records_machine_and_ratios(step_json):
+    result = read(step_json)
+    check_machine(result["machine"])
+    assert result["plan_skips_dloss_dimages"] is True
+    names = {r["contender"] for r in result["results"]}
+    assert names == {"hand:numpy", "miniflow:numpy"}
+    for r in result["results"]:
+        assert r["median_s"] >= r["min_s"] > 0 and r["ratio_paired"] > 0
+
+
+def test_overhead_quick(tmp_path):
+    out = tmp_path / "overhead.json"
+    proc = run_script("overhead.py", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    check_machine(result["machine"])
+    assert [r["length"] for r in result["chains"]] == [10, 100]
+    assert result["tiny_step"]["nodes"] == 10
+
+
+def test_epoch_quick(tmp_path):
+    out = tmp_path / "epoch.json"
+    # array_api_strict rejects what the standard leaves open (a slice past the end).
+    proc = run_script("epoch.py", "--quick", "--only", "miniflow:numpy,miniflow:array_api_strict",
+                      "--activations", "relu", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    assert {r["contender"] for r in result["results"]} == {
+        "hand:numpy", "miniflow:numpy", "miniflow:array_api_strict"}
+
+
+def test_plot_draws_a_png(step_json, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "step.png"
+    proc = run_script("plot.py", str(step_json), "-o", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gpu_check_fails_clearly_without_a_gpu(tmp_path):
+    gpu_check = importlib.import_module("gpu_check")
+    if gpu_check.find_gpu()[0] is not None:
+        pytest.skip("this machine has a usable GPU")
+    proc = run_script("gpu_check.py", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "no usable GPU" in proc.stderr
+    assert read(tmp_path / "gpu_check.json")["status"].startswith("no usable GPU")
+
+
+def test_gpu_check_reports_each_part(tmp_path, monkeypatch):
+    gpu_check = importlib.import_module("gpu_check")
+    monkeypatch.setattr(gpu_check, "find_gpu", lambda: ("Fake GPU", None))
+    monkeypatch.setattr(gpu_check, "BUDGET_S", 4)
+    py = sys.executable
+    monkeypatch.setattr(gpu_check, "parts", lambda out: [
+        {"name": "ok", "share": 0.2, "argv": [py, "-c", "pass"], "env": {}},
+        {"name": "bad", "share": 0.2, "argv": [py, "-c", "raise SystemExit(3)"], "env": {}},
+        {"name": "slow", "share": 0.6, "argv": [py, "-c", "import time; time.sleep(60)"],
+         "env": {}},
+    ])
+    assert gpu_check.main(["--out", str(tmp_path)]) == 1
+    summary = read(tmp_path / "gpu_check.json")
+    status = {p["name"]: p["status"] for p in summary["parts"]}
+    assert status["ok"] == "passed"
+    assert status["bad"] == "failed (exit 3)"
+    assert status["slow"].startswith("timed out")
+    assert summary["status"] == "failed: bad, slow"
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_contenders_compute_the_same_step(activation):
+    """The hand-written step, miniflow and PyTorch must do the same work to be compared."""
+    hidden, batch = 16, 8
+    params = common.init_params(hidden)
+    x, y = common.synthetic_data(batch)
+    hand = common.HandwrittenMLP(np, params, activation)
+    engine = common.MiniflowMLP("numpy", common.build_mlp(hidden, activation), params)
+    losses = [float(hand.step(x, y)), float(engine.step(x, y))]
+    updated = [hand.params, engine.params]
+    if common.importable("torch"):
+        torch_model = common.TorchMLP("cpu", hidden, activation, params)
+        losses.append(torch_model.step(torch_model.asarray(x), torch_model.asarray(y)).item())
+        m = torch_model.model
+        updated.append([t.detach().numpy() for t in (m[0].weight.T, m[0].bias, m[2].weight.T,
+                                                     m[2].bias)])
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-5)
+    for other in updated[1:]:
+        for a, b in zip(updated[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

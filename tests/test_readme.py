@@ -1,8 +1,10 @@
 """The README's Python examples run as written (the GPU one on every backend)."""
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from miniflow import gradcheck
 
@@ -33,3 +35,16 @@ def test_gpu_example_runs_on_every_backend(backend, to_numpy):
     exec(code, namespace)
     assert all(backend.owns(g) for g in namespace["grads"])
     assert np.isfinite(to_numpy(namespace["value"]))
+
+
+def test_drawing_example_runs_after_the_gpu_example(tmp_path, monkeypatch):
+    pytest.importorskip("graphviz")
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz's dot program is not installed (apt-get install graphviz)")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(block('backend="cupy"').replace(', backend="cupy"', ""), namespace)
+    exec(block("from miniflow.viz import trace"), namespace)
+    assert (tmp_path / "mlp.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert (tmp_path / "hot.svg").exists()
+    assert "Linear" in str(namespace["prof"])

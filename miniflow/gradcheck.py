@@ -53,6 +53,13 @@ def gradcheck(build, *values, backend=None, eps=1e-6, atol=1e-6, rtol=1e-4, seed
     def feed(arrays):
         return {node: backend.asarray(a) for node, a in zip(inputs, arrays)}
 
+    probe = backend.asarray(np.zeros(1))
+    if not backend.xp.isdtype(probe.dtype, backend.xp.float64):
+        # Central differences in float32 are too coarse to judge anything.
+        raise ValueError(f"gradcheck needs float64, but backend {backend.name!r} turned a "
+                         f"float64 array into {probe.dtype} (for JAX, enable it with "
+                         "jax.config.update('jax_enable_x64', True))")
+
     out_shape = backend.to_numpy(evaluate(output, feed(host), backend)).shape
     # A non-scalar output is checked through sum(output * upstream), upstream random.
     scalar = out_shape == ()

@@ -1,8 +1,8 @@
 """The backend matrix: every test that takes ``backend`` runs once per usable backend.
 
 numpy and array_api_strict always run (the strict namespace stands in for CuPy:
-it rejects anything outside the Array API standard); torch runs when installed;
-cupy only where a GPU is usable. ``MINIFLOW_TEST_BACKENDS=cupy,numpy`` restricts
+it rejects anything outside the Array API standard); torch, dask.array and
+jax.numpy run when installed; cupy only where a GPU is usable. ``MINIFLOW_TEST_BACKENDS=cupy,numpy`` restricts
 the matrix (the GPU check script uses it).
 """
 import os
@@ -13,7 +13,7 @@ import pytest
 from miniflow.backends import get_backend
 from miniflow.errors import BackendUnavailableError
 
-ALL_BACKENDS = ["numpy", "array_api_strict", "torch", "cupy"]
+ALL_BACKENDS = ["numpy", "array_api_strict", "torch", "dask.array", "jax.numpy", "cupy"]
 REQUIRED = {"numpy", "array_api_strict"}
 
 
@@ -26,6 +26,13 @@ def _selected():
 def backend(request):
     """A ready backend; optional ones are skipped, with the reason, where unusable."""
     name = request.param
+    if name == "jax.numpy":
+        try:
+            import jax
+
+            jax.config.update("jax_enable_x64", True)  # gradcheck's float64 needs it
+        except ImportError:
+            pass
     try:
         return get_backend(name)
     except BackendUnavailableError as exc:

@@ -106,3 +106,14 @@ def test_stable_for_huge_logits(backend, to_numpy):
         y = to_numpy(evaluate(Sigmoid(x), {x: [-1000.0, 0.0, 1000.0]}, backend=backend.name))
     np.testing.assert_allclose(y, [0, 0.5, 1])
     assert np.all(np.isfinite(y))
+
+
+def test_gradcheck_refuses_a_backend_without_float64():
+    from miniflow.backends.numpy_backend import NumpyBackend
+
+    class Float32Only(NumpyBackend):  # like JAX without jax_enable_x64
+        def asarray(self, value, dtype=None):
+            return np.asarray(value, dtype=np.float32)
+
+    with pytest.raises(ValueError, match="gradcheck needs float64.*float32"):
+        gradcheck(Sigmoid, [1.0, 2.0], backend=Float32Only())

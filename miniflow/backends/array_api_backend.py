@@ -8,7 +8,7 @@ class ArrayAPIBackend(Backend):
 
 class TorchBackend(ArrayAPIBackend):
     def __init__(self):
-        super().__init__("torch", "torch", "pip install torch")
+        super().__init__("torch", "torch", "pip install 'miniflow[torch]'")
 
     def to_numpy(self, array):
         return array.detach().cpu().numpy()
@@ -22,7 +22,7 @@ class TorchBackend(ArrayAPIBackend):
 
 class JaxBackend(ArrayAPIBackend):
     def __init__(self):
-        super().__init__("jax.numpy", "jax.numpy", "pip install jax")
+        super().__init__("jax.numpy", "jax.numpy", "pip install 'miniflow[jax]'")
 
     def owns(self, value):
         import jax
@@ -36,7 +36,7 @@ class JaxBackend(ArrayAPIBackend):
 
 class DaskBackend(ArrayAPIBackend):
     def __init__(self):
-        super().__init__("dask.array", "dask.array", "pip install 'dask[array]'")
+        super().__init__("dask.array", "dask.array", "pip install 'miniflow[dask]'")
 
     def to_numpy(self, array):
         import numpy as np

@@ -41,14 +41,31 @@ class Node:
     #: Positions of inputs that carry integer class labels: fed as int64 and never
     #: differentiated (e.g. the labels of CrossEntropyWithSoftmax).
     integer_inputs: tuple[int, ...] = ()
+    #: Positions of inputs that are data, never differentiated, fed as they are (the
+    #: condition of Where, say). Integer inputs are never differentiated either.
+    nondifferentiable_inputs: tuple[int, ...] = ()
+    #: How many inputs the node takes: an int, ``(least, most)`` with ``most`` None
+    #: for no limit (Add(x, y, z)), or None for any number (checked at construction).
+    arity: int | tuple[int, int | None] | None = None
     #: True for DummyGrad: the gradient of the output is fed, not taken to be 1.
     gradient_is_fed = False
 
     def __init__(self, *inputs, name: str | None = None):
+        self._check_arity(len(inputs))
         self.inputs = tuple(as_node(value) for value in inputs)
         self.name = name
         self.id = next(_ids)
         self._plans = {}  # (wrt nodes) -> Plan; a cache, not per-run state
+
+    def _check_arity(self, count: int):
+        if self.arity is None:
+            return
+        least, most = (self.arity, self.arity) if isinstance(self.arity, int) else self.arity
+        if count < least or (most is not None and count > most):
+            wanted = (f"{least}" if least == most else
+                      f"at least {least}" if most is None else f"{least} to {most}")
+            raise GraphError(f"{type(self).__name__} takes {wanted} input"
+                             f"{'' if wanted == '1' else 's'}, got {count}")
 
     def forward(self, ctx, *values):
         raise NotImplementedError(f"{type(self).__name__} has no forward rule")
@@ -127,6 +144,8 @@ class Node:
 class Input(Node):
     """A value supplied at run time through ``feed_dict``: data, labels or parameters."""
 
+    arity = 0
+
     def __init__(self, name: str | None = None):
         super().__init__(name=name)
 
@@ -136,6 +155,8 @@ class Constant(Node):
 
     Python numbers become float32 like every fed number.
     """
+
+    arity = 0
 
     def __init__(self, value, name: str | None = None):
         super().__init__(name=name)
@@ -204,7 +225,8 @@ class Plan:
                 raise GraphError(f"{node.label} must be the last node of the graph; "
                                  f"here {output.label} comes after it")
 
-        differentiable = [tuple(k not in node.integer_inputs for k in range(len(node.inputs)))
+        differentiable = [tuple(k not in node.integer_inputs and k not in node.nondifferentiable_inputs
+                                for k in range(len(node.inputs)))
                           for node in self.nodes]
         # Nodes from which the output is reachable along differentiable edges.
         reaches_output = [False] * len(self.nodes)

@@ -17,6 +17,8 @@ class _Elementwise(Node):
 class Add(_Elementwise):
     """x + y, broadcasting like NumPy."""
 
+    arity = 2
+
     def forward(self, ctx, x, y):
         return x + y
 
@@ -26,6 +28,8 @@ class Add(_Elementwise):
 
 class Sub(_Elementwise):
     """x - y."""
+
+    arity = 2
 
     def forward(self, ctx, x, y):
         return x - y
@@ -37,6 +41,8 @@ class Sub(_Elementwise):
 class Neg(Node):
     """-x."""
 
+    arity = 1
+
     def forward(self, ctx, x):
         return -x
 
@@ -46,6 +52,8 @@ class Neg(Node):
 
 class Mul(_Elementwise):
     """x * y, elementwise."""
+
+    arity = 2
 
     def forward(self, ctx, x, y):
         return x * y
@@ -58,6 +66,8 @@ class Mul(_Elementwise):
 
 class Div(_Elementwise):
     """x / y, elementwise."""
+
+    arity = 2
 
     def forward(self, ctx, x, y):
         return x / y
@@ -77,6 +87,8 @@ def sigmoid(xp, x):
 class Sigmoid(Node):
     """y = 1 / (1 + exp(-x)), finite for any x."""
 
+    arity = 1
+
     def forward(self, ctx, x):
         y = sigmoid(ctx.xp, x)
         ctx.save(y)
@@ -89,6 +101,8 @@ class Sigmoid(Node):
 
 class Tanh(Node):
     """y = tanh(x)."""
+
+    arity = 1
 
     def forward(self, ctx, x):
         y = ctx.xp.tanh(x)
@@ -103,6 +117,8 @@ class Tanh(Node):
 class ReLU(Node):
     """y = max(x, 0)."""
 
+    arity = 1
+
     def forward(self, ctx, x):
         return ctx.xp.maximum(x, 0)
 
@@ -116,6 +132,8 @@ class ReLU(Node):
 class Exp(Node):
     """y = exp(x)."""
 
+    arity = 1
+
     def forward(self, ctx, x):
         y = ctx.xp.exp(x)
         ctx.save(y)
@@ -128,6 +146,8 @@ class Exp(Node):
 
 class Log(Node):
     """y = log(x), the natural logarithm."""
+
+    arity = 1
 
     def forward(self, ctx, x):
         return ctx.xp.log(x)

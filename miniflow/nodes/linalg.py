@@ -8,6 +8,8 @@ from ._common import _broadcast_problem, _matmul_problem
 class MatMul(Node):
     """x @ w: matrix product with NumPy's rules (1-D operands, batched stacks)."""
 
+    arity = 2
+
     def forward(self, ctx, x, w):
         return x @ w
 
@@ -36,6 +38,8 @@ class MatMul(Node):
 
 class Linear(Node):
     """x @ w + b: a fully connected layer. x (batch, in), w (in, out), b (out,)."""
+
+    arity = 3
 
     def forward(self, ctx, x, w, b):
         return x @ w + b

@@ -14,6 +14,7 @@ def _as_axes(axis, ndim) -> tuple[int, ...]:
 
 
 class _Reduction(Node):
+    arity = 1
     def __init__(self, x, axis=None, keepdims=False, name=None):
         super().__init__(x, name=name)
         self.axis, self.keepdims = axis, keepdims

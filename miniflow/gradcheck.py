@@ -4,13 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import get_backend
+from .errors import GradcheckError
 from .executor import evaluate, value_and_grad
 from .graph import Input, Node
 from .nodes import DummyGrad
-
-
-class GradcheckError(AssertionError):
-    """The analytic gradient of some input disagrees with the numerical one."""
 
 
 def gradcheck(build, *values, backend=None, eps=1e-6, atol=1e-6, rtol=1e-4, seed=0) -> bool:

@@ -216,18 +216,25 @@ def _execute(output, feed_dict, wrt, backend, hooks=None, settings=None, extras=
         backend = get_backend(backend)
     if settings is not None:
         settings.backend = backend
-    values, contexts = _forward(plan, output, feed_dict, backend, settings, hooks)
+    values = _feed(plan, output, feed_dict, backend)
+    _check_differentiable(wrt, wrt_positions, values, backend)  # the fed ones, before running
+    contexts = _forward(plan, output, values, backend, settings, hooks)
     if not wrt:
         return backend, plan, values, None, []
-    for k, i in enumerate(wrt_positions):
-        dtype = values[i].dtype
-        if not backend.is_floating(dtype):
-            raise GraphError(f"wrt[{k}]: cannot differentiate with respect to {wrt[k].label}: "
-                             f"its value has dtype {dtype}, and only floating-point values have "
-                             "gradients (integer and boolean values are data); feed floats")
+    _check_differentiable(wrt, wrt_positions, values, backend)
     grads = _backward(plan, output, values, contexts, _seed(plan, output, values, feed_dict,
                                                             backend), backend.xp, hooks)
     return backend, plan, values, grads, [grads[i] for i in wrt_positions]
+
+
+def _check_differentiable(wrt, positions, values, backend):
+    """Only floating-point values have gradients: the dtype of each computed wrt value."""
+    for k, i in enumerate(positions):
+        value = values[i]
+        if value is not None and not backend.is_floating(value.dtype):
+            raise GraphError(f"wrt[{k}]: cannot differentiate with respect to {wrt[k].label}: "
+                             f"its value has dtype {value.dtype}, and only floating-point values "
+                             "have gradients (integer and boolean values are data); feed floats")
 
 
 def _wrt_tuple(wrt) -> tuple:
@@ -297,8 +304,8 @@ def _failure(node: Node, stage: str, args, exc: Exception) -> NodeError:
                      f"{type(exc).__name__}: {exc}")
 
 
-def _forward(plan: Plan, output, feed_dict, backend, settings=None, hooks=None):
-    """Compute every node's value; return (values, contexts), both indexed like the plan."""
+def _feed(plan: Plan, output, feed_dict, backend) -> list:
+    """The run's values, indexed like the plan: the fed ones set, the rest None."""
     values = [None] * plan.size
     for step in plan.feeds:
         node = step.node or output
@@ -308,7 +315,11 @@ def _forward(plan: Plan, output, feed_dict, backend, settings=None, hooks=None):
             users = ", ".join(n.label for n in plan.consumers(node)) or "the output"
             raise GraphError(f"{node.label} is missing from feed_dict (needed by {users})") from None
         values[step.index] = backend.accept(value, integer=step.integer, what=node)
+    return values
 
+
+def _forward(plan: Plan, output, values, backend, settings=None, hooks=None) -> list:
+    """Compute every node's value into ``values``; return the nodes' contexts."""
     contexts = [None] * plan.size
     xp = backend.xp
     for step in plan.forward_steps:
@@ -328,7 +339,7 @@ def _forward(plan: Plan, output, feed_dict, backend, settings=None, hooks=None):
         if hooks:
             for hook in hooks:
                 hook.forward_post(node, ctx, values[i])
-    return values, contexts
+    return contexts
 
 
 def weak_dtype(backend, arrays, number):

@@ -329,17 +329,45 @@ def _forward(plan: Plan, output, values, backend, settings=None, hooks=None) -> 
         if step.weak:
             _convert_weak_numbers(step, args, values, backend)
         ctx = contexts[i] = Context(backend, xp, args, step.needs_input_grad, settings)
-        if hooks:
-            for hook in hooks:
-                hook.forward_pre(node, ctx)
         try:
-            values[i] = node.forward(ctx, *args)
+            if hooks is None:
+                values[i] = node.forward(ctx, *args)
+            else:
+                values[i] = _hooked(hooks, "forward", node, ctx, args)
+        except _HookFailed as failed:
+            raise failed.error from None
         except Exception as exc:
             raise _failure(node, "forward", args, exc) from exc
-        if hooks:
-            for hook in hooks:
-                hook.forward_post(node, ctx, values[i])
     return contexts
+
+
+class _HookFailed(Exception):
+    """Carries an exception a hook raised past the handler that blames the node's rule."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+def _hooked(hooks, stage, node, ctx, arg):
+    """Run one rule with the hooks around it: ``arg`` is the inputs, or the gradient."""
+    try:
+        for hook in hooks:
+            if stage == "forward":
+                hook.forward_pre(node, ctx)
+            else:
+                hook.backward_pre(node, ctx, arg)
+    except Exception as exc:
+        raise _HookFailed(exc) from exc
+    result = node.forward(ctx, *arg) if stage == "forward" else node.backward(ctx, arg)
+    try:
+        for hook in hooks:
+            if stage == "forward":
+                hook.forward_post(node, ctx, result)
+            else:
+                hook.backward_post(node, ctx, result)
+    except Exception as exc:
+        raise _HookFailed(exc) from exc
+    return result
 
 
 def weak_dtype(backend, arrays, number):
@@ -429,18 +457,17 @@ def _backward(plan: Plan, output, values, contexts, seed, xp, hooks=None):
     for step in plan.backward_steps:
         node = step.node or output
         ctx = contexts[step.index]
-        if hooks:
-            for hook in hooks:
-                hook.backward_pre(node, ctx, grads[step.index])
         try:
-            input_grads = node.backward(ctx, grads[step.index])
+            if hooks is None:
+                input_grads = node.backward(ctx, grads[step.index])
+            else:
+                input_grads = _hooked(hooks, "backward", node, ctx, grads[step.index])
+        except _HookFailed as failed:
+            raise failed.error from None
         except Exception as exc:
             raise _failure(node, "backward", ctx.inputs, exc) from exc
-        if hooks:
-            for hook in hooks:
-                hook.backward_post(node, ctx, input_grads)
-        if not isinstance(input_grads, (tuple, list)) or len(input_grads) != len(step.inputs):
-            raise _bad_return(node, input_grads, len(step.inputs))
+        if type(input_grads) is not tuple or len(input_grads) != len(step.inputs):
+            input_grads = _as_gradient_tuple(node, input_grads, len(step.inputs))
         for k, j in step.grad_targets:
             input_grad = input_grads[k]
             shape = values[j].shape
@@ -456,14 +483,17 @@ def _backward(plan: Plan, output, values, contexts, seed, xp, hooks=None):
     return grads
 
 
-def _bad_return(node: Node, returned, count: int) -> NodeError:
+def _as_gradient_tuple(node: Node, returned, count: int) -> tuple:
+    """A backward rule's result as a tuple of one entry per input, or NodeError."""
+    if isinstance(returned, list) and len(returned) == count:
+        return tuple(returned)
     if isinstance(returned, (tuple, list)):
         got = f"{len(returned)} entries"
     else:
         got = f"a {type(returned).__name__}, not a tuple"
-    return NodeError(f"{node.label}: backward must return a tuple of {count} gradient"
-                     f"{'' if count == 1 else 's'} (one per input, None where not needed); "
-                     f"it returned {got}")
+    raise NodeError(f"{node.label}: backward must return a tuple of {count} gradient"
+                    f"{'' if count == 1 else 's'} (one per input, None where not needed); "
+                    f"it returned {got}")
 
 
 def _bad_gradient(node: Node, k: int, grad, shape) -> NodeError:

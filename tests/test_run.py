@@ -538,3 +538,18 @@ print(errors or "ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok", out.stdout
+
+
+def test_an_error_in_a_hook_is_the_hooks_own(backend):
+    class Broken(Hook):
+        def backward_post(self, node, ctx, input_grads):
+            raise KeyError("from the hook")
+
+    x = Input("x")
+    with pytest.raises(KeyError, match="from the hook"):
+        run(Sum(x * x), {x: floats(backend, [1.0])}, x, hooks=[Broken()])
+
+
+def test_gradcheck_refuses_a_build_that_is_not_a_graph():
+    with pytest.raises(GraphError, match="build must return a Node, got float"):
+        gradcheck(lambda x: 1.0, [1.0])

@@ -396,21 +396,23 @@ class Plan:
                                 for k in range(len(positions)))
                           for node, positions in zip(nodes, input_positions)]
 
-        # Nodes from which the output is reachable along differentiable edges.
+        # Nodes from which the output is reachable: along any edges, and along
+        # differentiable ones (an extra output's own inputs reach neither).
+        feeds_output = [False] * self.size
         reaches_output = [False] * self.size
-        reaches_output[self.output_index] = True
+        feeds_output[self.output_index] = reaches_output[self.output_index] = True
         for i in reversed(range(self.size)):
-            if reaches_output[i]:
-                for j, ok in zip(input_positions[i], differentiable[i]):
-                    reaches_output[j] = reaches_output[j] or ok
+            for j, ok in zip(input_positions[i], differentiable[i]):
+                feeds_output[j] = feeds_output[j] or feeds_output[i]
+                reaches_output[j] = reaches_output[j] or (reaches_output[i] and ok)
 
         wrt_set = set()
         for k, node in enumerate(wrt):
             if not isinstance(node, Node):
                 raise GraphError(f"wrt[{k}] must be a Node, not {type(node).__name__}")
             i = position.get(node.id)
-            if i is None:
-                raise GraphError(f"wrt[{k}]: " + self._not_reached(output, node, fed, extras))
+            if i is None or not feeds_output[i]:
+                raise GraphError(f"wrt[{k}]: " + self._not_reached(output, node, fed))
             if not reaches_output[i]:
                 raise GraphError(f"wrt[{k}]: {output.label} is not differentiable with respect "
                                  f"to {node.label} (it only feeds integer labels)")
@@ -456,7 +458,7 @@ class Plan:
             output in topological_order(extra, stop=fed) for extra in extras if extra is not output)
 
     @staticmethod
-    def _not_reached(output, node, fed, extras) -> str:
+    def _not_reached(output, node, fed) -> str:
         if fed and node in topological_order(output):
             return (f"{output.label} depends on {node.label} only through fed nodes, whose "
                     f"values replace their computation ({', '.join(n.label for n in fed)}): "

@@ -553,3 +553,9 @@ def test_an_error_in_a_hook_is_the_hooks_own(backend):
 def test_gradcheck_refuses_a_build_that_is_not_a_graph():
     with pytest.raises(GraphError, match="build must return a Node, got float"):
         gradcheck(lambda x: 1.0, [1.0])
+
+
+def test_wrt_a_node_only_an_extra_output_uses():
+    x, side = Input("x"), Input("side")
+    with pytest.raises(GraphError, match=r"wrt\[0\]: Sum#\d+ does not depend on Input 'side'"):
+        run(Sum(x), {x: [1.0], side: [2.0]}, side, extras=[Mean(side)])

@@ -217,24 +217,30 @@ def _execute(output, feed_dict, wrt, backend, hooks=None, settings=None, extras=
     if settings is not None:
         settings.backend = backend
     values = _feed(plan, output, feed_dict, backend)
-    _check_differentiable(wrt, wrt_positions, values, backend)  # the fed ones, before running
+    # Fed values are checked before anything runs; computed ones (rarely asked for) after.
+    all_checked = _check_differentiable(wrt, wrt_positions, values, backend)
     contexts = _forward(plan, output, values, backend, settings, hooks)
     if not wrt:
         return backend, plan, values, None, []
-    _check_differentiable(wrt, wrt_positions, values, backend)
+    if not all_checked:
+        _check_differentiable(wrt, wrt_positions, values, backend)
     grads = _backward(plan, output, values, contexts, _seed(plan, output, values, feed_dict,
                                                             backend), backend.xp, hooks)
     return backend, plan, values, grads, [grads[i] for i in wrt_positions]
 
 
-def _check_differentiable(wrt, positions, values, backend):
-    """Only floating-point values have gradients: the dtype of each computed wrt value."""
+def _check_differentiable(wrt, positions, values, backend) -> bool:
+    """Only floating-point values have gradients; True when every wrt value was there."""
+    all_checked = True
     for k, i in enumerate(positions):
         value = values[i]
-        if value is not None and not backend.is_floating(value.dtype):
+        if value is None:
+            all_checked = False
+        elif not backend.is_floating(value.dtype):
             raise GraphError(f"wrt[{k}]: cannot differentiate with respect to {wrt[k].label}: "
                              f"its value has dtype {value.dtype}, and only floating-point values "
                              "have gradients (integer and boolean values are data); feed floats")
+    return all_checked
 
 
 def _wrt_tuple(wrt) -> tuple:

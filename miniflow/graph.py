@@ -528,8 +528,10 @@ class PlanCache:
         Keys hold node ids, never nodes: the cache must not keep its output alive.
         """
         try:
-            signature = (tuple([node.id for node in wrt]), frozenset([node.id for node in fed]),
-                         tuple([node.id for node in extras]))
+            signature = tuple([node.id for node in wrt])  # all a training step needs
+            if fed or extras:
+                signature = (signature, frozenset([node.id for node in fed]),
+                             tuple([node.id for node in extras]))
         except AttributeError:  # something that is not a node: Plan names it
             Plan(output, wrt, fed, extras)
             raise

@@ -77,7 +77,7 @@ class RunResult:
     gradients: dict | None = None
 
 
-def run(output: Node, feed_dict: dict, wrt=(), *, backend=None, hooks=None,
+def run(output: Node, feed_dict: dict, wrt=(), backend=None, *, hooks=None,
         training: bool = False, rng=None, extras=(), keep_all: bool = False) -> RunResult:
     """Run the graph ending at ``output``: forward, then backward for ``wrt``.
 

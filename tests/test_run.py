@@ -559,3 +559,35 @@ def test_wrt_a_node_only_an_extra_output_uses():
     x, side = Input("x"), Input("side")
     with pytest.raises(GraphError, match=r"wrt\[0\]: Sum#\d+ does not depend on Input 'side'"):
         run(Sum(x), {x: [1.0], side: [2.0]}, side, extras=[Mean(side)])
+
+
+@pytest.mark.parametrize("name", ["numpy", "array_api_strict"])
+def test_unbroadcast_sums_exactly_the_broadcast_axes(name):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from miniflow.backends import get_backend
+    from miniflow.executor import unbroadcast
+
+    backend = get_backend(name)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.integers(0, 3), max_size=3), st.lists(st.booleans(), max_size=3),
+           st.lists(st.integers(0, 3), max_size=2), st.integers(0, 3))
+    def check(shape, stretch, leading, stretched_to):
+        shape = tuple(shape)
+        # Broadcasting shape: leading axes, and some size-1 axes stretched.
+        target = tuple(leading) + tuple(stretched_to if n == 1 and s else n
+                                        for n, s in zip(shape, stretch + [False] * len(shape)))
+        grad = np.arange(float(np.prod(target))).reshape(target)
+        got = unbroadcast(backend.xp, backend.asarray(grad), shape)
+        want = np.sum(grad, axis=tuple(range(len(leading))))
+        want = np.sum(want, axis=tuple(k for k, n in enumerate(shape) if n == 1 and want.shape[k] != 1),
+                      keepdims=True).reshape(shape)
+        np.testing.assert_array_equal(backend.to_numpy(got), want)
+        # A shape broadcasting cannot give is refused, never summed into shape.
+        if shape and shape[-1] != 1:
+            wrong = target[:-1] + (shape[-1] + 1,)
+            assert unbroadcast(backend.xp, backend.asarray(np.zeros(wrong)), shape) is None
+
+    check()

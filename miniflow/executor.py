@@ -3,8 +3,9 @@
 This module, like the graph and the nodes, never imports an array library: it
 orders, calls, sums and unbroadcasts through the backend's ``xp``.
 
-:func:`run` is the one way in; :func:`value_and_grad`, :func:`evaluate`,
-:func:`accuracy`, the profiler and the drawings' ``trace`` all go through it.
+:func:`run` is the one way in: the profiler and the drawings' ``trace`` call it,
+and :func:`value_and_grad`, :func:`evaluate` and :func:`accuracy` are shorthands
+sharing its engine (``_execute``) without building a :class:`RunResult`.
 """
 from __future__ import annotations
 

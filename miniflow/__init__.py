@@ -5,7 +5,7 @@ library with ``value_and_grad(output, feed_dict, wrt, backend=...)``.
 """
 from .errors import (BackendError, BackendUnavailableError, FeedError, GraphError,
                      MiniflowError, NodeError, ShapeError)
-from .executor import Context, accuracy, evaluate, value_and_grad
+from .executor import Context, Hook, RunResult, accuracy, evaluate, run, value_and_grad
 from .graph import Constant, Input, Node
 from .gradcheck import GradcheckError, gradcheck
 from .viz import draw, to_dot
@@ -19,7 +19,7 @@ __all__ = [
     "Input", "Add", "Mul", "Linear", "Sigmoid", "CrossEntropyWithSoftmax", "DummyGrad",
     "value_and_grad", "accuracy",
     "Node", "Constant", "Sub", "Neg", "Div", "MatMul", "ReLU", "Tanh", "Exp", "Log",
-    "Sum", "Mean", "evaluate", "gradcheck", "Context",
+    "Sum", "Mean", "evaluate", "gradcheck", "Context", "run", "RunResult", "Hook",
     "MiniflowError", "GraphError", "FeedError", "NodeError", "ShapeError", "BackendError",
     "BackendUnavailableError", "GradcheckError", "to_dot", "draw",
 ]

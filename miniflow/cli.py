@@ -20,7 +20,7 @@ from functools import partial
 from . import __version__
 from .backends import backend_names, get_backend
 from .datasets import MnistFormatError, MnistNotFoundError, load_mnist
-from .errors import MiniflowError
+from .errors import MiniflowError, UsageError
 from .models import ACTIVATIONS, mlp
 from .optim import OPTIMIZERS, SCHEDULES
 from .serialize import atomic_write, check_writable, load_model, save_model
@@ -31,10 +31,6 @@ PROG = "miniflow"
 EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
 PLOT_INSTALL_HINT = "pip install 'miniflow[plot]'"
-
-
-class UsageError(Exception):
-    """A bad command line: reported in one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,20 +1,29 @@
-"""The exceptions miniflow raises: each says which node, input or backend is at fault."""
+"""The exceptions miniflow raises: each says which node, input, file or backend is at fault.
+
+Every one derives from :class:`MiniflowError` (catch that to catch them all) and
+also from the built-in exception a caller would expect (``ValueError``,
+``TypeError``, ``FileNotFoundError``, ``AssertionError``, ...). They all live
+here; the modules that raise them re-export their own (``miniflow.serialize.
+ModelFileError`` is this module's ``ModelFileError``).
+"""
 
 
 class MiniflowError(Exception):
     """Base class of every error miniflow raises on purpose."""
 
 
+# -- graphs and runs ---------------------------------------------------------------
+
 class GraphError(MiniflowError, ValueError):
-    """The graph itself is unusable: a cycle, a missing feed, a bad ``wrt``."""
+    """The graph or the call is unusable: a cycle, a missing feed, a bad ``wrt``."""
 
 
 class FeedError(MiniflowError, TypeError):
-    """A value in ``feed_dict`` cannot be used as an array for its Input."""
+    """A value in ``feed_dict`` (or ``feed_dict`` itself) cannot be used."""
 
 
 class NodeError(MiniflowError, ValueError):
-    """A node's forward or backward rule failed on the values it was given."""
+    """A node's forward or backward rule failed, or broke the node contract."""
 
 
 class ShapeError(NodeError):
@@ -27,3 +36,73 @@ class BackendError(MiniflowError, ValueError):
 
 class BackendUnavailableError(MiniflowError, RuntimeError):
     """The backend exists but cannot run here (library not installed, no GPU)."""
+
+
+class GradcheckError(MiniflowError, AssertionError):
+    """The analytic gradient of some input disagrees with the numerical one."""
+
+
+# -- files and data ----------------------------------------------------------------
+
+class ModelFileError(MiniflowError, ValueError):
+    """A model file is missing, corrupt, not a miniflow model, or not the model expected."""
+
+
+class MnistFormatError(MiniflowError, ValueError):
+    """A data file is malformed: not IDX, truncated, bad gzip, wrong shape.
+
+    Attributes
+    ----------
+    filename : str
+        The file (path or URL) at fault.
+    fault : str
+        What is wrong with it.
+    """
+
+    def __init__(self, filename, fault):
+        # Both parts go to ValueError so the exception survives pickling
+        # (multiprocessing, pytest-xdist), which rebuilds it from its args.
+        super().__init__(filename, fault)
+        self.filename = filename
+        self.fault = fault
+
+    def __str__(self):
+        return f"{self.filename}: {self.fault}"
+
+
+class MnistChecksumError(MnistFormatError):
+    """A file parses as IDX but its content is not the canonical MNIST file."""
+
+
+class MnistNotFoundError(MiniflowError, FileNotFoundError):
+    """The MNIST files are neither on disk nor obtainable from any mirror."""
+
+
+# -- training, drawing, the command line -------------------------------------------
+
+class OptimizerError(MiniflowError, ValueError):
+    """An optimizer or schedule was given an unusable setting or gradient."""
+
+
+class ConfigError(MiniflowError, ValueError):
+    """A TrainConfig value is out of range or an unknown name."""
+
+
+class DataError(MiniflowError, ValueError):
+    """Images or labels given to the trainer have the wrong shape, dtype or values."""
+
+
+class TrainingDivergedError(MiniflowError, ArithmeticError):
+    """The training loss became NaN or infinite."""
+
+
+class DrawError(MiniflowError, RuntimeError):
+    """A drawing cannot be rendered or saved."""
+
+
+class GraphvizMissingError(DrawError):
+    """The ``graphviz`` Python package or Graphviz's ``dot`` program is not installed."""
+
+
+class UsageError(MiniflowError):
+    """A bad command line: reported in one line, exit status 2."""

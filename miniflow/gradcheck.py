@@ -4,13 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from .backends import get_backend
+from .errors import BackendError, GradcheckError, GraphError
 from .executor import evaluate, value_and_grad
 from .graph import Input, Node
 from .nodes import DummyGrad
-
-
-class GradcheckError(AssertionError):
-    """The analytic gradient of some input disagrees with the numerical one."""
 
 
 def gradcheck(build, *values, backend=None, eps=1e-6, atol=1e-6, rtol=1e-4, seed=0) -> bool:
@@ -47,7 +44,7 @@ def gradcheck(build, *values, backend=None, eps=1e-6, atol=1e-6, rtol=1e-4, seed
     inputs = [Input(name=f"input{k}") for k in range(len(host))]
     output = build(*inputs)
     if not isinstance(output, Node):
-        raise TypeError(f"build must return a Node, got {type(output).__name__}")
+        raise GraphError(f"build must return a Node, got {type(output).__name__}")
     wrt = [node for node, v in zip(inputs, host) if v.dtype.kind == "f"]
 
     def feed(arrays):
@@ -56,7 +53,7 @@ def gradcheck(build, *values, backend=None, eps=1e-6, atol=1e-6, rtol=1e-4, seed
     probe = backend.asarray(np.zeros(1))
     if not backend.xp.isdtype(probe.dtype, backend.xp.float64):
         # Central differences in float32 are too coarse to judge anything.
-        raise ValueError(f"gradcheck needs float64, but backend {backend.name!r} turned a "
+        raise BackendError(f"gradcheck needs float64, but backend {backend.name!r} turned a "
                          f"float64 array into {probe.dtype} (for JAX, enable it with "
                          "jax.config.update('jax_enable_x64', True))")
 

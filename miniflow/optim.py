@@ -20,16 +20,12 @@ from __future__ import annotations
 import math
 
 from .backends import get_backend, infer_backend
-from .errors import MiniflowError, ShapeError
+from .errors import OptimizerError, ShapeError
 
 __all__ = [
     "Optimizer", "SGD", "Momentum", "Adam", "OPTIMIZERS", "make_optimizer", "OptimizerError",
     "ConstantLR", "StepDecay", "CosineDecay", "SCHEDULES", "make_schedule",
 ]
-
-
-class OptimizerError(MiniflowError, ValueError):
-    """An optimizer or schedule was given an unusable setting or gradient."""
 
 
 # -- learning-rate schedules -------------------------------------------------------

@@ -10,8 +10,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from .executor import _backward, _forward, _seed, _select_backend
-from .graph import Node, Plan
+from .executor import Hook, run
+from .graph import Node
 
 __all__ = ["profile", "Profile", "NodeTime"]
 
@@ -164,80 +164,74 @@ def profile(node: Node, feed_dict: dict, wrt, backend=None, repeat: int = 20,
         raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, "
                          f"warmup={warmup}")
     wrt = (wrt,) if isinstance(wrt, Node) else tuple(wrt)
-    plan = Plan.for_(node, wrt)
-    chosen = _select_backend(backend, plan, feed_dict)
+
+    def step(timer=None):
+        """One run, forward and backward, finished on the device; return its backend."""
+        result = run(node, feed_dict, wrt, backend=backend, hooks=timer)
+        result.backend.synchronize(result.value, *result.grads)
+        return result.backend
 
     for _ in range(warmup):
-        _step(plan, feed_dict, chosen)
-        _step(plan, feed_dict, chosen, _NodeTimer(len(plan.nodes), chosen.synchronize))
+        step()
+        step(_NodeTimer())
 
     plain_ns, hooked_ns, timers = [], [], []
     for _ in range(repeat):
         start = time.perf_counter_ns()
-        _step(plan, feed_dict, chosen)
+        step()
         plain_ns.append(time.perf_counter_ns() - start)
-        timers.append(_NodeTimer(len(plan.nodes), chosen.synchronize))
+        timers.append(_NodeTimer())
         start = time.perf_counter_ns()
-        values = _step(plan, feed_dict, chosen, timers[-1])
+        chosen = step(timers[-1])
         hooked_ns.append(time.perf_counter_ns() - start)
 
-    return Profile(output=node, backend=chosen.name, rows=_rows(plan, values, timers),
+    return Profile(output=node, backend=chosen.name, rows=_rows(timers),
                    step_ms=_ms(plain_ns), hooked_step_ms=_ms(hooked_ns),
                    repeat=repeat, warmup=warmup)
 
 
-def _step(plan: Plan, feed_dict, backend, timer=None):
-    """One forward and backward pass, finished on the device; return the values."""
-    values, contexts = _forward(plan, feed_dict, backend, timer)
-    grads = []
-    if plan.wrt_positions:
-        seed = _seed(plan, values, feed_dict, backend)
-        grads = _backward(plan, values, contexts, seed, backend.xp, timer)
-        grads = [grads[i] for i in plan.wrt_positions]
-    backend.synchronize(values[-1], *grads)
-    return values
+class _NodeTimer(Hook):
+    """A run hook that records the time of each node's rules in one step."""
 
+    def __init__(self):
+        self.forward_ns: dict[Node, int] = {}
+        self.backward_ns: dict[Node, int] = {}
+        self.shapes: dict[Node, tuple] = {}
+        self._start = 0
 
-class _NodeTimer:
-    """The executor's timer hook for one step: records the time of each node's rules.
-
-    One object serves every node of the step (rules never nest), so timing a node
-    allocates nothing: ``timer(i, stage)`` aims the object at a node and returns it.
-    """
-
-    def __init__(self, count: int, synchronize):
-        self.forward_ns = [0] * count
-        self.backward_ns = [0] * count
-        self._synchronize = synchronize
-        self._totals, self._index, self._start = self.forward_ns, 0, 0
-
-    def __call__(self, index: int, stage: str):
-        self._totals = self.forward_ns if stage == "forward" else self.backward_ns
-        self._index = index
-        return self
-
-    def __enter__(self):
-        self._synchronize()  # don't charge this node for work queued before it
+    def _begin(self, ctx):
+        ctx.backend.synchronize()  # don't charge this node for work queued before it
         self._start = time.perf_counter_ns()
 
-    def __exit__(self, *exc_info):
-        self._synchronize()
-        self._totals[self._index] += time.perf_counter_ns() - self._start
-        return False
+    def _end(self, ctx, totals, node):
+        ctx.backend.synchronize()
+        totals[node] = totals.get(node, 0) + time.perf_counter_ns() - self._start
+
+    def forward_pre(self, node, ctx):
+        self._begin(ctx)
+
+    def forward_post(self, node, ctx, value):
+        self._end(ctx, self.forward_ns, node)
+        self.shapes[node] = tuple(value.shape)
+
+    def backward_pre(self, node, ctx, grad):
+        self._begin(ctx)
+
+    def backward_post(self, node, ctx, input_grads):
+        self._end(ctx, self.backward_ns, node)
 
 
 def _ms(nanoseconds) -> float:
     return statistics.median(nanoseconds) / 1e6
 
 
-def _rows(plan: Plan, values, timers: list[_NodeTimer]) -> list[NodeTime]:
+def _rows(timers: list[_NodeTimer]) -> list[NodeTime]:
     """One row per node that ran a rule, slowest first."""
-    fed = {i for i, _, _ in plan.feeds}
-    ran = [i for i in range(len(plan.nodes)) if i not in fed]
-    forward = {i: _ms([t.forward_ns[i] for t in timers]) for i in ran}
-    backward = {i: _ms([t.backward_ns[i] for t in timers]) for i in ran}
+    ran = list(timers[-1].forward_ns)
+    forward = {n: _ms([t.forward_ns[n] for t in timers]) for n in ran}
+    backward = {n: _ms([t.backward_ns.get(n, 0) for t in timers]) for n in ran}
     total = sum(forward.values()) + sum(backward.values()) or 1.0
-    rows = [NodeTime(node=plan.nodes[i], shape=tuple(values[i].shape), forward_ms=forward[i],
-                     backward_ms=backward[i], share=(forward[i] + backward[i]) / total)
-            for i in ran]
+    rows = [NodeTime(node=n, shape=timers[-1].shapes[n], forward_ms=forward[n],
+                     backward_ms=backward[n], share=(forward[n] + backward[n]) / total)
+            for n in ran]
     return sorted(rows, key=lambda row: row.total_ms, reverse=True)

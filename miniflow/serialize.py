@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MiniflowError
+from .errors import ModelFileError
 from .models import Model, describe, mlp
 
 __all__ = ["save_model", "load_model", "ModelFileError", "atomic_write", "check_writable"]
@@ -25,10 +25,6 @@ __all__ = ["save_model", "load_model", "ModelFileError", "atomic_write", "check_
 FORMAT = "miniflow-model"
 VERSION = 1
 METADATA_KEY = "__miniflow__"
-
-
-class ModelFileError(MiniflowError, ValueError):
-    """A model file is missing, corrupt, not a miniflow model, or not the model expected."""
 
 
 @contextmanager

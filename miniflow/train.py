@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .backends import backend_names, get_backend
-from .errors import MiniflowError
+from .errors import ConfigError, DataError, TrainingDivergedError
 from .executor import evaluate, value_and_grad
 from .models import ACTIVATIONS, Model, _hidden_sizes, mlp
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
@@ -34,18 +34,6 @@ DEFAULT_LR = {"sgd": 0.1, "momentum": 0.1, "nesterov": 0.1, "adam": 0.001}
 #: Rows per forward pass when measuring accuracy: large batches amortise the
 #: per-call overhead, and 10,000 rows of 784 float32 take only 31 MB.
 EVAL_BATCH_SIZE = 10_000
-
-
-class ConfigError(MiniflowError, ValueError):
-    """A TrainConfig value is out of range or an unknown name."""
-
-
-class DataError(MiniflowError, ValueError):
-    """Images or labels given to the trainer have the wrong shape, dtype or values."""
-
-
-class TrainingDivergedError(MiniflowError, ArithmeticError):
-    """The training loss became NaN or infinite."""
 
 
 def _is_int(value) -> bool:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MiniflowError
-from .executor import _backward, _forward, _seed, _select_backend
-from .graph import Constant, Input, Node, Plan, topological_order
+from .errors import DrawError, GraphvizMissingError
+from .executor import run as run_graph
+from .graph import Constant, Input, Node, topological_order
 from .serialize import atomic_write, check_writable
 
 __all__ = ["RunTrace", "trace", "to_dot", "draw", "Drawing", "DrawError",
@@ -53,14 +53,6 @@ _NO_DOT = ("the graphviz Python package is installed, but Graphviz's dot program
            "on PATH: install it with apt-get install graphviz (Debian/Ubuntu), brew install "
            "graphviz (macOS) or conda install graphviz. Without it, to_dot() still gives "
            "the DOT source, and draw() can write it to a .dot file")
-
-
-class DrawError(MiniflowError, RuntimeError):
-    """A drawing cannot be rendered or saved."""
-
-
-class GraphvizMissingError(DrawError):
-    """The ``graphviz`` Python package or Graphviz's ``dot`` program is not installed."""
 
 
 # -- one run, kept for drawing --------------------------------------------------
@@ -114,39 +106,22 @@ def trace(node: Node, feed_dict: dict, wrt=None, backend=None) -> RunTrace:
         Host copies (NumPy arrays) of the values and gradients, safe to keep
         after the feeds change.
     """
-    forward_plan = Plan.for_(node)
-    chosen = _select_backend(backend, forward_plan, feed_dict)
     if wrt is None:
-        wrt = _floating_inputs(forward_plan, feed_dict, chosen)
+        forward = run_graph(node, feed_dict, backend=backend, keep_all=True)
+        wrt = tuple(n for n, v in forward.values.items()
+                    if type(n) is Input and forward.backend.is_floating(v.dtype))
     elif isinstance(wrt, Node):
         wrt = (wrt,)
-    plan = Plan.for_(node, tuple(wrt))
-
-    values, contexts = _forward(plan, feed_dict, chosen)
-    grads = [None] * len(plan.nodes)
-    if plan.wrt_positions:
-        seed = _seed(plan, values, feed_dict, chosen)
-        grads = _backward(plan, values, contexts, seed, chosen.xp)
+    result = run_graph(node, feed_dict, tuple(wrt), backend=backend, keep_all=True)
+    chosen = result.backend
 
     def host(array):
         return np.array(chosen.to_numpy(array))  # a copy: the trace outlives the run
 
     return RunTrace(
         output=node, backend=chosen.name, wrt=tuple(wrt),
-        values={n: host(v) for n, v in zip(plan.nodes, values)},
-        grads={n: host(g) for n, g in zip(plan.nodes, grads) if g is not None})
-
-
-def _floating_inputs(plan: Plan, feed_dict, backend) -> tuple[Node, ...]:
-    """The Inputs fed with floating-point values: all a gradient can flow to."""
-    found = []
-    for _, node, integer in plan.feeds:
-        if integer or node not in feed_dict:
-            continue  # a missing feed is reported by the forward pass, with its consumers
-        value = backend.accept(feed_dict[node], what=node.label)
-        if backend.xp.isdtype(value.dtype, "real floating"):
-            found.append(node)
-    return tuple(found)
+        values={n: host(v) for n, v in result.values.items()},
+        grads={n: host(g) for n, g in result.gradients.items()})
 
 
 # -- DOT source ------------------------------------------------------------------

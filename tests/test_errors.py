@@ -174,3 +174,44 @@ def test_a_backward_rule_that_forgets_a_gradient_is_named():
     with pytest.raises(NodeError, match=r"Forgetful#\d+: backward returned no gradient for input 0 "
                                         r"\(Input 'x'\)"):
         value_and_grad(Sum(Forgetful(x)), {x: [1.0]}, x)
+
+
+def test_every_exception_class_lives_in_errors_and_is_a_miniflow_error():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import miniflow
+    from miniflow import errors
+
+    found = {}
+    for info in pkgutil.walk_packages(miniflow.__path__, "miniflow."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            # Private classes (_MirrorsFailed) are signals that never leave their module.
+            if inspect.isclass(value) and issubclass(value, BaseException) \
+                    and value.__module__.startswith("miniflow") and not name.startswith("_"):
+                found[f"{info.name}.{name}"] = value
+    assert len(found) > 20
+    for where, cls in found.items():
+        assert cls.__module__ == "miniflow.errors", where
+        assert getattr(errors, cls.__name__) is cls, where
+        assert issubclass(cls, errors.MiniflowError), where
+    # Old homes still work, and the built-in bases are kept.
+    from miniflow.cli import UsageError
+    from miniflow.datasets import MnistChecksumError, MnistFormatError, MnistNotFoundError
+    from miniflow.gradcheck import GradcheckError
+    from miniflow.optim import OptimizerError
+    from miniflow.serialize import ModelFileError
+    from miniflow.train import ConfigError, DataError, TrainingDivergedError
+    from miniflow.viz import DrawError, GraphvizMissingError
+
+    assert issubclass(GradcheckError, AssertionError)
+    assert issubclass(MnistNotFoundError, FileNotFoundError)
+    assert issubclass(MnistChecksumError, MnistFormatError) and issubclass(ModelFileError, ValueError)
+    assert issubclass(TrainingDivergedError, ArithmeticError)
+    assert issubclass(GraphvizMissingError, DrawError) and issubclass(DrawError, RuntimeError)
+    for cls in (UsageError, OptimizerError, ConfigError, DataError):
+        assert issubclass(cls, errors.MiniflowError)

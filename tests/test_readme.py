@@ -48,3 +48,14 @@ def test_drawing_example_runs_after_the_gpu_example(tmp_path, monkeypatch):
     assert (tmp_path / "mlp.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
     assert (tmp_path / "hot.svg").exists()
     assert "Linear" in str(namespace["prof"])
+
+
+def test_run_example_runs_after_the_gpu_example(backend, to_numpy):
+    namespace = {}
+    exec(block('backend="cupy"').replace('backend="cupy"', f'backend="{backend.name}"'), namespace)
+    exec(block("class Shapes(Hook)"), namespace)
+    result = namespace["result"]
+    assert len(result.grads) == 4 and tuple(result.extras[0].shape) == (128, 256)
+    assert set(result.gradients) >= {namespace[n] for n in ("W1", "b1", "W2", "b2")}
+    # The run infers NumPy from the feed; the example before ran on the fixture backend.
+    np.testing.assert_allclose(np.asarray(result.value), to_numpy(namespace["value"]), rtol=1e-5)

@@ -5,11 +5,9 @@ imported lazily: ``import miniflow`` imports neither NumPy nor CuPy.
 """
 from __future__ import annotations
 
-import threading
-
 from ..errors import BackendError
 from .array_api_backend import ArrayAPIBackend, DaskBackend, JaxBackend, TorchBackend
-from .base import Backend
+from .base import Backend, loading_lock
 from .cupy_backend import CupyBackend
 from .numpy_backend import NumpyBackend
 
@@ -36,7 +34,6 @@ _PACKAGE_TO_BACKEND = {"numpy": "numpy", "cupy": "cupy", "torch": "torch", "jax"
                        "array_api_strict": "array_api_strict"}
 
 _instances: dict[str, Backend] = {}
-_lock = threading.Lock()
 _type_cache: dict[type, str | None] = {}
 
 
@@ -55,7 +52,7 @@ def _by_name(name: str) -> Backend:
         )
     backend = _instances.get(name)
     if backend is None:
-        with _lock:  # two threads asking at once must share one instance
+        with loading_lock:  # two threads asking at once must share one instance
             backend = _instances.setdefault(name, _FACTORIES[name]())
     return backend
 
@@ -106,7 +103,7 @@ def _by_module(module) -> Backend:
         raise BackendError(
             f"module {name!r} does not follow the Array API standard (it has no "
             f"__array_api_version__); known backends: {', '.join(_FACTORIES)}")
-    with _lock:
+    with loading_lock:
         return _instances.setdefault(name, ArrayAPIBackend(name, name, f"pip install {name}"))
 
 

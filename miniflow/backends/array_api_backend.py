@@ -13,6 +13,22 @@ class TorchBackend(ArrayAPIBackend):
     def to_numpy(self, array):
         return array.detach().cpu().numpy()
 
+    def make_rng(self, seed=None):
+        import torch
+
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def random_uniform(self, rng, shape, dtype=None):
+        import torch
+
+        return torch.rand(shape, generator=rng, dtype=self.float32 if dtype is None else dtype,
+                          device=rng.device)
+
     def synchronize(self, *arrays):
         import torch
 

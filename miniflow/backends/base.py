@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import importlib
+import threading
 
 import numpy as np
 
 from ..errors import BackendUnavailableError, FeedError
+
+#: Held while any backend loads its library for the first time. Libraries import each
+#: other (array-api-compat looks at torch, dask at numpy): two threads importing two
+#: of them at once can see a partially initialised module, so first loads take turns.
+#: Re-entrant: loading one backend may ask the registry for another.
+loading_lock = threading.RLock()
 
 
 class Backend:
@@ -52,10 +59,13 @@ class Backend:
     def xp(self):
         """The Array-API namespace nodes compute with."""
         if self._xp is None:
-            xp = self._load()
-            self.float32, self.int64 = xp.float32, xp.int64
-            self.array_type = type(xp.asarray(0.0))
-            self._xp = xp
+            with loading_lock:
+                if self._xp is None:  # another thread may have loaded it meanwhile
+                    xp = self._load()
+                    self.float32, self.int64 = xp.float32, xp.int64
+                    self.array_type = type(xp.asarray(0.0))
+                    self._floating = {}
+                    self._xp = xp
         return self._xp
 
     def unavailable_reason(self) -> str | None:
@@ -68,6 +78,28 @@ class Backend:
 
     def is_available(self) -> bool:
         return self.unavailable_reason() is None
+
+    # -- dtypes and randomness ----------------------------------------------
+    def is_floating(self, dtype) -> bool:
+        """True for a real floating-point dtype (cached: runs ask once per ``wrt`` node)."""
+        try:
+            return self._floating[dtype]
+        except KeyError:
+            floating = self._floating[dtype] = bool(self.xp.isdtype(dtype, "real floating"))
+            return floating
+
+    def make_rng(self, seed=None):
+        """A random generator for :meth:`random_uniform`; ``seed`` None draws fresh entropy.
+
+        NumPy's ``Generator`` here; backends with their own generators (PyTorch,
+        CuPy) override this and :meth:`random_uniform` to draw on the device.
+        """
+        return np.random.default_rng(seed)
+
+    def random_uniform(self, rng, shape: tuple, dtype=None):
+        """Samples uniform in [0, 1) from ``rng``, an array of this backend (float32 default)."""
+        dtype = self.float32 if dtype is None else dtype
+        return self.asarray(rng.random(shape), dtype=dtype)
 
     # -- moving data -----------------------------------------------------
     def owns(self, value) -> bool:

@@ -38,6 +38,17 @@ class CupyBackend(Backend):
     def to_numpy(self, array):
         return array.get()
 
+    def make_rng(self, seed=None):
+        import cupy
+
+        return cupy.random.default_rng(seed)
+
+    def random_uniform(self, rng, shape, dtype=None):
+        import cupy
+
+        dtype = cupy.dtype(cupy.float32 if dtype is None else dtype)
+        return rng.random(shape, dtype=dtype)
+
     def synchronize(self, *arrays):
         import cupy
 

@@ -28,6 +28,12 @@ class NumpyBackend(Backend):
     def asarray(self, value, dtype=None):
         return np.asarray(value, dtype=dtype)
 
+    def random_uniform(self, rng, shape, dtype=None):
+        dtype = np.dtype(np.float32 if dtype is None else dtype)
+        if dtype in (np.float32, np.float64):  # drawn in the dtype itself, no float64 copy
+            return rng.random(shape, dtype=dtype)
+        return rng.random(shape).astype(dtype)
+
     def to_numpy(self, array):
         return array
 

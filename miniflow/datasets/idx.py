@@ -17,7 +17,7 @@ import struct
 
 import numpy as np
 
-from ..errors import MiniflowError
+from ..errors import MnistFormatError
 
 # IDX data-type code -> big-endian NumPy dtype.
 _DTYPES = {
@@ -30,28 +30,6 @@ _DTYPES = {
 }
 _CODES = {dtype.newbyteorder("="): code for code, dtype in _DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-class MnistFormatError(MiniflowError, ValueError):
-    """A data file is malformed: not IDX, truncated, bad gzip, wrong shape.
-
-    Attributes
-    ----------
-    filename : str
-        The file (path or URL) at fault.
-    fault : str
-        What is wrong with it.
-    """
-
-    def __init__(self, filename, fault):
-        # Both parts go to ValueError so the exception survives pickling
-        # (multiprocessing, pytest-xdist), which rebuilds it from its args.
-        super().__init__(filename, fault)
-        self.filename = filename
-        self.fault = fault
-
-    def __str__(self):
-        return f"{self.filename}: {self.fault}"
 
 
 def read_idx(data: bytes, name: str) -> np.ndarray:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MiniflowError
+from ..errors import MnistChecksumError, MnistNotFoundError
 from .idx import MnistFormatError, read_idx
 
 # Tried in turn for each missing file. The original site often answers 403
@@ -52,14 +52,6 @@ _HOW_TO_POINT = (
     "--data-dir DIR on the command line, set MINIFLOW_DATA=DIR, or call "
     "load_mnist(data_dir=DIR)."
 )
-
-
-class MnistChecksumError(MnistFormatError):
-    """A file parses as IDX but its content is not the canonical MNIST file."""
-
-
-class MnistNotFoundError(MiniflowError, FileNotFoundError):
-    """The MNIST files are neither on disk nor obtainable from any mirror."""
 
 
 @dataclass(frozen=True)

@@ -65,15 +65,25 @@ class Mul(_Elementwise):
 
 
 class Div(_Elementwise):
-    """x / y, elementwise."""
+    """x / y, elementwise: true division, so integer inputs give floats.
+
+    An integer input takes the floating dtype of the other input, float32 when
+    both are integers: the same on every backend (NumPy alone would give float64).
+    """
 
     arity = 2
 
     def forward(self, ctx, x, y):
+        xp = ctx.xp
+        x_float, y_float = xp.isdtype(x.dtype, "real floating"), xp.isdtype(y.dtype, "real floating")
+        if not (x_float and y_float):
+            dtype = x.dtype if x_float else y.dtype if y_float else xp.float32
+            x, y = xp.astype(x, dtype), xp.astype(y, dtype)
+        ctx.save(x, y)
         return x / y
 
     def backward(self, ctx, grad):
-        x, y = ctx.inputs
+        x, y = ctx.saved
         need_x, need_y = ctx.needs_input_grad
         grad_x = grad / y
         return grad_x if need_x else None, -grad_x * x / y if need_y else None

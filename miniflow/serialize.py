@@ -282,19 +282,24 @@ def _corruption_reported(path: Path):
     except ModelFileError:
         raise
     except _CORRUPTION as exc:
-        raise ModelFileError(f"{path} is corrupt or truncated ({type(exc).__name__}: "
+        kind = type(exc)
+        name = kind.__name__ if kind.__module__ == "builtins" else \
+            f"{kind.__module__}.{kind.__name__}"  # "zlib.error" says more than "error"
+        raise ModelFileError(f"{path} is corrupt or truncated ({name}: "
                              f"{_clip(str(exc))})") from None
 
 
+@dataclass(frozen=True)
 class _Archive:
     """An open .npz whose members are listed and sized, but whose arrays are not yet read.
 
-    ``headers`` maps each array's name to its .npy header (shape, Fortran
-    order, dtype), each already checked against the member's declared size.
+    ``members`` maps each array's name to its ZipInfo; ``headers`` to its .npy
+    header (shape, Fortran order, dtype), checked against the member's size.
     """
 
-    def __init__(self, zip_file: zipfile.ZipFile, members: dict, headers: dict):
-        self.zip_file, self.members, self.headers = zip_file, members, headers
+    zip_file: zipfile.ZipFile
+    members: dict
+    headers: dict
 
 
 @contextmanager

@@ -241,7 +241,7 @@ except ModelFileError as exc:
     message = str(exc).replace(sys.argv[1], "FILE")
 seconds = time.perf_counter() - started
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(f"{seconds:.3f}\\t{grown / 1024:.1f}\\t{message}")
+print(f"{seconds:.6f}\\t{grown / 1024:.1f}\\t{message}")
 """
 
 
@@ -251,15 +251,18 @@ def _table():
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        print("| case | file size | wall time | peak RSS growth | error |")
-        print("| --- | --- | --- | --- | --- |")
+        print("| case | file size | wall time (fresh process) | peak RSS growth | CPU time "
+              "(traced) | peak traced allocation | error |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for name, (build, _) in CASES.items():
             path = build(Path(folder) / "model.npz")
             done = subprocess.run([sys.executable, "-c", CHILD, str(path)], check=True,
                                   capture_output=True, text=True)
             seconds, grown, message = done.stdout.rstrip("\n").split("\t")
+            cpu, peak, _ = measure(path)
             print(f"| {name} | {path.stat().st_size:,} B | {float(seconds) * 1000:.1f} ms "
-                  f"| {grown} MiB | {message[:150]} |")
+                  f"| {grown} MiB | {cpu * 1000:.1f} ms | {peak / 2**20:.2f} MiB "
+                  f"| {message[:160]} |")
 
 
 if __name__ == "__main__":

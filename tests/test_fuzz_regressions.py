@@ -3,7 +3,10 @@
 tests/fuzz/fuzz_idx.py and tests/fuzz/fuzz_model.py search for inputs that make
 the IDX reader or the model loader raise anything but their documented error;
 every such input, once fixed, is kept under tests/fuzz/regressions/ and must
-from then on end in that error (or load, for the valid seeds).
+from then on end in that error (or load, for the valid seeds). Names say where
+an input came from: seed-* started the fuzzers (seed-valid-* must load),
+found-* are what the fuzzers found on the code before it was fixed, hand-* were
+written by hand for what they did not reach in a few minutes.
 """
 from pathlib import Path
 

@@ -333,8 +333,9 @@ def main(argv=None) -> int:
     except Exception as exc:  # a bug: still one line, and the way to see more
         show = _wants_traceback(args, argv)
         hint = "" if show else "; rerun with --traceback to see where it happened"
-        return _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in miniflow{hint})",
-                     EXIT_FAILURE, show)
+        message = " ".join(str(exc).split())  # one line, whatever the exception says
+        return _fail(f"unexpected {type(exc).__name__}{': ' if message else ''}{message} "
+                     f"(a bug in miniflow{hint})", EXIT_FAILURE, show)
     return 0
 
 

@@ -229,6 +229,23 @@ def test_an_unexpected_exception_is_one_line_with_a_hint(fake_data, capsys, monk
                    "miniflow; rerun with --traceback to see where it happened)\n")
 
 
+def test_an_unexpected_exception_without_a_message_or_with_several_lines(
+        fake_data, capsys, monkeypatch):
+    def silent(*args, **kwargs):
+        raise Bug()
+
+    monkeypatch.setattr(cli, "train", silent)
+    err = one_error_line(capsys, main(["train"]), 1)
+    assert err.startswith("miniflow: error: unexpected Bug (a bug in miniflow; rerun")
+
+    def chatty(*args, **kwargs):
+        raise Bug("first\n  second\n")
+
+    monkeypatch.setattr(cli, "train", chatty)
+    err = one_error_line(capsys, main(["train"]), 1)
+    assert err.startswith("miniflow: error: unexpected Bug: first second (a bug")
+
+
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_traceback_flag_shows_the_traceback(fake_data, capsys, monkeypatch, where):
     monkeypatch.setattr(cli, "train", _a_bug)

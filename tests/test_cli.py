@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hostile
 import numpy as np
 import pytest
 
@@ -311,6 +312,15 @@ def test_evaluate_a_file_that_is_not_a_model(fake_data, capsys, tmp_path):
     assert "is not a miniflow model" in err
     err = one_error_line(capsys, main(["evaluate", str(tmp_path / "missing.npz")]), 1)
     assert "no model file at" in err
+
+
+@pytest.mark.parametrize("case", ["1 MB member inflating to 1 GiB", "hidden [100000000]",
+                                  "encrypted member", "input_std NaN"])
+def test_evaluate_a_hostile_file_is_one_line(fake_data, capsys, tmp_path, case):
+    build, message = hostile.CASES[case]
+    path = build(tmp_path / "model.npz")
+    err = one_error_line(capsys, main(["evaluate", str(path)]), 1)
+    assert re.search(message, err) and str(path) in err
 
 
 def test_evaluate_a_model_of_another_architecture(fake_data, capsys, tmp_path):

@@ -14,12 +14,13 @@ import io
 import math
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from functools import partial
 
 from . import __version__
 from .backends import backend_names, get_backend
-from .datasets import MnistFormatError, MnistNotFoundError, load_mnist
+from .datasets import MNIST_TRAIN_SIZE, load_mnist
 from .errors import MiniflowError, UsageError
 from .models import ACTIVATIONS, mlp
 from .optim import OPTIMIZERS, SCHEDULES
@@ -30,6 +31,7 @@ PROG = "miniflow"
 # The exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 PLOT_INSTALL_HINT = "pip install 'miniflow[plot]'"
 
 
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="(default: %(default)s)")
     run.add_argument("--batch-size", type=_int_at_least(1), default=defaults.batch_size,
                      help="(default: %(default)s)")
-    run.add_argument("--seed", type=int, default=defaults.seed,
+    run.add_argument("--seed", type=_int_at_least(0), default=defaults.seed,
                      help="seeds the initial weights and the shuffling (default: %(default)s)")
     _add_data_option(run)
     run.add_argument("--validation-size", type=_int_at_least(0),
@@ -148,7 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--out", metavar="PATH", default="mlp.svg",
                        help="the drawing; .svg, .png, .pdf or .dot (default: %(default)s)")
     graph.set_defaults(handler=_graph_command)
+    _add_traceback_option(parser, commands)
     return parser
+
+
+def _add_traceback_option(parser, commands):
+    """Accept --traceback before or after the command (``miniflow train ... --traceback``)."""
+    help_text = "on an error, show the full Python traceback (for bug reports)"
+    parser.add_argument("--traceback", action="store_true", help=help_text)
+    for command in commands.choices.values():
+        # SUPPRESS: a command that lacks the flag must not reset the one given before it.
+        command.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                             help=help_text)
 
 
 def _add_architecture_options(parser):
@@ -181,15 +194,13 @@ def _train_command(args) -> None:
     if args.plot:
         _require_matplotlib()
         check_writable(args.plot, "plot")
+    if config.validation_size >= MNIST_TRAIN_SIZE:
+        raise UsageError(f"argument --validation-size: must lie in [0, {MNIST_TRAIN_SIZE}) "
+                         f"(the MNIST training set has {MNIST_TRAIN_SIZE} images), got "
+                         f"{config.validation_size} (see '{PROG} train --help')")
     backend = get_backend(config.backend)
-    try:
-        mnist = load_mnist(args.data_dir, validation_size=config.validation_size,
-                           progress=False if args.quiet else None)
-    except MnistFormatError:
-        raise
-    except ValueError as exc:  # the one other: a validation size larger than the data
-        raise UsageError(f"argument --validation-size: {exc} (see '{PROG} train --help')"
-                         ) from None
+    mnist = load_mnist(args.data_dir, validation_size=config.validation_size,
+                       progress=False if args.quiet else None)
 
     steps = config.epochs * math.ceil(len(mnist.train_labels) / config.batch_size)
     with _progress_bar(steps, show=not args.quiet and sys.stderr.isatty()) as bar:
@@ -291,10 +302,16 @@ def _plot_history(history, path) -> None:
 # -- entry point -----------------------------------------------------------------
 
 def main(argv=None) -> int:
-    """Run the ``miniflow`` command line; return the exit status."""
-    parser = build_parser()
+    """Run the ``miniflow`` command line; return the exit status.
+
+    Every failure ends in one ``miniflow: error: ...`` line on stderr (``--traceback``
+    adds the Python traceback above it): exit status 2 for a bad command line, 1 for
+    anything else, 130 for Ctrl-C.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
         args.handler(args)
     except UsageError as exc:
         return _fail(exc, EXIT_USAGE)
@@ -303,12 +320,28 @@ def main(argv=None) -> int:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     # The errors a user can cause and fix: bad values, missing or corrupt files,
-    # an unusable backend, a diverging run. Anything else is a bug: let it show.
-    except (MiniflowError, MnistNotFoundError, MnistFormatError, OSError) as exc:
-        return _fail(exc, 1)
+    # an unusable backend, a diverging run.
+    except (MiniflowError, OSError) as exc:
+        return _fail(exc, EXIT_FAILURE, _wants_traceback(args, argv))
+    except MemoryError as exc:
+        return _fail(f"out of memory ({exc or 'no details'}); try a smaller model or batch",
+                     EXIT_FAILURE, _wants_traceback(args, argv))
+    except Exception as exc:  # a bug: still one line, and the way to see more
+        show = _wants_traceback(args, argv)
+        hint = "" if show else "; rerun with --traceback to see where it happened"
+        message = " ".join(str(exc).split())  # one line, whatever the exception says
+        return _fail(f"unexpected {type(exc).__name__}{': ' if message else ''}{message} "
+                     f"(a bug in miniflow{hint})", EXIT_FAILURE, show)
     return 0
 
 
-def _fail(exc, status) -> int:
-    print(f"{PROG}: error: {exc}", file=sys.stderr)
+def _wants_traceback(args, argv) -> bool:
+    # Without parsed arguments (the parser itself failed), look for the flag by hand.
+    return getattr(args, "traceback", False) if args is not None else "--traceback" in argv
+
+
+def _fail(error, status, show_traceback=False) -> int:
+    if show_traceback:
+        traceback.print_exc()
+    print(f"{PROG}: error: {error}", file=sys.stderr)
     return status

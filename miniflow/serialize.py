@@ -4,27 +4,65 @@ A model file is an ordinary NumPy ``.npz`` archive: each parameter under its
 name ("fc1.w", ...) and a JSON record (format marker, version, architecture,
 input standardisation) under ``__miniflow__``. It is read with
 ``allow_pickle=False``, so opening a model file can never run code.
+
+Loading treats the file as hostile. Before any array is allocated, the zip
+directory and every array's ``.npy`` header are read and checked against each
+other and against the metadata, and the total size the arrays would take is
+bounded by the size of the file itself. A corrupt, forged or oversized file
+therefore fails fast with :class:`ModelFileError`, without a burst of memory.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import struct
 import tempfile
 import zipfile
-from contextlib import contextmanager
+import zlib
+from collections.abc import Callable
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelFileError
-from .models import Model, describe, mlp
+from .models import Model, _check_activation, _hidden_sizes, _positive, describe, mlp
 
-__all__ = ["save_model", "load_model", "ModelFileError", "atomic_write", "check_writable"]
+try:
+    import fcntl  # a lock tells a live save's temporary file from a dead one's
+except ImportError:  # Windows: stale temporary files are then left alone
+    fcntl = None
+
+__all__ = ["save_model", "load_model", "ModelFileError", "atomic_write", "check_writable",
+           "ARCHITECTURES", "ArchitectureKind"]
 
 # Marks an .npz as a miniflow model; the version changes when the layout does.
 FORMAT = "miniflow-model"
 VERSION = 1
 METADATA_KEY = "__miniflow__"
+
+# The JSON record is a few hundred bytes; anything near this is not ours.
+_MAX_METADATA_BYTES = 1 << 20
+# np.savez stores arrays uncompressed; np.savez_compressed squeezes trained
+# float weights by a few percent. Data that inflates more than this is not
+# weights, and is refused before it is inflated: a "zip bomb".
+_MAX_INFLATION = 16
+_INFLATION_ALLOWANCE = 1 << 20  # tiny files compress oddly; never matters for memory
+# Temporary files of a save are ".mf-<tag>-<random>.tmp", <tag> a hash of the
+# target's name: short, so a 255-byte name still saves, and recognisable, so
+# the next save to the same place can remove what a killed one left.
+_TEMPORARY_PREFIX = ".mf-"
+
+
+
+# -- writing ---------------------------------------------------------------------------
+
+def _temporary_prefix(path: Path) -> str:
+    tag = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]
+    return f"{_TEMPORARY_PREFIX}{tag}-"
 
 
 @contextmanager
@@ -35,19 +73,45 @@ def atomic_write(path):
     stays on one file system, where it is atomic), which is flushed to disk and
     then renamed over ``path``. If the ``with`` block raises, or is
     interrupted, the temporary file is removed and ``path`` is left as it was.
+    Temporary files that a killed earlier save to ``path`` left behind are
+    removed first; those of a save still running are not.
     """
     path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix = _temporary_prefix(path)
+    _remove_stale_temporaries(path.parent, prefix)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as file:
+            if fcntl is not None:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # held until the file is renamed
             yield file
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp makes files private; ours are ordinary data
-        os.replace(temporary, path)
+            os.chmod(temporary, 0o644)  # mkstemp makes files private; ours are ordinary data
+            os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        with suppress(FileNotFoundError):
+            os.unlink(temporary)
         raise
+
+
+def _remove_stale_temporaries(folder: Path, prefix: str) -> None:
+    """Delete ``prefix*.tmp`` files in ``folder`` that no running save holds locked."""
+    if fcntl is None:
+        return
+    for candidate in folder.glob(f"{prefix}*.tmp"):
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # gone already, a symlink, or not ours to read
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.path.samestat(os.fstat(fd), os.stat(candidate, follow_symlinks=False)):
+                os.unlink(candidate)
+        except OSError:  # locked by a save in progress, or renamed meanwhile
+            pass
+        finally:
+            os.close(fd)
 
 
 def check_writable(path, what: str = "file") -> Path:
@@ -70,7 +134,7 @@ def check_writable(path, what: str = "file") -> Path:
         raise FileNotFoundError(f"cannot write the {what} to {path}: the folder {folder} "
                                 "does not exist")
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".probe")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".probe")
     except OSError as exc:
         raise type(exc)(f"cannot write the {what} to {path}: "
                         f"{exc.strerror or exc} in {folder}") from None
@@ -102,6 +166,53 @@ def save_model(model: Model, path) -> Path:
     return path
 
 
+# -- architectures ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ArchitectureKind:
+    """How to check and rebuild one kind of architecture record.
+
+    Attributes
+    ----------
+    parameter_shapes : callable
+        ``record -> {parameter name: shape}``, computed from the record alone,
+        allocating nothing. Raises ValueError, TypeError or KeyError when the
+        record is unusable. :func:`load_model` compares the result with the
+        stored arrays' headers before any array is read.
+    build : callable
+        ``record -> Model``, with freshly initialised parameters of exactly
+        those names and shapes (called only after the shapes matched).
+    """
+
+    parameter_shapes: Callable[[dict], dict]
+    build: Callable[[dict], Model]
+
+
+def _mlp_parameter_shapes(record: dict) -> dict:
+    _check_activation(record["activation"])
+    hidden = record["hidden"]
+    if not isinstance(hidden, list):  # _hidden_sizes would also take an int or a string
+        raise TypeError(f"hidden must be a list of sizes, got {_clip(repr(hidden))}")
+    widths = (_positive(record["n_inputs"], "n_inputs"), *_hidden_sizes(hidden),
+              _positive(record["n_classes"], "n_classes"))
+    shapes = {}
+    for k, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        shapes[f"fc{k}.w"], shapes[f"fc{k}.b"] = (fan_in, fan_out), (fan_out,)
+    return shapes
+
+
+def _build_mlp(record: dict) -> Model:
+    return mlp(record["hidden"], record["activation"], n_inputs=record["n_inputs"],
+               n_classes=record["n_classes"])
+
+
+#: Architecture kinds by the name in the record's ``"kind"`` (absent: ``"mlp"``,
+#: the only kind of format version 1). A new kind of model adds its entry here.
+ARCHITECTURES = {"mlp": ArchitectureKind(_mlp_parameter_shapes, _build_mlp)}
+
+
+# -- loading ---------------------------------------------------------------------------
+
 def load_model(path, *, architecture: dict | None = None) -> Model:
     """Read a model written by :func:`save_model`.
 
@@ -122,73 +233,244 @@ def load_model(path, *, architecture: dict | None = None) -> Model:
     ------
     ModelFileError
         The file is missing, is not a miniflow model, is corrupt or truncated,
-        was written in another format version, holds parameters that do not
-        match its architecture, or is not of the ``architecture`` asked for.
-        The message says which.
+        was written in another format version, declares sizes its content
+        does not hold, holds parameters that do not match its architecture or
+        are not finite, or is not of the ``architecture`` asked for. The
+        message says which. Nothing larger than the file allows is allocated
+        before the error.
     """
     path = Path(path)
-    metadata, arrays = _read_archive(path)
-    if metadata.get("format") != FORMAT or "version" not in metadata:
-        raise ModelFileError(f"{path} is not a miniflow model (its metadata has no "
-                             f"{FORMAT!r} format marker)")
-    if metadata["version"] != VERSION:
-        raise ModelFileError(f"{path} is a miniflow model of format version "
-                             f"{metadata['version']}; this miniflow reads version {VERSION}")
-    try:
-        saved = metadata["architecture"]
-        model = mlp(saved["hidden"], saved["activation"], n_inputs=saved["n_inputs"],
-                    n_classes=saved["n_classes"])
-        model.input_mean = float(metadata["input_mean"])
-        model.input_std = float(metadata["input_std"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path} is corrupt: its architecture record is unusable "
-                             f"({type(exc).__name__}: {exc})") from None
-    if architecture is not None and model.architecture != architecture:
-        raise ModelFileError(f"{path} holds a model of another architecture: "
-                             f"{describe(model.architecture)}, not {describe(architecture)}")
-
-    expected = {node.name for node in model.params}
-    if set(arrays) != expected:
-        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
-        raise ModelFileError(f"{path} does not match its architecture "
-                             f"({describe(model.architecture)}): "
-                             f"missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
-    for node, initial in model.params.items():
-        value = arrays[node.name]
-        if value.shape != initial.shape or value.dtype.kind != "f":
-            raise ModelFileError(
-                f"{path} does not match its architecture ({describe(model.architecture)}): "
-                f"{node.name} has shape {value.shape} and dtype {value.dtype}, expected "
-                f"shape {initial.shape}, floating point")
-        model.params[node] = value.astype(np.float32, copy=False)
+    with _open_archive(path) as archive:
+        with _corruption_reported(path):
+            metadata = _read_metadata(archive, path)
+            kind, record, shapes = _check_metadata(metadata, path)
+            _check_parameters(archive, record, shapes, path)
+            model = kind.build(record)
+            if architecture is not None and model.architecture != architecture:
+                raise ModelFileError(
+                    f"{path} holds a model of another architecture: "
+                    f"{describe(model.architecture)}, not {describe(architecture)}")
+            values = {name: _read_array(archive, name, path) for name in shapes}
+    model.input_mean = float(metadata["input_mean"])
+    model.input_std = float(metadata["input_std"])
+    for node in model.params:
+        # Cast first: a finite float64 can overflow float32 (refused just below).
+        with np.errstate(over="ignore"):
+            value = values[node.name].astype(np.float32, copy=False)
+        if not np.isfinite(value).all():
+            raise ModelFileError(f"{path} is corrupt: {node.name} holds "
+                                 f"{np.count_nonzero(~np.isfinite(value))} NaN or infinite "
+                                 "values (as float32)")
+        model.params[node] = value
     return model
 
 
-def _read_archive(path: Path):
-    """Return (metadata dict, {name: array}) from an .npz, or raise ModelFileError."""
+# What zipfile, zlib and NumPy's .npy reader raise on damaged bytes.
+_CORRUPTION = (zipfile.BadZipFile, zlib.error, struct.error, ValueError, EOFError, OSError,
+               KeyError, NotImplementedError)
+
+
+@contextmanager
+def _corruption_reported(path: Path):
+    """Turn the errors of damaged bytes into ModelFileError; ours pass as they are."""
     try:
-        with open(path, "rb") as file:
-            magic = file.read(4)
+        yield
+    except ModelFileError:
+        raise
+    except _CORRUPTION as exc:
+        kind = type(exc)
+        name = kind.__name__ if kind.__module__ == "builtins" else \
+            f"{kind.__module__}.{kind.__name__}"  # "zlib.error" says more than "error"
+        raise ModelFileError(f"{path} is corrupt or truncated ({name}: "
+                             f"{_clip(str(exc))})") from None
+
+
+@dataclass(frozen=True)
+class _Archive:
+    """An open .npz whose members are listed and sized, but whose arrays are not yet read.
+
+    ``members`` maps each array's name to its ZipInfo; ``headers`` to its .npy
+    header (shape, Fortran order, dtype), checked against the member's size.
+    """
+
+    zip_file: zipfile.ZipFile
+    members: dict
+    headers: dict
+
+
+@contextmanager
+def _open_archive(path: Path):
+    """Yield an _Archive for ``path``, or raise ModelFileError if its layout is unsound."""
+    try:
+        file = open(path, "rb")
     except FileNotFoundError:
         raise ModelFileError(f"no model file at {path}") from None
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if magic != b"PK\x03\x04":  # every .npz is a zip archive, and starts so
-        raise ModelFileError(f"{path} is not a miniflow model (not an .npz archive)")
+    with file:
+        if file.read(4) != b"PK\x03\x04":  # every .npz is a zip archive, and starts so
+            raise ModelFileError(f"{path} is not a miniflow model (not an .npz archive)")
+        file_size = os.fstat(file.fileno()).st_size
+        with _corruption_reported(path):
+            zip_file = zipfile.ZipFile(file)
+        with zip_file:
+            with _corruption_reported(path):
+                members = _list_members(zip_file, file_size, path)
+                headers = {name: _read_header(zip_file, info, path)
+                           for name, info in members.items()}
+            yield _Archive(zip_file, members, headers)
+
+
+def _list_members(zip_file: zipfile.ZipFile, file_size: int, path: Path) -> dict:
+    """{array name: ZipInfo}, after checking the sizes the zip directory declares."""
+    members = {}
+    stored = inflated = 0
+    for info in zip_file.infolist():
+        name = info.filename.removesuffix(".npy")
+        where = f"{path}: member {_clip(info.filename)!r}"
+        if name in members:
+            raise ModelFileError(f"{where} appears twice")
+        if info.flag_bits & 0x1:
+            raise ModelFileError(f"{where} is encrypted; miniflow model files never are")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelFileError(f"{where} uses zip compression method {info.compress_type}; "
+                                 "a model file is stored or deflated")
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise ModelFileError(f"{where} is corrupt: stored with {info.compress_size} bytes "
+                                 f"but declared to hold {info.file_size}")
+        stored += info.compress_size
+        inflated += info.file_size
+        members[name] = info
+    if stored > file_size:
+        raise ModelFileError(f"{path} is corrupt: its members claim {stored} bytes, more than "
+                             f"the file's {file_size} (truncated, or overlapping members)")
+    if inflated > _MAX_INFLATION * file_size + _INFLATION_ALLOWANCE:
+        raise ModelFileError(
+            f"{path} is not a plausible model file: its {file_size} bytes would inflate to "
+            f"{inflated}, more than {_MAX_INFLATION} times their size (a zip bomb?)")
+    return members
+
+
+def _read_header(zip_file: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path):
+    """The (shape, fortran_order, dtype) of one member's .npy header, checked against its size."""
+    with zip_file.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ModelFileError(f"{path}: member {_clip(info.filename)!r} is in .npy format "
+                                 f"version {version[0]}.{version[1]}; miniflow reads 1.0 "
+                                 "and 2.0")
+        header_size = member.tell()
+    where = f"{path}: member {_clip(info.filename)!r}"
+    if not all(type(size) is int and size >= 0 for size in shape):
+        raise ModelFileError(f"{where} is corrupt: its header declares shape {_clip(str(shape))}")
+    data_size = math.prod(shape) * dtype.itemsize
+    if header_size + data_size != info.file_size:
+        raise ModelFileError(
+            f"{where} is corrupt: its header declares a {dtype} array of shape "
+            f"{_clip(str(shape))} ({_count(data_size)} bytes), but the member holds "
+            f"{info.file_size - header_size} bytes of data")
+    return shape, fortran_order, dtype
+
+
+def _read_metadata(archive: _Archive, path: Path) -> dict:
+    if METADATA_KEY not in archive.headers:
+        raise ModelFileError(f"{path} is an .npz archive but not a miniflow model "
+                             f"(it has no {METADATA_KEY!r} record)")
+    shape, _, dtype = archive.headers[METADATA_KEY]
+    if shape != () or dtype.kind != "U":
+        raise ModelFileError(f"{path} is not a miniflow model (its {METADATA_KEY!r} record is "
+                             f"a {dtype} array of shape {_clip(str(shape))}, not a string)")
+    if archive.members[METADATA_KEY].file_size > _MAX_METADATA_BYTES:
+        raise ModelFileError(f"{path} is not a miniflow model (its {METADATA_KEY!r} record "
+                             f"is over {_MAX_METADATA_BYTES} bytes)")
+    text = str(_read_array(archive, METADATA_KEY, path))
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if METADATA_KEY not in archive.files:
-                raise ModelFileError(f"{path} is an .npz archive but not a miniflow model "
-                                     f"(it has no {METADATA_KEY!r} record)")
-            metadata = json.loads(str(archive[METADATA_KEY]))
-            arrays = {name: archive[name] for name in archive.files if name != METADATA_KEY}
-    except ModelFileError:
-        raise
-    # A cut-off archive fails in zipfile; a damaged one in zlib, the CRC check,
-    # NumPy's header parser or the JSON decoder (all ValueErrors or OSErrors).
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise ModelFileError(f"{path} is corrupt or truncated ({type(exc).__name__}: {exc})"
-                             ) from None
+        metadata = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
+        raise ModelFileError(f"{path} is corrupt: its metadata is not JSON "
+                             f"({type(exc).__name__}: {_clip(str(exc))})") from None
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path} is not a miniflow model (its metadata is not a record)")
-    return metadata, arrays
+    return metadata
+
+
+def _check_metadata(metadata: dict, path: Path):
+    """Return (ArchitectureKind, architecture record, {name: shape}), each value checked."""
+    if metadata.get("format") != FORMAT or "version" not in metadata:
+        raise ModelFileError(f"{path} is not a miniflow model (its metadata has no "
+                             f"{FORMAT!r} format marker)")
+    if type(metadata["version"]) is not int or metadata["version"] != VERSION:
+        raise ModelFileError(f"{path} is a miniflow model of format version "
+                             f"{_clip(repr(metadata['version']))}; this miniflow reads "
+                             f"version {VERSION}")
+    record = metadata.get("architecture")
+    name = record.get("kind", "mlp") if isinstance(record, dict) else None
+    if isinstance(record, dict) and name not in ARCHITECTURES:
+        raise ModelFileError(f"{path} holds a model of unknown kind {_clip(repr(name))}; "
+                             f"this miniflow knows {', '.join(ARCHITECTURES)}")
+    try:
+        kind = ARCHITECTURES[name]
+        shapes = kind.parameter_shapes(record)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path} is corrupt: its architecture record is unusable "
+                             f"({type(exc).__name__}: {_clip(str(exc))})") from None
+    for key in ("input_mean", "input_std"):
+        value = metadata.get(key)
+        if not _is_finite_number(value):
+            raise ModelFileError(f"{path} is corrupt: {key} must be a finite number, "
+                                 f"got {_clip(repr(value))}")
+    if not metadata["input_std"] > 0:
+        raise ModelFileError(f"{path} is corrupt: input_std must be positive (inputs are "
+                             f"divided by it), got {metadata['input_std']!r}")
+    return kind, record, shapes
+
+
+def _is_finite_number(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range, which JSON allows
+        return False
+
+
+def _check_parameters(archive: _Archive, record: dict, shapes: dict, path: Path) -> None:
+    """Compare the arrays' names, shapes and dtypes with the architecture's, from headers only."""
+    stored = set(archive.headers) - {METADATA_KEY}
+    where = f"{path} does not match its architecture ({_clip(describe(record))})"
+    if stored != set(shapes):
+        missing, extra = _some(set(shapes) - stored), _some(stored - set(shapes))
+        raise ModelFileError(f"{where}: missing {missing}, unexpected {extra}")
+    for name, expected in shapes.items():
+        shape, _, dtype = archive.headers[name]
+        if shape != expected or dtype.kind != "f":
+            raise ModelFileError(f"{where}: {name} has shape {_clip(str(shape))} and dtype "
+                                 f"{dtype}, expected shape {expected}, floating point")
+
+
+def _read_array(archive: _Archive, name: str, path: Path) -> np.ndarray:
+    """Read one member whose header was checked, so its size is known and bounded."""
+    with archive.zip_file.open(archive.members[name]) as member:
+        return np.lib.format.read_array(member, allow_pickle=False)
+
+
+def _some(names, shown=5) -> str:
+    names = sorted(names)
+    if not names:
+        return "nothing"
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f"{[_clip(name) for name in names[:shown]]}{more}"
+
+
+def _count(n: int) -> str:
+    # str() refuses ints of over 4300 digits, which a forged shape can multiply to.
+    return str(n) if n < 10**15 else f"about 10^{len(str(n)) - 1}"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """``text``, cut short: a hostile file can put megabytes into any value it declares."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

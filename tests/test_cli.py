@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hostile
 import numpy as np
 import pytest
 
@@ -142,6 +143,9 @@ def test_backends_and_optimizers_are_selectable(fake_data, capsys):
     (["--validation-size", "-3"], "argument --validation-size: must be >= 0"),
     (["--validation-size", "60000"], r"argument --validation-size: .*in \[0, 60000\)"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["--seed", "-3"], "argument --seed: must be >= 0, got -3"),
+    (["--seed", "abc"], "argument --seed: expected an integer, got 'abc'"),
+    (["--seed", "1e3"], "argument --seed: expected an integer, got '1e3'"),
 ])
 def test_bad_options_exit_2_with_one_clear_line(fake_data, capsys, monkeypatch, args, message):
     monkeypatch.setattr(cli, "train", no_training)
@@ -211,6 +215,87 @@ def test_ctrl_c_exits_130_and_leaves_the_saved_model_intact(fake_data, capsys, m
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["model.npz"]
 
 
+class Bug(Exception):
+    pass
+
+
+def _a_bug(*args, **kwargs):
+    raise Bug("something inside went wrong")
+
+
+def test_an_unexpected_exception_is_one_line_with_a_hint(fake_data, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "train", _a_bug)
+    err = one_error_line(capsys, main(["train", "--epochs", "1"]), 1)
+    assert err == ("miniflow: error: unexpected Bug: something inside went wrong (a bug in "
+                   "miniflow; rerun with --traceback to see where it happened)\n")
+
+
+def test_an_unexpected_exception_without_a_message_or_with_several_lines(
+        fake_data, capsys, monkeypatch):
+    def silent(*args, **kwargs):
+        raise Bug()
+
+    monkeypatch.setattr(cli, "train", silent)
+    err = one_error_line(capsys, main(["train"]), 1)
+    assert err.startswith("miniflow: error: unexpected Bug (a bug in miniflow; rerun")
+
+    def chatty(*args, **kwargs):
+        raise Bug("first\n  second\n")
+
+    monkeypatch.setattr(cli, "train", chatty)
+    err = one_error_line(capsys, main(["train"]), 1)
+    assert err.startswith("miniflow: error: unexpected Bug: first second (a bug")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_traceback_flag_shows_the_traceback(fake_data, capsys, monkeypatch, where):
+    monkeypatch.setattr(cli, "train", _a_bug)
+    args = ["train", "--epochs", "1"]
+    args = ["--traceback", *args] if where == "before" else [*args, "--traceback"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert "in _a_bug" in err and "Bug: something inside went wrong" in err
+    assert err.endswith("miniflow: error: unexpected Bug: something inside went wrong "
+                        "(a bug in miniflow)\n")
+
+
+def test_traceback_flag_on_a_user_error(capsys, tmp_path):
+    err = one_error_line(capsys, main(["evaluate", str(tmp_path / "none.npz")]), 1)
+    assert main(["evaluate", str(tmp_path / "none.npz"), "--traceback"]) == 1
+    with_traceback = capsys.readouterr().err
+    assert with_traceback.startswith("Traceback") and with_traceback.endswith(err)
+
+
+def test_running_out_of_memory_is_one_line(fake_data, capsys, monkeypatch):
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 291. GiB for an array")
+
+    monkeypatch.setattr(cli, "train", too_big)
+    err = one_error_line(capsys, main(["train", "--hidden", "100000000"]), 1)
+    assert "out of memory (Unable to allocate 291. GiB for an array)" in err
+
+
+def test_a_bad_idx_header_is_a_dataset_error_naming_the_file(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(mnist_module, "DEFAULT_MIRRORS", ())
+    for name in MNIST_FILES[1:]:  # present, so nothing is missing; never reached
+        (tmp_path / name).write_bytes(b"")
+    images = tmp_path / MNIST_FILES[0]
+    # Three dimensions of 2**32 - 1 pixels each, in a 16-byte file.
+    images.write_bytes(bytes([0, 0, 8, 3]) + b"\xff" * 12)
+    err = one_error_line(capsys, main(["train", "--data-dir", str(tmp_path)]), 1)
+    assert err.startswith(f"miniflow: error: {images}: truncated: expected about 10^28 bytes")
+    assert "argument" not in err and "validation" not in err
+
+
+def test_seed_minus_3_from_the_shell():
+    done = subprocess.run([sys.executable, "-m", "miniflow", "train", "--seed", "-3"],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("miniflow: error: argument --seed: must be >= 0, got -3 "
+                           "(see 'miniflow train --help')\n")
+
+
 # -- evaluate -------------------------------------------------------------------------
 
 def test_evaluate_a_corrupt_file(fake_data, capsys, tmp_path):
@@ -227,6 +312,15 @@ def test_evaluate_a_file_that_is_not_a_model(fake_data, capsys, tmp_path):
     assert "is not a miniflow model" in err
     err = one_error_line(capsys, main(["evaluate", str(tmp_path / "missing.npz")]), 1)
     assert "no model file at" in err
+
+
+@pytest.mark.parametrize("case", ["1 MB member inflating to 1 GiB", "hidden [100000000]",
+                                  "encrypted member", "input_std NaN"])
+def test_evaluate_a_hostile_file_is_one_line(fake_data, capsys, tmp_path, case):
+    build, message = hostile.CASES[case]
+    path = build(tmp_path / "model.npz")
+    err = one_error_line(capsys, main(["evaluate", str(path)]), 1)
+    assert re.search(message, err) and str(path) in err
 
 
 def test_evaluate_a_model_of_another_architecture(fake_data, capsys, tmp_path):

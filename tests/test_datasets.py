@@ -14,6 +14,7 @@ import socket
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +103,21 @@ GOOD = write_idx(np.arange(6, dtype=np.uint8).reshape(2, 3))  # 4 + 8 + 6 bytes
         (GOOD[:9], "truncated: expected a 12-byte header"),
         (GOOD[:-1], "truncated: expected 18 bytes for a uint8 array of shape (2, 3), got 17"),
         (GOOD + b"xx", "trailing data: expected 18 bytes"),
+        (bytes([0, 0, 8, 3]) + b"\xff" * 12,
+         f"truncated: expected about 10^{len(str(16 + (2**32 - 1) ** 3)) - 1} bytes for a "
+         "uint8 array of shape "
+         "(4294967295, 4294967295, 4294967295), got 16"),
+        (bytes([0, 0, 0x0E, 255]) + b"\xff" * 1020,
+         f"truncated: expected about 10^{len(str(1024 + 8 * (2**32 - 1) ** 255)) - 1} bytes "
+         "for a float64 array of shape "
+         "(4294967295, 4294967295, 4294967295, 4294967295, 4294967295, 4294967295, "
+         "4294967295, 4294967295, ...), got 1024"),
+        (bytes([0, 0, 8, 65]) + (1).to_bytes(4, "big") * 65 + b"\x07",
+         "unusable shape: 65 dimensions of sizes (1, 1, 1, 1, 1, 1, 1, 1, ...)"),
+        (bytes([0, 0, 8, 4]) + bytes(4) + b"\xff" * 12, "unusable shape: 4 dimensions"),
     ],
-    ids=["magic", "gzipped", "dtype", "short-magic", "short-header", "truncated", "trailing"],
+    ids=["magic", "gzipped", "dtype", "short-magic", "short-header", "truncated", "trailing",
+         "absurd-dims", "255-dims", "too-many-dims", "empty-but-overflowing"],
 )
 def test_idx_errors_name_file_and_fault(data, fault):
     with pytest.raises(MnistFormatError) as info:
@@ -263,7 +277,57 @@ def test_corrupt_local_file_is_reported_and_kept(tmp_path, filename, content, er
     assert os.listdir(tmp_path) == [filename]
 
 
+LABELS = mnist_module._FILES["train_labels"]
+IMAGES = mnist_module._FILES["train_images"]
+
+
+def _load_train_labels(folder):
+    """Read the training labels as load_mnist does, without the other three files."""
+    return mnist_module._read_local(mnist_module._find_local(folder, LABELS), LABELS)
+
+
+def test_a_local_gzip_bomb_is_refused_one_byte_past_the_known_size(tmp_path):
+    bomb = gzip.compress(bytes(10 * 2**20))  # 10 KB inflating to 10 MB
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(bomb)
+    tracemalloc.start()
+    with pytest.raises(MnistFormatError) as info:
+        _load_train_labels(tmp_path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(info.value) == (f"{path}: gzip data inflates past {LABELS.size} bytes, "
+                               "the size of train-labels-idx1-ubyte")
+    assert peak < 4 * LABELS.size  # never the 10 MB
+
+
+def test_an_oversized_local_file_is_refused_unread(tmp_path):
+    path = tmp_path / "train-labels-idx1-ubyte"
+    with open(path, "wb") as file:
+        file.truncate(10 * 2**30)  # a sparse 10 GiB file: costs no disk
+    tracemalloc.start()
+    with pytest.raises(MnistFormatError) as info:
+        _load_train_labels(tmp_path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(info.value) == (f"{path}: {10 * 2**30} bytes is more than "
+                               f"train-labels-idx1-ubyte can be ({LABELS.size} bytes at most)")
+    assert peak < 2**20
+
+
+def test_concatenated_gzip_members_are_read_within_reason(tmp_path):
+    content = write_idx(np.arange(7, dtype=np.uint8))
+    spec = mnist_module._FileSpec("x", "0" * 64, (7,))
+    parts = [gzip.compress(content[:5]), gzip.compress(content[5:])]
+    assert mnist_module._decompress(parts[0] + bytes(3) + parts[1], "x.gz", spec) == content
+    many = gzip.compress(b"") * 16 + gzip.compress(content)
+    with pytest.raises(MnistFormatError, match="more than 16 gzip members"):
+        mnist_module._decompress(many, "x.gz", spec)
+
+
 # --- downloading from a local mirror ----------------------------------------
+
+
+_KEYS = {spec.name: key for key, spec in mnist_module._FILES.items()}
 
 
 class _Mirror(http.server.ThreadingHTTPServer):
@@ -283,6 +347,12 @@ class _Mirror(http.server.ThreadingHTTPServer):
         real = self._files[name]
         if mode == "truncated":
             return real[: len(real) // 2]
+        if mode == "bomb":
+            if name not in self._corrupt:
+                # Inflates to one byte more than the real file; level 1 keeps this fast.
+                size = mnist_module._FILES[_KEYS[name]].size
+                self._corrupt[name] = gzip.compress(bytes(size + 1), compresslevel=1)
+            return self._corrupt[name]
         if mode == "corrupt":
             if name not in self._corrupt:
                 content = bytearray(gzip.decompress(real))
@@ -303,12 +373,21 @@ class _MirrorHandler(http.server.BaseHTTPRequestHandler):
             return
         body = self.server.body(mode, name)
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        announced = {"badlength": "12abc", "hugelength": str(10**12),
+                     "oversized": None}.get(mode, str(len(body)))
+        if announced is not None:
+            self.send_header("Content-Length", announced)
         self.end_headers()
         if mode == "stall":
             self.wfile.write(body[:100])
             self.wfile.flush()
             self.server.release.wait()
+        elif mode == "oversized":  # no Content-Length, and more than any MNIST gzip
+            try:
+                for _ in range(60 * 16):
+                    self.wfile.write(bytes(2**16))
+            except ConnectionError:
+                pass  # the client gave up, as it should
         elif mode == "trickle":
             for i in range(len(body)):
                 if self.server.release.wait(0.02):
@@ -316,7 +395,10 @@ class _MirrorHandler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(body[i : i + 1])
                 self.wfile.flush()
         else:
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except ConnectionError:
+                pass  # a client that refuses the response hangs up early
 
     def log_message(self, format, *args):
         pass  # keep test output quiet
@@ -444,3 +526,30 @@ def test_progress_bar_with_tqdm(tmp_path, mirror, capfd):
         load_mnist(tmp_path, mirrors=[mirror.url("truncated")], progress=True)
     err = capfd.readouterr().err
     assert "train-images-idx3-ubyte.gz" in err and "100%" in err
+
+
+@needs_real_data
+@pytest.mark.parametrize(
+    "mode, reason",
+    [
+        ("badlength", "bad Content-Length header '12abc'"),
+        ("hugelength", "the server announces 1000000000000 bytes, more than the file can be "
+                       f"({IMAGES.max_gzip_size} bytes at most)"),
+        ("oversized", f"the response is larger than {IMAGES.max_gzip_size} bytes, more than "
+                      "the file can be"),
+        ("bomb", f"gzip data inflates past {IMAGES.size} bytes, the size of "
+                 "train-images-idx3-ubyte"),
+    ],
+)
+def test_a_response_that_cannot_be_the_file_moves_on_to_the_next_mirror(
+    tmp_path, mirror, mode, reason
+):
+    data_dir = tmp_path / "data"
+    with pytest.raises(MnistNotFoundError) as info:
+        load_mnist(data_dir, mirrors=[mirror.url(mode)], timeout=5)
+    assert f"{mirror.url(mode)}train-images-idx3-ubyte.gz: {reason}\n" in str(info.value) + "\n"
+    assert not data_dir.exists() or os.listdir(data_dir) == []
+    if mode == "badlength":  # and the next mirror is tried
+        data = load_mnist(data_dir, mirrors=[mirror.url(mode), mirror.url("good")], timeout=5)
+        assert data.test_labels.shape == (10000,)
+        assert sorted(os.listdir(data_dir)) == sorted(f"{name}.gz" for name in FILE_NAMES)

@@ -1,7 +1,13 @@
 """The MLP builder, and saving and loading models."""
 import json
 import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
+import hostile
 import numpy as np
 import pytest
 
@@ -9,6 +15,8 @@ import miniflow.serialize as serialize
 from miniflow import CrossEntropyWithSoftmax, Linear, ReLU, Sigmoid, Tanh, evaluate
 from miniflow.models import mlp
 from miniflow.serialize import ModelFileError, check_writable, load_model, save_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # -- building --------------------------------------------------------------------------
@@ -210,3 +218,97 @@ def test_check_writable(tmp_path):
         check_writable(tmp_path / "nowhere" / "model.npz")
     with pytest.raises(IsADirectoryError, match="it is a directory"):
         check_writable(tmp_path)
+
+
+# -- hostile files: refused fast, before anything large is allocated -------------------
+
+@pytest.mark.parametrize("case", list(hostile.CASES))
+def test_hostile_model_files_are_refused_cheaply(tmp_path, case):
+    build, message = hostile.CASES[case]
+    path = build(tmp_path / "model.npz")
+    seconds, peak, error = hostile.measure(path)
+    assert error is not None, f"{case}: the file loaded"
+    assert re.search(message, error), error
+    assert str(path) in error
+    # Generous bounds (the point is "not 40 GB"); CPU time, so a busy machine does not matter.
+    assert seconds < 1.0, f"{case}: {seconds:.2f} s"
+    assert peak < 100 * 2**20, f"{case}: {peak / 2**20:.0f} MiB allocated"
+
+
+def test_hostile_files_cost_little_resident_memory(tmp_path):
+    # tracemalloc sees NumPy's and Python's allocations, not zlib's: measure the
+    # whole process as well, for the cases that declare gigabytes.
+    for case in ("1 MB member inflating to 1 GiB", ".npy header of 40 GB",
+                 "zip entry declaring 4 GB", "hidden [100000000]"):
+        path = hostile.CASES[case][0](tmp_path / "model.npz")
+        done = subprocess.run([sys.executable, "-c", hostile.CHILD, str(path)], check=True,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        seconds, grown_mib, message = done.stdout.rstrip("\n").split("\t")
+        assert float(grown_mib) < 100, (case, grown_mib, message)
+        assert message != "(loaded)", case
+
+
+def test_a_compressed_model_file_loads(tmp_path):
+    model = mlp((8,), n_inputs=6, n_classes=3, seed=2)
+    path = tmp_path / "model.npz"
+    hostile.write_archive(path, {**hostile.METADATA, "architecture": model.architecture},
+                          compression=zipfile.ZIP_DEFLATED,
+                          **{node.name: value for node, value in model.params.items()})
+    loaded = load_model(path)
+    for saved, restored in zip(model.params.values(), loaded.params.values()):
+        np.testing.assert_array_equal(saved, restored)
+
+
+def test_an_unknown_architecture_kind_is_named(tmp_path):
+    path = hostile.write_archive(tmp_path / "model.npz", hostile.with_architecture(kind="rnn"),
+                                 **hostile.small_arrays())
+    with pytest.raises(ModelFileError, match="unknown kind 'rnn'; this miniflow knows mlp"):
+        load_model(path)
+
+
+def test_a_255_character_name_saves(tmp_path):
+    path = tmp_path / ("m" * 251 + ".npz")
+    assert len(path.name) == 255
+    check_writable(path)
+    save_model(mlp(0, seed=3), path)
+    np.testing.assert_array_equal(load_model(path).param("fc1.w"), mlp(0, seed=3).param("fc1.w"))
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def _temporaries(folder, path):
+    return sorted(name for name in os.listdir(folder)
+                  if name.startswith(serialize._temporary_prefix(path)))
+
+
+@pytest.mark.skipif(serialize.fcntl is None, reason="needs POSIX file locks")
+def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
+    path = tmp_path / "model.npz"
+    prefix = serialize._temporary_prefix(path)
+    stale = tmp_path / f"{prefix}killed.tmp"
+    stale.write_bytes(b"PK\x03\x04 half an archive")
+    live = tmp_path / f"{prefix}running.tmp"
+    live.write_bytes(b"PK\x03\x04 being written")
+    others = [f".mf-00000000-{prefix[4:12]}.tmp", f"{prefix}killed.tmp.keep", "notes.tmp",
+              ".model.npz.abc123.tmp", f"{prefix}dir.tmp"]
+    for name in others[:-1]:
+        (tmp_path / name).write_text("not a temporary of this save")
+    (tmp_path / others[-1]).mkdir()
+    with open(live, "rb") as held:
+        serialize.fcntl.flock(held, serialize.fcntl.LOCK_EX)  # as a save in progress holds it
+        save_model(mlp(0), path)
+    assert not stale.exists()
+    assert live.exists() and all((tmp_path / name).exists() for name in others)
+    assert load_model(path).architecture == mlp(0).architecture
+
+
+def test_a_save_in_progress_holds_its_temporary_file_locked(tmp_path):
+    path = tmp_path / "model.npz"
+    with serialize.atomic_write(path) as file:
+        file.write(b"partial")
+        [name] = _temporaries(tmp_path, path)
+        assert len(name) < 32
+        if serialize.fcntl is not None:
+            serialize._remove_stale_temporaries(tmp_path, serialize._temporary_prefix(path))
+            assert _temporaries(tmp_path, path) == [name]  # kept: its save is alive
+    assert path.read_bytes() == b"partial" and os.listdir(tmp_path) == ["model.npz"]

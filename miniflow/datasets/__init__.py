@@ -10,6 +10,7 @@ from .idx import MnistFormatError, read_idx, write_idx
 from .mnist import (
     DEFAULT_MIRRORS,
     MNIST,
+    MNIST_TRAIN_SIZE,
     MnistChecksumError,
     MnistNotFoundError,
     default_data_dir,
@@ -19,6 +20,7 @@ from .mnist import (
 __all__ = [
     "DEFAULT_MIRRORS",
     "MNIST",
+    "MNIST_TRAIN_SIZE",
     "MnistChecksumError",
     "MnistFormatError",
     "MnistNotFoundError",

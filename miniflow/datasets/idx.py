@@ -51,8 +51,9 @@ def read_idx(data: bytes, name: str) -> np.ndarray:
     Raises
     ------
     MnistFormatError
-        On a wrong magic number, an unknown data-type code, a truncated file
-        or trailing bytes after the data.
+        On a wrong magic number, an unknown data-type code, a truncated file,
+        trailing bytes after the data, or a shape NumPy cannot represent.
+        Nothing is allocated before the sizes are checked against `data`.
     """
     if len(data) < 4:
         raise MnistFormatError(
@@ -87,19 +88,38 @@ def read_idx(data: bytes, name: str) -> np.ndarray:
     if len(data) < expected:
         raise MnistFormatError(
             name,
-            f"truncated: expected {expected} bytes for a {dtype.name} array of "
-            f"shape {shape}, got {len(data)}",
+            f"truncated: expected {_count(expected)} bytes for a {dtype.name} array "
+            f"of shape {_brief(shape)}, got {len(data)}",
         )
     if len(data) > expected:
         raise MnistFormatError(
             name,
             f"trailing data: expected {expected} bytes for a {dtype.name} array "
-            f"of shape {shape}, got {len(data)} ({len(data) - expected} too many)",
+            f"of shape {_brief(shape)}, got {len(data)} ({len(data) - expected} too many)",
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
+    except ValueError as exc:
+        # Sizes the length check above cannot catch: more dimensions than
+        # NumPy allows, or an empty axis beside axes whose product overflows.
+        raise MnistFormatError(
+            name, f"unusable shape: {ndim} dimensions of sizes {_brief(shape)} ({exc})"
+        ) from None
     # Multi-byte values are stored big-endian; convert once here so callers
     # never meet a non-native dtype (a no-op for the single-byte MNIST files).
     return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _count(n):
+    """``n`` for an error message; an absurd header can declare 10**2400 bytes."""
+    return str(n) if n < 10**15 else f"about 10^{len(str(n)) - 1}"
+
+
+def _brief(shape, shown=8):
+    """The shape for an error message, cut short when it is long."""
+    if len(shape) <= shown:
+        return str(shape)
+    return f"({', '.join(map(str, shape[:shown]))}, ...)"
 
 
 def write_idx(array) -> bytes:

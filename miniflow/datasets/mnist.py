@@ -12,9 +12,9 @@ The loader's promises, in order of importance:
   mirror, and how to point it at a local copy.
 """
 
-import gzip
 import hashlib
 import http.client
+import math
 import operator
 import os
 import socket
@@ -46,6 +46,9 @@ DEFAULT_MIRRORS = (
 # longer, so that a server trickling a byte at a time cannot hold us forever.
 _TOTAL_TIME_FACTOR = 20
 _CHUNK_SIZE = 1 << 16
+# Concatenated gzip files are legal; a few members are plausible, thousands of
+# empty ones only make decompression slow.
+_MAX_GZIP_MEMBERS = 16
 
 _HOW_TO_POINT = (
     "To use a local copy of the four MNIST files (raw or .gz), pass "
@@ -59,6 +62,20 @@ class _FileSpec:
     name: str  # canonical name of the decompressed file
     sha256: str  # of the decompressed content
     shape: tuple
+
+    @property
+    def size(self):
+        """Bytes in the decompressed file: the IDX header, then one byte per pixel or label."""
+        return 4 + 4 * len(self.shape) + math.prod(self.shape)
+
+    @property
+    def max_gzip_size(self):
+        """An upper bound on the size of any gzip of this file.
+
+        Deflate grows incompressible data by at most a few bytes per 16 KiB
+        block; the 64 KiB leaves room for the gzip header's optional fields.
+        """
+        return self.size + self.size // 1024 + (1 << 16)
 
 
 # Each file's SHA-256 covers its decompressed content: the .gz bytes depend
@@ -85,7 +102,8 @@ _FILES = {
         (10000,),
     ),
 }
-_N_TRAIN = _FILES["train_labels"].shape[0]
+#: Images in the official training file: `load_mnist`'s validation_size must be below this.
+MNIST_TRAIN_SIZE = _FILES["train_labels"].shape[0]
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -177,14 +195,15 @@ def load_mnist(
         False). The message says where the loader looked and why each
         mirror failed.
     MnistFormatError
-        If a local file is truncated, not gzip/IDX, or has the wrong shape.
+        If a local file is truncated, not gzip/IDX, has the wrong shape, or is
+        larger than the MNIST file it is named after (it is then not read).
     MnistChecksumError
         If a local file's content is not the canonical MNIST file.
     """
     validation_size = operator.index(validation_size)
-    if not 0 <= validation_size < _N_TRAIN:
+    if not 0 <= validation_size < MNIST_TRAIN_SIZE:
         raise ValueError(
-            f"validation_size must be in [0, {_N_TRAIN}), got {validation_size}"
+            f"validation_size must be in [0, {MNIST_TRAIN_SIZE}), got {validation_size}"
         )
     folder, origin = _resolve_data_dir(data_dir)
     local = {key: _find_local(folder, spec) for key, spec in _FILES.items()}
@@ -217,7 +236,7 @@ def _split(raw, validation_size):
         for key in ("train_images", "test_images")
     }
     labels = {key: raw[key].astype(np.int64) for key in ("train_labels", "test_labels")}
-    cut = _N_TRAIN - validation_size
+    cut = MNIST_TRAIN_SIZE - validation_size
     return MNIST(
         train_images=images["train_images"][:cut],
         train_labels=labels["train_labels"][:cut],
@@ -257,9 +276,20 @@ def _find_local(folder, spec):
 
 def _read_local(path, spec):
     """Read, decompress (if .gz) and verify one local file."""
+    compressed = path.suffix == ".gz"
+    limit = spec.max_gzip_size if compressed else spec.size
+    # A file far larger than MNIST is surely not MNIST: say so before reading
+    # it, rather than running out of memory on it.
+    size = path.stat().st_size
+    if size > limit:
+        raise MnistFormatError(
+            str(path),
+            f"{size} bytes is more than {'any gzip of ' if compressed else ''}"
+            f"{spec.name} can be ({limit} bytes at most)",
+        )
     data = path.read_bytes()
-    if path.suffix == ".gz":
-        data = _decompress(data, str(path))
+    if compressed:
+        data = _decompress(data, str(path), spec)
     return _parse(data, str(path), spec)
 
 
@@ -275,14 +305,36 @@ def _not_found_message(folder, origin, missing, why):
 # --- decoding and verifying -----------------------------------------------
 
 
-def _decompress(data, name):
-    """Gunzip `data`, turning the gzip module's errors into MnistFormatError."""
+def _decompress(data, name, spec):
+    """Gunzip `data`, which must inflate to no more than `spec.size` bytes.
+
+    Inflating stops one byte past that size, so a small "gzip bomb" costs no
+    more memory than the genuine file would. The zlib module's errors become
+    MnistFormatError.
+    """
+    members = []
+    inflated = 0
     try:
-        return gzip.decompress(data)
-    except EOFError as exc:
-        raise MnistFormatError(name, f"truncated gzip data ({exc})") from None
-    except (OSError, zlib.error) as exc:
+        # A gzip file may hold several members, concatenated (as gzip.decompress
+        # accepts them), with zero padding between them.
+        for _ in range(_MAX_GZIP_MEMBERS):
+            inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            member = inflater.decompress(data, spec.size + 1 - inflated)
+            inflated += len(member)
+            members.append(member)
+            if inflated > spec.size:
+                raise MnistFormatError(
+                    name,
+                    f"gzip data inflates past {spec.size} bytes, the size of {spec.name}",
+                )
+            if not inflater.eof:
+                raise MnistFormatError(name, "truncated gzip data (the stream ends early)")
+            data = inflater.unused_data.lstrip(b"\x00")
+            if not data:
+                return b"".join(members)
+    except zlib.error as exc:
         raise MnistFormatError(name, f"corrupt gzip data ({exc})") from None
+    raise MnistFormatError(name, f"more than {_MAX_GZIP_MEMBERS} gzip members")
 
 
 def _parse(content, name, spec):
@@ -330,9 +382,9 @@ def _download(spec, folder, mirrors, timeout, progress):
     for mirror in mirrors:
         url = f"{mirror.rstrip('/')}/{spec.name}.gz"
         try:
-            data = _fetch(url, timeout, progress)
-            array = _parse(_decompress(data, url), url, spec)
-        except (OSError, http.client.HTTPException, MnistFormatError) as exc:
+            data = _fetch(url, timeout, progress, spec.max_gzip_size)
+            array = _parse(_decompress(data, url, spec), url, spec)
+        except (OSError, http.client.HTTPException, MnistFormatError, _BadResponse) as exc:
             failures.append((url, _describe_failure(exc)))
             continue
         folder.mkdir(parents=True, exist_ok=True)
@@ -341,20 +393,37 @@ def _download(spec, folder, mirrors, timeout, progress):
     raise _MirrorsFailed(failures)
 
 
-def _fetch(url, timeout, progress):
-    """Return the body at `url`, failing fast on a stalled or trickling server."""
+class _BadResponse(Exception):
+    """A mirror's answer cannot be the file asked for (its size says so)."""
+
+
+def _fetch(url, timeout, progress, limit):
+    """Return the body at `url`, failing fast on a stalled or trickling server.
+
+    A body of more than `limit` bytes, or more than its Content-Length
+    header announced, is refused as soon as it shows, without keeping it.
+    """
     deadline = time.monotonic() + _TOTAL_TIME_FACTOR * timeout
     chunks = []
+    received = 0
     # urlopen's timeout applies to the connection and to every read, so a
     # server that goes silent raises TimeoutError instead of hanging.
     with urllib.request.urlopen(url, timeout=timeout) as response:
         # From the header rather than response.length, which only HTTP
         # responses have; a file:// mirror works too.
-        size = int(response.headers.get("Content-Length", 0)) or None
+        size = _content_length(response.headers.get("Content-Length"), limit)
         with _progress(progress, url, size) as advance:
             # read1, unlike read, returns whatever has arrived rather than
             # waiting for a full chunk, so the deadline is checked often.
             while chunk := response.read1(_CHUNK_SIZE):
+                received += len(chunk)
+                if received > (limit if size is None else size):
+                    raise _BadResponse(
+                        f"the response is larger than the {size} bytes it announced"
+                        if size is not None
+                        else f"the response is larger than {limit} bytes, more than "
+                        f"the file can be"
+                    )
                 chunks.append(chunk)
                 advance(len(chunk))
                 if time.monotonic() > deadline:
@@ -363,6 +432,26 @@ def _fetch(url, timeout, progress):
                         f"{_TOTAL_TIME_FACTOR * timeout:g} s in total"
                     )
     return b"".join(chunks)
+
+
+def _content_length(header, limit):
+    """The size a Content-Length header announces, None if it is absent.
+
+    Raises _BadResponse when it is not a number or exceeds `limit`.
+    """
+    if header is None:
+        return None
+    text = header.strip()
+    # int() would also take "+5", "1_000" and non-ASCII digits; HTTP does not.
+    if not (text.isascii() and text.isdigit()):
+        raise _BadResponse(f"bad Content-Length header {header[:40]!r}")
+    size = int(text[:40])
+    if size > limit:
+        raise _BadResponse(
+            f"the server announces {text[:40]} bytes, more than the file can be "
+            f"({limit} bytes at most)"
+        )
+    return size or None
 
 
 @contextmanager
@@ -388,6 +477,8 @@ def _describe_failure(exc):
     """A short reason such as 'HTTP 403 Forbidden' or 'connection refused'."""
     if isinstance(exc, MnistFormatError):
         return exc.fault
+    if isinstance(exc, _BadResponse):
+        return str(exc)
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
     # urlopen wraps connection errors in URLError; errors while reading the

@@ -9,8 +9,9 @@ import math
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
+from ._common import _broadcast_problem
 from .elementwise import sigmoid
-from .reductions import max_or_zero, reduction_axes
+from .reductions import as_axis, max_or_zero, reduction_axes
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -48,9 +49,10 @@ class _AlongAxis(Node):
 
     def __init__(self, x, axis=-1, name=None):
         super().__init__(x, name=name)
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise GraphError(f"{type(self).__name__} needs one int axis, not {axis!r}")
-        self.axis = axis
+        try:
+            self.axis = as_axis(axis)
+        except TypeError:
+            raise GraphError(f"{type(self).__name__} needs one int axis, not {axis!r}") from None
 
     def _shifted(self, xp, x):
         """x - max(x) along the axis (the axis as a one-tuple too)."""
@@ -123,8 +125,6 @@ class MeanSquaredError(Node):
         return grad_prediction, -grad_prediction
 
     def shape_problem(self, prediction_shape, target_shape):
-        from ._common import _broadcast_problem
-
         return _broadcast_problem(prediction_shape, target_shape)
 
 
@@ -161,8 +161,6 @@ class BinaryCrossEntropyWithLogits(Node):
                 -x * upstream if need_t else None)
 
     def shape_problem(self, logits_shape, targets_shape):
-        from ._common import _broadcast_problem
-
         return _broadcast_problem(logits_shape, targets_shape)
 
 
@@ -182,7 +180,8 @@ class CrossEntropyWithSoftmax(Node):
         Integer classes of shape (batch, d1, ...); with ``soft_targets=True``,
         class probabilities of the logits' shape (differentiable, like PyTorch).
     reduction : {"mean", "sum", "none"}
-        "mean" divides by the number of positions not ignored.
+        "mean" divides by the number of positions not ignored (nan when every
+        label is ignored, as in PyTorch; an empty batch is a ShapeError).
     label_smoothing : float in [0, 1]
     ignore_index : int or None
         Positions whose label equals it add nothing and do not count in the mean
@@ -250,7 +249,6 @@ class CrossEntropyWithSoftmax(Node):
     def _forward_general(self, ctx, logits, labels):
         xp = ctx.xp
         axis = self._class_axis(logits)
-        classes = logits.shape[axis]
         targets, count = self._target_distribution(xp, logits, labels, axis)
         shifted = logits - max_or_zero(xp, logits, (axis,))
         exp = xp.exp(shifted)
@@ -260,12 +258,12 @@ class CrossEntropyWithSoftmax(Node):
         if self.reduction == "mean" and isinstance(count, int) and count == 0:
             raise ShapeError(f"logits of shape {tuple(logits.shape)} hold no positions: the "
                              "mean loss of nothing is undefined")
-        ctx.save(exp / total, targets, log_probs, count, classes)
+        ctx.save(exp / total, targets, log_probs, count)
         return _reduce(xp, losses, self.reduction, count)
 
     def _backward_general(self, ctx, grad):
         xp = ctx.xp
-        probs, targets, log_probs, count, classes = ctx.saved
+        probs, targets, log_probs, count = ctx.saved
         axis = self._class_axis(probs)
         upstream = _upstream(grad, self.reduction, count)
         if self.reduction == "none":
@@ -296,7 +294,7 @@ class CrossEntropyWithSoftmax(Node):
             if labels.shape != logits.shape:
                 raise ShapeError(f"soft targets must have the logits' shape {tuple(logits.shape)},"
                                  f" got {tuple(labels.shape)}")
-            count = math.prod(logits.shape) // classes if classes else 0
+            count = math.prod(logits.shape) // classes
             return (labels * (1 - eps) + eps / classes if eps else labels), count
         positions = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
         if tuple(labels.shape) != positions:
@@ -315,10 +313,10 @@ class CrossEntropyWithSoftmax(Node):
         else:
             kept = labels != self.ignore_index
             is_label = is_label & kept
-            kept_count = xp.count_nonzero(kept)
-            _check_labels(xp, kept_count - xp.count_nonzero(is_label), labels, classes,
-                          self.ignore_index)
-            count = xp.astype(kept_count, logits.dtype)
+            _check_labels(xp, xp.count_nonzero(kept) - xp.count_nonzero(is_label), labels,
+                          classes, self.ignore_index)
+            # An array: how many labels are kept is known only on the device.
+            count = xp.sum(xp.astype(kept, logits.dtype))
         q = xp.astype(is_label, logits.dtype)
         if eps:
             q = q * (1 - eps) + eps / classes
@@ -357,11 +355,16 @@ def _check_labels(xp, unmatched, labels, classes, ignore_index=None):
     ``unmatched`` is the number of labels checked less the number of ones in the
     one-hot: a label outside [0, classes) matches no class.
     """
-    if int(unmatched):
-        allowed = f"[0, {classes})" + ("" if ignore_index is None
-                                       else f" or equal ignore_index={ignore_index}")
-        raise NodeError(f"labels must lie in {allowed}; got values from "
-                        f"{int(xp.min(labels))} to {int(xp.max(labels))}")
+    if not int(unmatched):
+        return
+    if ignore_index is None:
+        allowed, low, high = f"[0, {classes})", xp.min(labels), xp.max(labels)
+    else:  # the range of the labels that are not ignored
+        kept = labels != ignore_index
+        allowed = f"[0, {classes}) or equal ignore_index={ignore_index}"
+        low = xp.min(xp.where(kept, labels, xp.max(labels)))
+        high = xp.max(xp.where(kept, labels, xp.min(labels)))
+    raise NodeError(f"labels must lie in {allowed}; got values from {int(low)} to {int(high)}")
 
 
 def _check_label_shapes(xp, logits, labels) -> tuple[int, int]:

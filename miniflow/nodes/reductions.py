@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
@@ -40,13 +41,23 @@ def reduction_axes(axis, shape) -> tuple[int, ...]:
 
 
 def _check_axis_argument(axis):
-    """At construction: axis must be None, an int, or a tuple/list of ints (kept as a tuple)."""
-    if axis is None or (isinstance(axis, int) and not isinstance(axis, bool)):
-        return axis
-    if isinstance(axis, (tuple, list)) and all(isinstance(a, int) and not isinstance(a, bool)
-                                               for a in axis):
-        return tuple(axis)
-    raise GraphError(f"axis must be None, an int or a tuple of ints, not {axis!r}")
+    """At construction: axis must be None, an int, or a tuple/list of ints (kept as a tuple).
+
+    NumPy integers are accepted and kept as Python ints (the axes are cache keys).
+    """
+    if axis is None:
+        return None
+    try:
+        return as_axis(axis) if not isinstance(axis, (tuple, list)) else tuple(map(as_axis, axis))
+    except TypeError:
+        raise GraphError(f"axis must be None, an int or a tuple of ints, not {axis!r}") from None
+
+
+def as_axis(value) -> int:
+    """An axis argument as a Python int (NumPy integers too); TypeError for anything else."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not an axis")
+    return operator.index(value)
 
 
 def _kept_shape(shape, axes) -> tuple[int, ...]:
@@ -161,9 +172,8 @@ class Var(_Reduction):
     def _centered_over_dof(self, xp, x, axes):
         """(x - mean(x)) / (n - correction): the variance's gradient, halved."""
         centered = x - xp.mean(x, axis=axes, keepdims=True)
-        dof = math.prod(x.shape[a] for a in axes) - self.correction
-        # An array divided by 0 is inf or nan (as in PyTorch); a Python float would raise.
-        return centered / xp.asarray(dof, dtype=x.dtype)
+        # Never below 0, as in NumPy and PyTorch: too large a correction gives inf or nan.
+        return centered / max(math.prod(x.shape[a] for a in axes) - self.correction, 0)
 
     def backward(self, ctx, grad):
         (x,) = ctx.inputs
@@ -253,9 +263,10 @@ class CumSum(Node):
 
     def __init__(self, x, axis, name=None):
         super().__init__(x, name=name)
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise GraphError(f"CumSum needs one int axis, not {axis!r}")
-        self.axis = axis
+        try:
+            self.axis = as_axis(axis)
+        except TypeError:
+            raise GraphError(f"CumSum needs one int axis, not {axis!r}") from None
 
     def forward(self, ctx, x):
         return ctx.xp.cumulative_sum(x, axis=reduction_axes(self.axis, x.shape)[0])

@@ -154,3 +154,20 @@ def test_nonfinite_inputs_behave_as_in_pytorch(name, backend):
     data = np.array([[np.inf, 1.0], [-np.inf, -np.inf], [np.nan, 0.0], [-np.inf, 2.0]])
     with np.errstate(all="ignore"):
         oracle.compare_with_torch(build, twin, [data], backend)
+
+
+@pytest.mark.parametrize("node", [MeanSquaredError, BinaryCrossEntropyWithLogits])
+def test_shapes_that_do_not_broadcast_name_the_node(node, backend):
+    a, b = Input(), Input()
+    with pytest.raises(ShapeError, match=rf"{node.__name__} 'l': shapes \(2, 3\) and \(2,\) do "
+                                         r"not broadcast"):
+        evaluate(node(a, b, name="l"), {a: backend.asarray(np.ones((2, 3))),
+                                        b: backend.asarray(np.ones(2))}, backend=backend.name)
+
+
+def test_softmax_axis_out_of_range_names_the_node(backend):
+    x = Input()
+    with pytest.raises(ShapeError, match=r"Softmax 's': axis 2 does not fit an input of shape "
+                                         r"\(2, 3\)"):
+        evaluate(Softmax(x, axis=2, name="s"), {x: backend.asarray(np.ones((2, 3)))},
+                 backend=backend.name)

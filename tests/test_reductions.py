@@ -133,3 +133,16 @@ def test_reducing_an_array_with_an_empty_axis_elsewhere(node, backend, to_numpy)
     value, grad = value_and_grad(Sum(node(x, axis=1)), {x: backend.asarray(np.ones((0, 3)))}, x,
                                  backend=backend.name)
     assert to_numpy(value) == 0 and to_numpy(grad).shape == (0, 3)
+
+
+def test_every_new_node_documents_its_math_and_takes_a_name():
+    import miniflow
+
+    names = ["Max", "Min", "Var", "Std", "LogSumExp", "CumSum", "Tensordot", "Outer", "Softmax",
+             "LogSoftmax", "MeanSquaredError", "BinaryCrossEntropyWithLogits"]
+    for name in names:
+        kind = getattr(miniflow, name)
+        assert kind.__doc__ and "=" in kind.__doc__, f"{name} needs a docstring with its math"
+        inputs = [Input() for _ in range(kind.arity)]
+        extra = {"axis": 0} if name in ("CumSum",) else {}
+        assert kind(*inputs, name="n", **extra).label == f"{name} 'n'"

@@ -60,20 +60,26 @@ class Linear(Node):
         return x @ w + b
 
     def backward(self, ctx, grad):
+        x, w, b = ctx.inputs
+        if b.ndim != 1:
+            return self._backward_any_bias(ctx, grad)
+        # The usual bias (out,): the output has x @ w's shape, and the bias sums its rows.
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = grad @ w.T if need_x else None  # a training step never needs d loss / d data
+        grad_w = _flat_rows(ctx.xp, x).T @ _flat_rows(ctx.xp, grad) if need_w else None
+        grad_b = ctx.xp.sum(grad, axis=tuple(range(grad.ndim - 1))) if need_b else None
+        return grad_x, grad_w, grad_b
+
+    def _backward_any_bias(self, ctx, grad):
+        """Any other bias may stretch x @ w: x's rows are stretched alike, and the
+        executor sums the bias's gradient down to the bias's shape."""
         xp = ctx.xp
         x, w, b = ctx.inputs
         need_x, need_w, need_b = ctx.needs_input_grad
-        grad_x = grad @ w.T if need_x else None  # a training step never needs d loss / d data
-        grad_w = grad_b = None
-        if need_w:
-            if grad.shape[:-1] != x.shape[:-1]:  # a bias with more axes than x @ w stretched it
-                x = xp.broadcast_to(x, grad.shape[:-1] + x.shape[-1:])
-            grad_w = _flat_rows(xp, x).T @ _flat_rows(xp, grad)
-        if need_b:
-            # The usual bias (out,) sums the rows here; any other shape goes to the
-            # executor, which sums the gradient down to the bias's shape.
-            grad_b = xp.sum(grad, axis=tuple(range(grad.ndim - 1))) if b.ndim == 1 else grad
-        return grad_x, grad_w, grad_b
+        grad_x = grad @ w.T if need_x else None
+        rows = xp.broadcast_to(x, grad.shape[:-1] + x.shape[-1:])
+        grad_w = _flat_rows(xp, rows).T @ _flat_rows(xp, grad) if need_w else None
+        return grad_x, grad_w, grad if need_b else None
 
     def shape_problem(self, x_shape, w_shape, b_shape):
         if len(w_shape) != 2:

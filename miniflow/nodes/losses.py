@@ -228,7 +228,8 @@ class CrossEntropyWithSoftmax(Node):
         is_label = labels[:, None] == xp.arange(classes, dtype=labels.dtype)
         # A row holds at most one match, so fewer matches than rows means a label
         # outside [0, classes): one reduction checks them all.
-        _check_labels(xp, batch - xp.count_nonzero(is_label), labels, classes)
+        if int(xp.count_nonzero(is_label)) != batch:
+            _label_error(xp, labels, classes)
         one_hot = xp.astype(is_label, logits.dtype)
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)
         exp = xp.exp(shifted)
@@ -309,12 +310,13 @@ class CrossEntropyWithSoftmax(Node):
         is_label = labels == classes_along_axis
         count = math.prod(positions)
         if self.ignore_index is None:
-            _check_labels(xp, count - xp.count_nonzero(is_label), labels, classes)
+            if int(xp.count_nonzero(is_label)) != count:
+                _label_error(xp, labels, classes)
         else:
             kept = labels != self.ignore_index
             is_label = is_label & kept
-            _check_labels(xp, xp.count_nonzero(kept) - xp.count_nonzero(is_label), labels,
-                          classes, self.ignore_index)
+            if int(xp.count_nonzero(kept) - xp.count_nonzero(is_label)):
+                _label_error(xp, labels, classes, self.ignore_index)
             # An array: how many labels are kept is known only on the device.
             count = xp.sum(xp.astype(kept, logits.dtype))
         q = xp.astype(is_label, logits.dtype)
@@ -349,14 +351,12 @@ class CrossEntropyWithSoftmax(Node):
         return softmax(backend.xp, array, axis=self._class_axis(array))
 
 
-def _check_labels(xp, unmatched, labels, classes, ignore_index=None):
-    """Raise unless every label (not ignored) matched a class: one value brought to the host.
+def _label_error(xp, labels, classes, ignore_index=None):
+    """Raise the error for labels outside [0, classes), naming the range of the labels.
 
-    ``unmatched`` is the number of labels checked less the number of ones in the
-    one-hot: a label outside [0, classes) matches no class.
+    Called once a count of the one-hot's ones (one value brought to the host) fell
+    short: a label outside the classes matches none of them.
     """
-    if not int(unmatched):
-        return
     if ignore_index is None:
         allowed, low, high = f"[0, {classes})", xp.min(labels), xp.max(labels)
     else:  # the range of the labels that are not ignored

@@ -148,6 +148,16 @@ NONFINITE = {
 }
 
 
+@pytest.mark.parametrize("options", [{}, {"reduction": "none", "label_smoothing": 0.1}])
+def test_cross_entropy_of_nonfinite_logits_behaves_as_in_pytorch(options, backend):
+    logits = np.array([[np.inf, 1.0], [-np.inf, 0.0], [np.nan, 0.0], [-np.inf, -np.inf]])
+    labels = np.array([0, 1, 1, 0])
+    with np.errstate(all="ignore"):
+        oracle.compare_with_torch(lambda x, y: CrossEntropyWithSoftmax(x, y, **options),
+                                  lambda x, y: F.cross_entropy(x, y, **options),
+                                  [logits, labels], backend)
+
+
 @pytest.mark.parametrize("name", NONFINITE)
 def test_nonfinite_inputs_behave_as_in_pytorch(name, backend):
     build, twin = NONFINITE[name]

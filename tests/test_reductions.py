@@ -104,7 +104,7 @@ NONFINITE = [
 
 
 @pytest.mark.parametrize("data", NONFINITE, ids=["nan", "-inf row", "inf ties"])
-@pytest.mark.parametrize("name", ["Max", "Min", "LogSumExp", "Sum", "CumSum"])
+@pytest.mark.parametrize("name", ["Max", "Min", "LogSumExp", "Sum", "CumSum", "Var", "Std"])
 def test_nonfinite_inputs_behave_as_in_pytorch(name, data, backend):
     oracle = pytest.importorskip("oracle")
     torch = oracle.torch
@@ -114,6 +114,8 @@ def test_nonfinite_inputs_behave_as_in_pytorch(name, data, backend):
         "LogSumExp": (lambda x: LogSumExp(x, axis=1), lambda t: torch.logsumexp(t, dim=1)),
         "Sum": (lambda x: Sum(x, axis=1), lambda t: torch.sum(t, dim=1)),
         "CumSum": (lambda x: CumSum(x, axis=1), lambda t: torch.cumsum(t, dim=1)),
+        "Var": (lambda x: Var(x, axis=1), lambda t: torch.var(t, dim=1, correction=0)),
+        "Std": (lambda x: Std(x, axis=1), lambda t: torch.std(t, dim=1, correction=0)),
     }[name]
     with np.errstate(all="ignore"):
         oracle.compare_with_torch(build, twin, [data], backend)

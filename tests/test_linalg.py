@@ -126,3 +126,12 @@ def test_linear_bias_gradient_keeps_the_bias_shape_without_the_executor():
     grad_x, grad_w, grad_b = Linear(Input(), Input(), Input()).backward(ctx, np.ones((4, 2)))
     assert grad_x is None and grad_w.shape == (3, 2) and grad_b.shape == (2,)
     np.testing.assert_array_equal(grad_b, [4.0, 4.0])
+
+
+def test_tensordot_axes_out_of_range_do_not_wrap_around(backend):
+    """Axis 2 of a (3, 3) must be an error, not axis 0 by a modulo."""
+    a, b = Input(), Input()
+    with pytest.raises(ShapeError, match=r"axes \(2,\) do not fit a of shape \(3, 3\)"):
+        evaluate(Tensordot(a, b, axes=([2], [0])), {a: backend.asarray(np.ones((3, 3))),
+                                                    b: backend.asarray(np.ones(3))},
+                 backend=backend.name)

@@ -6,6 +6,7 @@ import math
 from ..errors import GraphError, ShapeError
 from ..graph import Node
 from ._common import _broadcast_problem, _matmul_problem
+from .reductions import normalized_axes
 
 
 class MatMul(Node):
@@ -123,20 +124,34 @@ class Tensordot(Node):
             raise GraphError(f"axes must be an int >= 0 or two equally long sequences of ints "
                              f"(a_axes, b_axes), not {axes!r}")
 
-    def _pairs(self, a_ndim, b_ndim):
-        """The contracted axes of a and b, as non-negative ints, paired in order."""
+    def _pairs(self, a_shape, b_shape):
+        """The contracted axes of a and b, as non-negative ints, paired in order.
+
+        A cheap check of the axes alone (sizes are the backend's to compare): an
+        axis out of range must not wrap around to another one.
+        """
         if isinstance(self.axes, int):
-            return tuple(range(a_ndim - self.axes, a_ndim)), tuple(range(self.axes))
-        return (tuple(k % a_ndim if a_ndim else k for k in self.axes[0]),
-                tuple(k % b_ndim if b_ndim else k for k in self.axes[1]))
+            if self.axes > min(len(a_shape), len(b_shape)):
+                raise ShapeError(f"axes={self.axes} contracts more axes than a {tuple(a_shape)} "
+                                 f"or b {tuple(b_shape)} has")
+            return (tuple(range(len(a_shape) - self.axes, len(a_shape))),
+                    tuple(range(self.axes)))
+        pairs = []
+        for side, shape, named in (("a", a_shape, self.axes[0]), ("b", b_shape, self.axes[1])):
+            axes = normalized_axes(named, len(shape))
+            if axes is None:
+                raise ShapeError(f"axes {named} do not fit {side} of shape {tuple(shape)} "
+                                 f"(each axis at most once)")
+            pairs.append(tuple(k % len(shape) for k in named))  # in the caller's pairing order
+        return tuple(pairs)
 
     def forward(self, ctx, a, b):
-        return ctx.xp.tensordot(a, b, axes=self._pairs(a.ndim, b.ndim))
+        return ctx.xp.tensordot(a, b, axes=self._pairs(a.shape, b.shape))
 
     def backward(self, ctx, grad):
         xp = ctx.xp
         a, b = ctx.inputs
-        a_axes, b_axes = self._pairs(a.ndim, b.ndim)
+        a_axes, b_axes = self._pairs(a.shape, b.shape)
         a_free = [k for k in range(a.ndim) if k not in a_axes]
         b_free = [k for k in range(b.ndim) if k not in b_axes]
         need_a, need_b = ctx.needs_input_grad
@@ -154,17 +169,7 @@ class Tensordot(Node):
         return grad_a, grad_b
 
     def shape_problem(self, a_shape, b_shape):
-        if isinstance(self.axes, int):
-            if self.axes > min(len(a_shape), len(b_shape)):
-                return (f"axes={self.axes} contracts more axes than a {a_shape} or b {b_shape} has")
-            a_axes, b_axes = self._pairs(len(a_shape), len(b_shape))
-        else:
-            a_axes, b_axes = self.axes
-            for side, shape, named in (("a", a_shape, a_axes), ("b", b_shape, b_axes)):
-                if any(not -len(shape) <= k < len(shape) for k in named) or \
-                        len({k % len(shape) for k in named}) != len(named):
-                    return f"axes {named} do not fit {side} of shape {shape} (each at most once)"
-        for i, j in zip(a_axes, b_axes):
+        for i, j in zip(*self._pairs(a_shape, b_shape)):
             if a_shape[i] != b_shape[j]:
                 return (f"a has shape {a_shape} and b has shape {b_shape}: axis {i} of a "
                         f"({a_shape[i]}) must equal axis {j} of b ({b_shape[j]})")

@@ -15,7 +15,7 @@ from ..graph import Node
 
 
 @functools.lru_cache(maxsize=512)
-def _normalized_axes(axis, ndim) -> tuple[int, ...] | None:
+def normalized_axes(axis, ndim) -> tuple[int, ...] | None:
     """``axis`` as sorted non-negative axes of an ``ndim``-axis array; None if it does not fit."""
     if axis is None:
         return tuple(range(ndim))
@@ -31,7 +31,7 @@ def reduction_axes(axis, shape) -> tuple[int, ...]:
 
     Cached per (axis, ndim): a dictionary lookup on the hot path.
     """
-    axes = _normalized_axes(axis, len(shape))
+    axes = normalized_axes(axis, len(shape))
     if axes is None:
         raise ShapeError(f"axis {axis!r} does not fit an input of shape {tuple(shape)} "
                          f"(valid axes: -{len(shape)} to {len(shape) - 1}, each at most once)"

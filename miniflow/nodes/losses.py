@@ -6,6 +6,7 @@ per-element losses, ``"sum"`` adds them, ``"none"`` returns them all.
 from __future__ import annotations
 
 import math
+import numbers
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
@@ -128,7 +129,7 @@ class MeanSquaredError(Node):
         return _broadcast_problem(prediction_shape, target_shape)
 
 
-MSE = MeanSquaredError
+MSE = MeanSquaredError  # the short name PyTorch users look for
 
 
 class BinaryCrossEntropyWithLogits(Node):
@@ -202,12 +203,15 @@ class CrossEntropyWithSoftmax(Node):
                  ignore_index=None, soft_targets=False, name=None):
         super().__init__(logits, labels, name=name)
         self.reduction = _check_reduction(reduction)
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real) \
                 or not 0.0 <= label_smoothing <= 1.0:
             raise GraphError(f"label_smoothing must be a number in [0, 1], not {label_smoothing!r}")
-        if ignore_index is not None and (isinstance(ignore_index, bool)
-                                         or not isinstance(ignore_index, int)):
-            raise GraphError(f"ignore_index must be an int or None, not {ignore_index!r}")
+        if ignore_index is not None:
+            try:
+                ignore_index = as_axis(ignore_index)  # any integer but a bool, as a Python int
+            except TypeError:
+                raise GraphError(f"ignore_index must be an int or None, not {ignore_index!r}"
+                                 ) from None
         if soft_targets and ignore_index is not None:
             raise GraphError("ignore_index applies to integer labels, not to soft_targets")
         self.label_smoothing, self.ignore_index = float(label_smoothing), ignore_index

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import operator
 
 from ..errors import GraphError, ShapeError
@@ -160,8 +161,8 @@ class Var(_Reduction):
 
     def __init__(self, x, axis=None, correction=0, keepdims=False, name=None):
         super().__init__(x, axis=axis, keepdims=keepdims, name=name)
-        if isinstance(correction, bool) or not isinstance(correction, (int, float)) \
-                or correction < 0:
+        if isinstance(correction, bool) or not isinstance(correction, numbers.Real) \
+                or not correction >= 0:
             raise GraphError(f"correction must be a number >= 0, not {correction!r}")
         self.correction = correction
 

@@ -11,6 +11,8 @@ from .gradcheck import GradcheckError, gradcheck
 from .viz import draw, to_dot
 from .nodes import (Add, CrossEntropyWithSoftmax, Div, DummyGrad, Exp, Linear, Log, MatMul,
                     Mean, Mul, Neg, ReLU, Sigmoid, Sub, Sum, Tanh)
+from .nodes import (MSE, BinaryCrossEntropyWithLogits, CumSum, LogSoftmax, LogSumExp, Max,
+                    MeanSquaredError, Min, Outer, Softmax, Std, Tensordot, Var)
 
 __version__ = "0.1.0"
 
@@ -22,4 +24,6 @@ __all__ = [
     "Sum", "Mean", "evaluate", "gradcheck", "Context", "run", "RunResult", "Hook",
     "MiniflowError", "GraphError", "FeedError", "NodeError", "ShapeError", "BackendError",
     "BackendUnavailableError", "GradcheckError", "to_dot", "draw",
+    "Tensordot", "Outer", "Max", "Min", "Var", "Std", "LogSumExp", "CumSum",
+    "Softmax", "LogSoftmax", "MeanSquaredError", "MSE", "BinaryCrossEntropyWithLogits",
 ]

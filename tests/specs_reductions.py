@@ -1,22 +1,34 @@
 """Oracle specs of the reductions (see tests/oracle.py)."""
+import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from miniflow import Mean, Sum
+from miniflow import CumSum, LogSumExp, Max, Mean, Min, Std, Sum, Var
 from oracle import Case, OpSpec, shapes, values
 
 
 @st.composite
-def reduce_case(draw, min_side=0):
-    """An array, an axis valid for it (None, one axis, negative too, or a tuple) and keepdims."""
+def reduce_case(draw, min_side=0, correction=False, ties=False):
+    """An array, an axis valid for it (None, one axis, negative too, or a tuple) and keepdims.
+
+    ``ties`` draws values from a few integers so maxima often tie; ``correction``
+    also draws Var/Std's correction, below the count reduced (where both agree on a number).
+    """
     shape = draw(shapes(min_side=min_side))
     ndim = len(shape)
     choices = [st.none()]
     if ndim:
         choices += [st.integers(-ndim, ndim - 1),
-                    st.lists(st.integers(0, ndim - 1), unique=True).map(tuple)]
+                    st.lists(st.integers(-ndim, ndim - 1), unique_by=lambda a: a % ndim)
+                    .map(tuple)]
     axis = draw(st.one_of(*choices))
-    return Case((draw(values(shape)),), {"axis": axis, "keepdims": draw(st.booleans())})
+    array = (draw(values(shape, -2, 2).map(np.round)) if ties else draw(values(shape)))
+    kwargs = {"axis": axis, "keepdims": draw(st.booleans())}
+    if correction:
+        axes = range(ndim) if axis is None else [axis] if isinstance(axis, int) else axis
+        count = int(np.prod([shape[a] for a in axes]))
+        kwargs["correction"] = draw(st.sampled_from([c for c in (0, 1, 0.5, 2) if c < count]))
+    return Case((array,), kwargs)
 
 
 def torch_dims(axis, ndim):
@@ -24,12 +36,41 @@ def torch_dims(axis, ndim):
     return tuple(range(ndim)) if axis is None else axis
 
 
+@st.composite
+def cumsum_case(draw):
+    shape = draw(shapes(min_dims=1))
+    return Case((draw(values(shape)),), {"axis": draw(st.integers(-len(shape), len(shape) - 1))})
+
+
+def _reducer(fn):
+    """``fn`` called with miniflow's axis convention.
+
+    PyTorch reads dim=() as every axis; NumPy and miniflow as none. A reduction
+    over no axes is a reduction over one new axis of size 1, so call it that way.
+    """
+    def reduce(x, axis, keepdims, **kw):
+        dims = torch_dims(axis, x.ndim)
+        if dims == ():
+            return fn(x.unsqueeze(-1), dim=-1, keepdim=False, **kw)
+        return fn(x, dim=dims, keepdim=keepdims, **kw)
+
+    return reduce
+
+
 SPECS = [
-    OpSpec("Sum", Sum, lambda x, axis, keepdims: torch.sum(x, dim=torch_dims(axis, x.ndim),
-                                                           keepdim=keepdims),
-           reduce_case()),
+    OpSpec("Sum", Sum, _reducer(torch.sum), reduce_case()),
     # The mean of nothing is nan in both libraries; keep axes non-empty so values compare.
-    OpSpec("Mean", Mean, lambda x, axis, keepdims: torch.mean(x, dim=torch_dims(axis, x.ndim),
-                                                             keepdim=keepdims),
-           reduce_case(min_side=1)),
+    OpSpec("Mean", Mean, _reducer(torch.mean), reduce_case(min_side=1)),
+    # Ties (rounded values) check that tied maxima share the gradient as amax's do.
+    OpSpec("Max", Max, _reducer(torch.amax), reduce_case(min_side=1, ties=True)),
+    OpSpec("Min", Min, _reducer(torch.amin), reduce_case(min_side=1, ties=True)),
+    OpSpec("Max (no ties)", Max, _reducer(torch.amax), reduce_case(min_side=1)),
+    OpSpec("Var", Var, _reducer(torch.var), reduce_case(min_side=1, correction=True)),
+    OpSpec("Std", Std, _reducer(torch.std), reduce_case(min_side=1, correction=True),
+           rtol=1e-6),
+    # Rounded values also give slices with all elements equal: Std's zero-gradient rule.
+    OpSpec("Std (flat slices)", Std, _reducer(torch.std),
+           reduce_case(min_side=1, correction=True, ties=True), rtol=1e-6),
+    OpSpec("LogSumExp", LogSumExp, _reducer(torch.logsumexp), reduce_case()),
+    OpSpec("CumSum", CumSum, lambda x, axis: torch.cumsum(x, dim=axis), cumsum_case()),
 ]

@@ -1,50 +1,278 @@
-"""Reductions: sums and means over axes, and the gradient spread back over them."""
+"""Reductions: sums, means, extrema, spreads and running sums over axes, and their gradients.
+
+Each reduction's gradient is spread back over the axes it removed. Axes follow
+NumPy: an int, a tuple of ints or None (every axis), negative ones counting from
+the end; an axis out of range, or one named twice, is a ShapeError.
+"""
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+import operator
 
+from ..errors import GraphError, ShapeError
 from ..graph import Node
 
 
-def _as_axes(axis, ndim) -> tuple[int, ...]:
+@functools.lru_cache(maxsize=512)
+def normalized_axes(axis, ndim) -> tuple[int, ...] | None:
+    """``axis`` as sorted non-negative axes of an ``ndim``-axis array; None if it does not fit."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted(a % ndim for a in axes))
+    axes = (axis,) if isinstance(axis, int) else axis
+    if any(not -ndim <= a < ndim for a in axes):
+        return None
+    normalized = tuple(sorted(a % ndim for a in axes))
+    return normalized if len(set(normalized)) == len(normalized) else None
+
+
+def reduction_axes(axis, shape) -> tuple[int, ...]:
+    """The axes ``axis`` names in an array of ``shape``; ShapeError when out of range or repeated.
+
+    Cached per (axis, ndim): a dictionary lookup on the hot path.
+    """
+    axes = normalized_axes(axis, len(shape))
+    if axes is None:
+        raise ShapeError(f"axis {axis!r} does not fit an input of shape {tuple(shape)} "
+                         f"(valid axes: -{len(shape)} to {len(shape) - 1}, each at most once)"
+                         if shape else
+                         f"axis {axis!r} does not fit an input of shape () (a scalar has no axes)")
+    return axes
+
+
+def _check_axis_argument(axis):
+    """At construction: axis must be None, an int, or a tuple/list of ints (kept as a tuple).
+
+    NumPy integers are accepted and kept as Python ints (the axes are cache keys).
+    """
+    if axis is None:
+        return None
+    try:
+        return as_axis(axis) if not isinstance(axis, (tuple, list)) else tuple(map(as_axis, axis))
+    except TypeError:
+        raise GraphError(f"axis must be None, an int or a tuple of ints, not {axis!r}") from None
+
+
+def as_axis(value) -> int:
+    """An axis argument as a Python int (NumPy integers too); TypeError for anything else."""
+    if isinstance(value, bool):
+        raise TypeError("a bool is not an axis")
+    return operator.index(value)
+
+
+def _kept_shape(shape, axes) -> tuple[int, ...]:
+    """``shape`` with each reduced axis kept as size 1 (what keepdims=True gives)."""
+    return tuple(1 if k in axes else n for k, n in enumerate(shape))
 
 
 class _Reduction(Node):
     arity = 1
+
     def __init__(self, x, axis=None, keepdims=False, name=None):
         super().__init__(x, name=name)
-        self.axis, self.keepdims = axis, keepdims
+        self.axis, self.keepdims = _check_axis_argument(axis), bool(keepdims)
 
-    def _spread(self, xp, grad, shape):
+    def _spread(self, xp, grad, shape, axes):
         """Broadcast a reduced gradient back over the axes the reduction removed."""
         if not self.keepdims:
-            for axis in _as_axes(self.axis, len(shape)):
-                grad = xp.expand_dims(grad, axis=axis)
+            grad = xp.reshape(grad, _kept_shape(shape, axes))
         return xp.broadcast_to(grad, shape)
+
+    def _output(self, xp, kept, shape, axes):
+        """The result computed with keepdims=True, shaped as the node promises."""
+        return kept if self.keepdims else xp.reshape(
+            kept, tuple(n for k, n in enumerate(shape) if k not in axes))
+
+    def _nonempty_axes(self, x):
+        """The reduced axes, which must hold at least one element (no max of nothing)."""
+        axes = reduction_axes(self.axis, x.shape)
+        if any(x.shape[a] == 0 for a in axes):
+            raise ShapeError(f"cannot take the {type(self).__name__} over an empty axis: input "
+                             f"shape {tuple(x.shape)}, axis {self.axis!r}")
+        return axes
 
 
 class Sum(_Reduction):
-    """Sum of x over ``axis`` (all axes by default)."""
+    """y = sum of x over ``axis`` (all axes by default); dy/dx = 1 for every element summed."""
 
     def forward(self, ctx, x):
-        return ctx.xp.sum(x, axis=self.axis, keepdims=self.keepdims)
+        return ctx.xp.sum(x, axis=reduction_axes(self.axis, x.shape), keepdims=self.keepdims)
 
     def backward(self, ctx, grad):
         (x,) = ctx.inputs
-        return (self._spread(ctx.xp, grad, x.shape),)
+        return (self._spread(ctx.xp, grad, x.shape, reduction_axes(self.axis, x.shape)),)
 
 
 class Mean(_Reduction):
-    """Mean of x over ``axis`` (all axes by default)."""
+    """y = sum(x) / n over ``axis`` (all axes by default), n the number of elements averaged."""
 
     def forward(self, ctx, x):
-        return ctx.xp.mean(x, axis=self.axis, keepdims=self.keepdims)
+        return ctx.xp.mean(x, axis=reduction_axes(self.axis, x.shape), keepdims=self.keepdims)
 
     def backward(self, ctx, grad):
         (x,) = ctx.inputs
-        count = math.prod(x.shape[a] for a in _as_axes(self.axis, x.ndim))
-        return (self._spread(ctx.xp, grad / count, x.shape),)
+        axes = reduction_axes(self.axis, x.shape)
+        count = math.prod(x.shape[a] for a in axes)
+        return (self._spread(ctx.xp, grad / count, x.shape, axes),)
+
+
+class Max(_Reduction):
+    """y = max of x over ``axis``.
+
+    Where several elements tie for the maximum they share the gradient equally
+    (each gets grad / number of ties), the rule of PyTorch's ``amax``; a NaN in
+    the reduced slice makes its value and its gradient NaN, as there.
+    """
+
+    def forward(self, ctx, x):
+        axes = self._nonempty_axes(x)
+        kept = self._extremum(ctx.xp, x, axes)
+        ctx.save(kept)
+        return self._output(ctx.xp, kept, x.shape, axes)
+
+    def _extremum(self, xp, x, axes):
+        return _extremum_or_zero(xp, xp.max, x, axes)
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        (x,), (kept,) = ctx.inputs, ctx.saved
+        axes = reduction_axes(self.axis, x.shape)
+        is_extremum = xp.astype(x == kept, x.dtype)
+        ties = xp.sum(is_extremum, axis=axes, keepdims=True)
+        return (self._spread(xp, grad, x.shape, axes) / ties * is_extremum,)
+
+
+class Min(Max):
+    """y = min of x over ``axis``; ties share the gradient equally, as in :class:`Max`."""
+
+    def _extremum(self, xp, x, axes):
+        return _extremum_or_zero(xp, xp.min, x, axes)
+
+
+class Var(_Reduction):
+    """y = sum((x - mean(x))**2) / (n - correction) over ``axis``.
+
+    ``correction=0`` (the default, as in NumPy and the Array API) is the
+    population variance; ``correction=1`` the sample variance (PyTorch's
+    default). dy/dx = 2 (x - mean(x)) / (n - correction). Where n <= correction
+    the value is inf or nan, as in NumPy and PyTorch.
+    """
+
+    def __init__(self, x, axis=None, correction=0, keepdims=False, name=None):
+        super().__init__(x, axis=axis, keepdims=keepdims, name=name)
+        if isinstance(correction, bool) or not isinstance(correction, numbers.Real) \
+                or not correction >= 0:
+            raise GraphError(f"correction must be a number >= 0, not {correction!r}")
+        self.correction = correction
+
+    def forward(self, ctx, x):
+        return ctx.xp.var(x, axis=reduction_axes(self.axis, x.shape),
+                          correction=self.correction, keepdims=self.keepdims)
+
+    def _centered_over_dof(self, xp, x, axes):
+        """(x - mean(x)) / (n - correction): the variance's gradient, halved."""
+        centered = x - xp.mean(x, axis=axes, keepdims=True)
+        # Never below 0, as in NumPy and PyTorch: too large a correction gives inf or nan.
+        return centered / max(math.prod(x.shape[a] for a in axes) - self.correction, 0)
+
+    def backward(self, ctx, grad):
+        (x,) = ctx.inputs
+        axes = reduction_axes(self.axis, x.shape)
+        return (2 * self._centered_over_dof(ctx.xp, x, axes)
+                * self._spread(ctx.xp, grad, x.shape, axes),)
+
+
+class Std(Var):
+    """y = sqrt(Var(x, axis, correction)); dy/dx = (x - mean(x)) / ((n - correction) y).
+
+    Where y = 0 (all elements equal) the gradient is 0, as PyTorch defines it,
+    rather than the 0/0 of the formula.
+    """
+
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        axes = reduction_axes(self.axis, x.shape)
+        # sqrt of var, not xp.std: PyTorch's std takes no fractional correction.
+        kept = xp.sqrt(xp.var(x, axis=axes, correction=self.correction, keepdims=True))
+        ctx.save(kept)
+        return self._output(xp, kept, x.shape, axes)
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        (x,), (std,) = ctx.inputs, ctx.saved
+        axes = reduction_axes(self.axis, x.shape)
+        flat = std == 0
+        grad_over_std = xp.where(flat, 0.0, self._spread(xp, grad, x.shape, axes)
+                                 / xp.where(flat, 1.0, std))
+        return (self._centered_over_dof(xp, x, axes) * grad_over_std,)
+
+
+class LogSumExp(_Reduction):
+    """y = log(sum(exp(x))) over ``axis``, computed as m + log(sum(exp(x - m))), m = max(x).
+
+    dy/dx = exp(x - y), the softmax. A slice that is all -inf gives -inf; over an
+    empty axis the sum is 0 and y = -inf (as in PyTorch).
+    """
+
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        axes = reduction_axes(self.axis, x.shape)
+        shift = max_or_zero(xp, x, axes)
+        # An infinite max would turn x - shift into nan; PyTorch shifts by 0 there too.
+        shift = xp.where(xp.isfinite(shift), shift, 0.0)
+        kept = xp.log(xp.sum(xp.exp(x - shift), axis=axes, keepdims=True)) + shift
+        ctx.save(kept)
+        return self._output(xp, kept, x.shape, axes)
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        (x,), (kept,) = ctx.inputs, ctx.saved
+        axes = reduction_axes(self.axis, x.shape)
+        return (xp.exp(x - kept) * self._spread(xp, grad, x.shape, axes),)
+
+
+def max_or_zero(xp, x, axes):
+    """max(x) over ``axes`` with keepdims, or zeros of that shape when x is empty.
+
+    The shift that keeps exp() from overflowing in softmax and log-sum-exp: any
+    shift gives the same result, so where there is no max (an empty axis) 0 will do.
+    """
+    return _extremum_or_zero(xp, xp.max, x, axes)
+
+
+def _extremum_or_zero(xp, extremum, x, axes):
+    """``extremum(x, axis=axes, keepdims=True)``, or zeros of its shape when x is empty.
+
+    max and min of nothing are undefined, and Dask fails on empty chunks even when
+    the reduced axes are not empty; the sum of an empty array has the right shape,
+    dtype and device.
+    """
+    if 0 in x.shape:
+        return xp.sum(x, axis=axes, keepdims=True)
+    return extremum(x, axis=axes, keepdims=True)
+
+
+class CumSum(Node):
+    """y_i = x_0 + ... + x_i along ``axis`` (a running sum, same shape as x).
+
+    dL/dx_j = sum over i >= j of dL/dy_i: the running sum of the gradient taken
+    from the end, i.e. a cumulative sum of the reversed gradient, reversed back.
+    """
+
+    arity = 1
+
+    def __init__(self, x, axis, name=None):
+        super().__init__(x, name=name)
+        try:
+            self.axis = as_axis(axis)
+        except TypeError:
+            raise GraphError(f"CumSum needs one int axis, not {axis!r}") from None
+
+    def forward(self, ctx, x):
+        return ctx.xp.cumulative_sum(x, axis=reduction_axes(self.axis, x.shape)[0])
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        axis = reduction_axes(self.axis, grad.shape)[0]
+        return (xp.flip(xp.cumulative_sum(xp.flip(grad, axis=axis), axis=axis), axis=axis),)

@@ -48,7 +48,13 @@ def fake_data(monkeypatch):
             raise ValueError(f"validation_size must be in [0, 60000), got {validation_size}")
         return fake_mnist(min(validation_size, 200))
 
+    def load_test(data_dir=None):
+        calls.append({"data_dir": data_dir, "test_only": True})
+        mnist = fake_mnist()
+        return mnist.test_images, mnist.test_labels
+
     monkeypatch.setattr(cli, "load_mnist", load)
+    monkeypatch.setattr(cli, "load_mnist_test", load_test)
     return calls
 
 
@@ -79,12 +85,13 @@ def test_train_prints_one_line_per_epoch_and_the_test_accuracy(fake_data, capsys
                    "--validation-size", "100", "--data-dir", str(tmp_path)])
     out = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert re.fullmatch(r"epoch 1/2  loss \d+\.\d{4}  val acc \d+\.\d\d%  \d+\.\d\d s", out[0])
+    assert re.fullmatch(r"epoch 1/2  loss \d+\.\d{4}  val loss \d+\.\d{4}  val acc \d+\.\d\d%  "
+                        r"\d+\.\d\d s", out[0])
     assert out[1].startswith("epoch 2/2  ")
     assert re.fullmatch(r"test accuracy: \d+\.\d\d%", out[2])
     assert float(out[2].split()[-1][:-1]) > 90
-    assert re.fullmatch(r"wall time: \d+\.\d\d s \(training \d+\.\d\d s, 2 epochs on numpy\)",
-                        out[3])
+    assert re.fullmatch(r"wall time: \d+\.\d\d s \(training \d+\.\d\d s, 2 epochs on numpy, "
+                        r"[12](-2)? BLAS threads?\)", out[3])
     assert fake_data == [{"data_dir": str(tmp_path), "validation_size": 100}]
 
 
@@ -124,22 +131,30 @@ def test_plot_writes_a_png(fake_data, capsys, tmp_path):
 def test_backends_and_optimizers_are_selectable(fake_data, capsys):
     assert main(["train", "--hidden", "8", "--epochs", "1", "--backend", "array_api_strict",
                  "--optimizer", "adam", "--lr", "0.01", "--schedule", "step"]) == 0
-    assert "1 epochs on array_api_strict" in capsys.readouterr().out
+    assert "(training" in (out := capsys.readouterr().out)
+    assert "1 epoch on array_api_strict" in out
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--epochs", "-1"], "argument --epochs: must be >= 0, got -1"),
-    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
-    (["--epochs", "ten"], "argument --epochs: expected an integer, got 'ten'"),
+    (["--epochs", "-1"], "argument --epochs: expected an integer >= 0, got '-1'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+    (["--epochs", "ten"], "argument --epochs: expected an integer >= 0, got 'ten'"),
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+    (["--seed", "1.5"], "argument --seed: expected an integer >= 0, got '1.5'"),
+    (["--threads", "0"], "argument --threads: expected 'auto' or an integer >= 1, got '0'"),
+    (["--threads", "many"], "argument --threads: expected 'auto' or an integer >= 1"),
+    (["--plot", "curves.jpg"], "argument --plot: cannot tell the format of 'curves.jpg'"),
+    (["--data-dir", "/no/such/folder"], "argument --data-dir: no such folder: '/no/such/"),
     (["--activation", "gelu"], "argument --activation: invalid choice: 'gelu'"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["--backend", "tensorflow"], "argument --backend: invalid choice: 'tensorflow'"),
     (["--hidden", "256,-4"], "argument --hidden: layer sizes must be positive"),
     (["--hidden", "big"], "argument --hidden: expected layer sizes such as 256"),
-    (["--lr", "0"], "argument --lr: must be a positive number, got 0"),
-    (["--lr", "nan"], "argument --lr: must be a positive number, got nan"),
-    (["--momentum", "1"], r"argument --momentum: must lie in \[0, 1\)"),
-    (["--validation-size", "-3"], "argument --validation-size: must be >= 0"),
+    (["--lr", "0"], "argument --lr: expected a positive number, got '0'"),
+    (["--lr", "nan"], "argument --lr: expected a positive number, got 'nan'"),
+    (["--lr", "fast"], "argument --lr: expected a positive number, got 'fast'"),
+    (["--momentum", "1"], r"argument --momentum: expected a number in \[0, 1\), got '1'"),
+    (["--validation-size", "-3"], "argument --validation-size: expected an integer >= 0"),
     (["--validation-size", "60000"], r"argument --validation-size: .*in \[0, 60000\)"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])

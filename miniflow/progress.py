@@ -75,14 +75,15 @@ def diagnose(history, n_classes: int, accuracy: float | None = None) -> str | No
     elif len(history) > 1 and last.loss > first.loss:
         problems.append(f"the training loss grew from {first.loss:.4g} (epoch 1) to "
                         f"{last.loss:.4g} (epoch {last.epoch})")
+    advice = ("the learning rate is probably too high: try a lower one" if problems else
+              "try another learning rate, or more epochs")
     chance = 1 / n_classes
     if accuracy is not None and accuracy < 1.5 * chance:
         problems.append(f"the accuracy {accuracy:.2%} is at chance level "
                         f"({chance:.0%} for {n_classes} classes)")
     if not problems:
         return None
-    return ("the model did not learn: " + "; ".join(problems)
-            + ". The learning rate is probably too high (or too low): try another --lr")
+    return f"the model did not learn: {'; '.join(problems)}. {advice.capitalize()}"
 
 
 class Progress:

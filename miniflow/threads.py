@@ -15,6 +15,8 @@ sums, so runs with different counts agree only to rounding: accuracies can
 differ in the last digits. A fixed ``threads=N`` makes a run repeat exactly.
 
 >>> with ThreadPolicy("auto") as policy:     # doctest: +SKIP
+...     prepare_data()
+...     policy.ready()
 ...     for epoch in range(epochs):
 ...         train_one_epoch()
 ...         policy.adapt()
@@ -30,7 +32,7 @@ from .errors import MiniflowError
 __all__ = ["ThreadPolicy", "ThreadsError", "available_cores", "parse_threads"]
 
 THREADS_INSTALL_HINT = "pip install 'miniflow[threads]'"
-#: How long the first look at the machine lasts, before any training step.
+#: The shortest first look at the machine, before any training step.
 PROBE_SECONDS = 0.1
 #: A core counts as taken when other processes use more than this share of it:
 #: a little background work (a shell, an editor) should not halve our threads.
@@ -104,7 +106,8 @@ class ThreadPolicy:
     threads : "auto" or int
         A fixed number of threads, or ``"auto"``: the cores of this process's
         CPU affinity that other processes leave free (at least one), looked at
-        for :data:`PROBE_SECONDS` on entry and again at each :meth:`adapt`.
+        from entry to :meth:`ready` (at least :data:`PROBE_SECONDS`) and again
+        at each :meth:`adapt`.
         Where neither threadpoolctl nor PyTorch is loaded, "auto" leaves the
         pools as they are.
 
@@ -128,6 +131,7 @@ class ThreadPolicy:
         self._limiter = None
         self._torch_threads = None
         self._meter = None
+        self._looking_since = None
 
     def __enter__(self):
         try:
@@ -148,14 +152,27 @@ class ThreadPolicy:
             self._torch_threads = torch.get_num_threads()
         if self.requested == "auto":
             if _CpuMeter.available():
+                # The first look lasts until ready(): preparing the data is measured
+                # too, rather than adding a pause of its own.
                 self._meter = _CpuMeter()
-                time.sleep(PROBE_SECONDS)
-                self._apply(self._free_cores())
-            else:
-                self._apply(self.cores)
+                self._looking_since = time.monotonic()
+            self._apply(self.cores)
         else:
             self._apply(self.requested)
         return self
+
+    def ready(self) -> int | None:
+        """Under "auto", finish the first look (at least :data:`PROBE_SECONDS` long) and apply it.
+
+        Call it when the heavy work is about to start; returns the count in force.
+        """
+        if self._meter is not None and self._looking_since is not None:
+            remaining = PROBE_SECONDS - (time.monotonic() - self._looking_since)
+            if remaining > 0:
+                time.sleep(remaining)
+            self._looking_since = None
+            return self.adapt()
+        return self.threads
 
     def adapt(self) -> int | None:
         """Under "auto", set the pools to the cores other processes left free since the last look.

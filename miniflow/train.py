@@ -354,6 +354,7 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, n_clas
                                momentum=config.momentum, backend=backend)
     result = TrainResult(model=model, config=config)
     rng = np.random.default_rng(config.seed)
+    policy.ready()  # the thread count, from how busy the machine was while the data moved
     progress.start(config.epochs * steps_per_epoch)
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
@@ -433,7 +434,8 @@ def evaluate_model(model: Model, images, labels, *, backend="numpy",
     if len(labels) == 0:
         raise DataError("test_images is empty: there is nothing to evaluate")
     backend = get_backend(backend)
-    x, y = _to_device(backend, images, labels, model.input_mean, model.input_std)
-    params = {node: backend.asarray(value) for node, value in model.params.items()}
-    with ThreadPolicy(threads):
+    with ThreadPolicy(threads) as policy:
+        x, y = _to_device(backend, images, labels, model.input_mean, model.input_std)
+        params = {node: backend.asarray(value) for node, value in model.params.items()}
+        policy.ready()
         return int(_count_correct(model, params, x, y, backend, batch_size)) / len(labels)

@@ -73,7 +73,8 @@ def time_scenario(count, config, x, y, rounds, pause):
     named = policies(available_cores())
     seconds = {name: [] for name in named}
     auto_threads = []
-    with Competitors(count):
+    with Competitors(count) as competitors:
+        pids = [process.pid for process in competitors.processes]
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         for round_ in range(rounds):
             order = list(named)
@@ -85,7 +86,7 @@ def time_scenario(count, config, x, y, rounds, pause):
                 seconds[name].append((time.perf_counter() - start) / config.epochs)
                 if name == "auto":
                     auto_threads += [stats.threads for stats in result.history]
-    return seconds, auto_threads, load
+    return seconds, auto_threads, load, pids
 
 
 COLUMNS = [("competitors", "competing processes", "d"), ("all cores", "all cores s/epoch", ".3f"),
@@ -116,13 +117,13 @@ def main(argv=None) -> int:
 
     rows = []
     for count in counts:
-        seconds, chosen, load = time_scenario(count, config, x, y, rounds, args.pause)
+        seconds, chosen, load, pids = time_scenario(count, config, x, y, rounds, args.pause)
         median = {name: statistics.median(values) for name, values in seconds.items()}
         rows.append({"competitors": count, **median, "samples": seconds,
                      "auto_threads": "/".join(map(str, sorted(set(chosen)))),
                      "auto_vs_1": median["auto"] / median["1"],
                      "auto_vs_all": median["auto"] / median["all cores"],
-                     "load_average_1min": load})
+                     "load_average_1min": load, "competitor_pids": pids})
         print(f"{count} competing: " + ", ".join(f"{k} {v:.3f} s" for k, v in median.items()),
               flush=True)
     print(f"\ntrain(): {rows_count} rows, 784-{config.hidden[0] if config.hidden else ''}-10 "

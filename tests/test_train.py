@@ -160,6 +160,8 @@ def test_empty_training_data_is_refused():
     ({"momentum": 1.0}, r"momentum must lie in \[0, 1\), got 1.0"),
     ({"validation_size": -5}, r"validation_size must be an integer >= 0"),
     ({"hidden": (256, -1)}, r"hidden layer sizes must be positive"),
+    ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+    ({"seed": 1.0}, r"seed must be an integer >= 0, got 1.0"),
 ])
 def test_bad_config_values_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):

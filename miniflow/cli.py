@@ -199,7 +199,7 @@ def _add_architecture_options(parser):
 
 
 def _add_threads_option(parser):
-    parser.add_argument("--threads", type=_threads, default="auto",
+    parser.add_argument("--threads", type=_threads, default="auto", metavar="N",
                         help="BLAS and PyTorch threads: a number, or 'auto' for the cores "
                         "other processes leave free, checked after every epoch "
                         f"(default: %(default)s; needs threadpoolctl: {THREADS_INSTALL_HINT})")

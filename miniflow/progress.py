@@ -142,7 +142,7 @@ class Progress:
         """One step done; ``loss`` its mean loss, a 0-d array of any backend."""
         if self.bar is None:
             return
-        if loss is not None:
+        if loss is not None and not _lazy(loss):
             # Summed on the device: a float() here would stall a GPU every step.
             self._loss_sum = self._loss_sum + loss
             self._loss_count += 1
@@ -166,6 +166,12 @@ class Progress:
             self.bar.write(line, file=out)
         else:
             print(line, file=out, flush=True)
+
+
+def _lazy(array) -> bool:
+    """A Dask array: the epoch is one lazy graph, and reading the running loss would
+    compute it again from the epoch's start at every refresh. Its bar counts steps only."""
+    return type(array).__module__.startswith("dask")
 
 
 def _isatty(stream) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 from .backends import backend_names, get_backend
 from .errors import MiniflowError
 from .executor import evaluate, value_and_grad
+from .graph import Input
 from .models import ACTIVATIONS, Model, _hidden_sizes, mlp
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from .progress import Progress, diagnose
@@ -242,6 +243,11 @@ def _count_correct(model, params, x, y, backend, batch_size=EVAL_BATCH_SIZE, *,
     """
     xp = backend.xp
     n, correct, loss = x.shape[0], 0, 0
+    if with_loss:
+        # The model's loss node once more, fed the logits computed below: the loss
+        # costs no second forward pass through the network.
+        scored = Input(name="logits")
+        loss_of_logits = type(model.loss)(scored, model.labels)
     for start in range(0, n, batch_size):
         # Slices must stop inside the array: the standard leaves longer ones unspecified.
         stop = min(start + batch_size, n)
@@ -250,8 +256,9 @@ def _count_correct(model, params, x, y, backend, batch_size=EVAL_BATCH_SIZE, *,
         hits = xp.argmax(logits, axis=-1) == y[start:stop]
         correct = correct + xp.count_nonzero(hits)
         if with_loss:
-            feed[model.labels] = y[start:stop]
-            loss = loss + evaluate(model.loss, feed, backend=backend) * (stop - start)
+            batch_loss = evaluate(loss_of_logits, {scored: logits, model.labels: y[start:stop]},
+                                  backend=backend)
+            loss = loss + batch_loss * (stop - start)
     return (correct, loss) if with_loss else correct
 
 

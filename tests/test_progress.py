@@ -204,3 +204,38 @@ def test_in_a_log_there_is_one_line_per_epoch():
     lines = done.stdout.splitlines()
     assert [EPOCH_LINE.fullmatch(line).group(1) for line in lines[:3]] == ["1", "2", "3"]
     assert lines[3].startswith("test accuracy: ") and len(lines) == 5
+
+
+def test_the_bar_shows_the_running_mean_loss_of_the_epoch(monkeypatch):
+    pytest.importorskip("tqdm")
+    import io
+
+    import miniflow.progress as progress_module
+    monkeypatch.setattr(progress_module, "LOSS_REFRESH_SECONDS", 0)
+    stream = io.StringIO()
+    with Progress(4, bar=True, lines=False, stream=stream) as progress:
+        for loss in (1.0, 2.0, 3.0):
+            progress.step(np.float32(loss))
+        assert "loss 2.0000" in progress.bar.postfix  # the mean of 1, 2 and 3
+        progress.epoch(stats(1, 2.0, 0.5))
+        progress.step(np.float32(5.0))
+        assert "loss 5.0000" in progress.bar.postfix  # a new epoch starts a new mean
+    assert "step/s" in stream.getvalue()
+
+
+def test_a_lazy_dask_loss_is_never_computed_for_the_bar(monkeypatch):
+    pytest.importorskip("tqdm")
+    da = pytest.importorskip("dask.array")
+    import io
+
+    import miniflow.progress as progress_module
+    monkeypatch.setattr(progress_module, "LOSS_REFRESH_SECONDS", 0)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the bar computed a lazy loss")
+
+    loss = da.from_array(np.float32(1.0)).map_blocks(never, dtype=np.float32)
+    with Progress(3, bar=True, lines=False, stream=io.StringIO()) as progress:
+        for _ in range(3):
+            progress.step(loss)
+        assert progress.bar.n == 3 and "loss" not in (progress.bar.postfix or "")

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from miniflow import evaluate
+
 from miniflow.train import (ConfigError, DataError, TrainConfig, TrainingDivergedError,
                             check_data, evaluate_model, train)
 
@@ -79,6 +81,19 @@ def test_inputs_are_standardised_with_training_statistics():
 def test_without_validation_data_there_is_no_validation_accuracy():
     result = train(TrainConfig(**SMALL), *TRAIN, n_classes=N_CLASSES)
     assert [s.val_accuracy for s in result.history] == [None] * 3
+    assert [s.val_loss for s in result.history] == [None] * 3
+    # Instead, the accuracy on the training data, as evaluate_model measures it.
+    assert result.history[-1].train_accuracy == evaluate_model(result.model, *TRAIN)
+
+
+def test_the_validation_loss_is_the_models_mean_loss_on_the_validation_data(backend):
+    result = run(TrainConfig(**SMALL, backend=backend.name))
+    model, (images, labels) = result.model, VAL
+    standardised = (images - model.input_mean) / model.input_std
+    expected = evaluate(model.loss, {**model.params, model.images: standardised,
+                                     model.labels: labels})
+    assert result.history[-1].val_loss == pytest.approx(float(expected), rel=1e-4)
+    assert all(s.train_accuracy is None for s in result.history)  # validation was measured
 
 
 def test_zero_epochs_returns_the_initial_model():

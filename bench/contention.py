@@ -23,6 +23,7 @@ on a quiet machine.
 from __future__ import annotations
 
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def policies(cores: int) -> dict:
 
 
 def time_scenario(count, config, x, y, rounds, pause):
-    """{policy: [seconds per epoch, ...]} and the thread counts auto chose, with ``count`` competitors."""
+    """With ``count`` competitors: {policy: [seconds per epoch, ...]}, the counts auto chose,
+    the load average, and the competitors' process ids."""
     named = policies(available_cores())
     seconds = {name: [] for name in named}
     auto_threads = []
@@ -104,6 +106,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, help="epochs per run (default 2; quick 1)")
     p.add_argument("--rounds", type=int, help="runs per policy and scenario (default 3; quick 1)")
     args = p.parse_args(argv)
+    # A plain `kill` must stop the competitors too: exit through Competitors.__exit__.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     malloc = c.set_malloc_policy(args.malloc)
     counts = [int(n) for n in (args.competitors or ("0,1" if args.quick else "0,1,2,4"))
               .split(",")]

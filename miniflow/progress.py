@@ -107,8 +107,8 @@ class Progress:
         Where epoch lines go.
     """
 
-    def __init__(self, total_steps: int | None = None, *, bar: bool | None = None, lines: bool = True,
-                 stream=None, out=None):
+    def __init__(self, total_steps: int | None = None, *, bar: bool | None = None,
+                 lines: bool = True, stream=None, out=None):
         self.stream = sys.stderr if stream is None else stream
         self.out = out  # resolved when written, so that a redirected sys.stdout is honoured
         self.lines = lines

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import miniflow.threads as threads_module
-from miniflow.threads import ThreadPolicy, ThreadsError, available_cores, parse_threads
+from miniflow.threads import ThreadPolicy, ThreadsError, parse_threads
 from miniflow.train import TrainConfig, train
 
 threadpoolctl = pytest.importorskip("threadpoolctl")

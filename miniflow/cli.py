@@ -15,16 +15,17 @@ import math
 import sys
 import time
 import traceback
-from contextlib import contextmanager
-from functools import partial
+from pathlib import Path
 
 from . import __version__
 from .backends import backend_names, get_backend
-from .datasets import MNIST_TRAIN_SIZE, load_mnist
+from .datasets import MNIST_TRAIN_SIZE, load_mnist, load_mnist_test
 from .errors import MiniflowError, UsageError
 from .models import ACTIVATIONS, mlp
 from .optim import OPTIMIZERS, SCHEDULES
 from .serialize import atomic_write, check_writable, load_model, save_model
+from .progress import Progress, diagnose, plural
+from .threads import THREADS_INSTALL_HINT
 from .train import DEFAULT_LR, TrainConfig, evaluate_model, train
 
 PROG = "miniflow"
@@ -33,6 +34,8 @@ EXIT_INTERRUPTED = 130
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 PLOT_INSTALL_HINT = "pip install 'miniflow[plot]'"
+#: --plot's extensions and the formats matplotlib writes for them.
+PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,37 +47,66 @@ class _Parser(argparse.ArgumentParser):
 
 # -- option types: each names the rule a bad value broke --------------------------
 
+# One wording for every bad number: "expected <what the option takes>, got '<text>'".
+
+def _invalid(expected, text):
+    return argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+
+
 def _int_at_least(low):
     def parse(text):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+            value = None
+        if value is None or value < low:
+            raise _invalid(f"an integer >= {low}", text)
         return value
     return parse
 
 
-def _number(text) -> float:
+def _number_where(test, expected):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan  # fails every test below
+        if not test(value):
+            raise _invalid(expected, text)
+        return value
+    return parse
+
+
+_positive_float = _number_where(lambda v: 0 < v < math.inf, "a positive number")
+_momentum = _number_where(lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def _threads(text):
+    if text == "auto":
+        return text
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        return _int_at_least(1)(text)
+    except argparse.ArgumentTypeError:
+        raise _invalid("'auto' or an integer >= 1", text) from None
 
 
-def _positive_float(text):
-    value = _number(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+def _data_dir(text):
+    """An existing folder: a typo must not start a download into a new one."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such folder: {text!r}")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    return text
 
 
-def _momentum(text):
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
-    return value
+def _plot_path(text):
+    suffix = Path(text).suffix.lower()
+    if suffix not in PLOT_FORMATS:
+        raise argparse.ArgumentTypeError(
+            f"cannot tell the format of {text!r} from its extension; use one of "
+            f"{', '.join(PLOT_FORMATS)}")
+    return text
 
 
 def _hidden(text):
@@ -128,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training images held out for validation (default: %(default)s)")
     run.add_argument("--save", metavar="PATH",
                      help="write the trained model here (.npz), after training")
-    run.add_argument("--plot", metavar="PATH",
-                     help=f"write a PNG of loss and validation accuracy per epoch "
+    run.add_argument("--plot", metavar="PATH", type=_plot_path,
+                     help=f"draw the loss and accuracy per epoch; .png, .svg or .pdf "
                      f"(needs matplotlib: {PLOT_INSTALL_HINT})")
+    _add_threads_option(run)
     run.add_argument("--quiet", action="store_true",
                      help="print only the final summary")
     run.set_defaults(handler=_train_command)
@@ -142,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_option(score)
     score.add_argument("--backend", choices=backend_names(), default="numpy",
                        help="(default: %(default)s)")
+    _add_threads_option(score)
     score.set_defaults(handler=_evaluate_command)
 
     graph = commands.add_parser("graph", help="draw the MNIST model's graph",
@@ -173,8 +207,15 @@ def _add_architecture_options(parser):
                         help="(default: %(default)s)")
 
 
+def _add_threads_option(parser):
+    parser.add_argument("--threads", type=_threads, default="auto", metavar="N",
+                        help="BLAS and PyTorch threads: a number, or 'auto' for the cores "
+                        "other processes leave free, checked after every epoch "
+                        f"(default: %(default)s; needs threadpoolctl: {THREADS_INSTALL_HINT})")
+
+
 def _add_data_option(parser):
-    parser.add_argument("--data-dir", metavar="DIR",
+    parser.add_argument("--data-dir", metavar="DIR", type=_data_dir,
                         help="folder with the MNIST files (default: $MINIFLOW_DATA, "
                         "else ~/.cache/miniflow/mnist)")
 
@@ -203,13 +244,12 @@ def _train_command(args) -> None:
                        progress=False if args.quiet else None)
 
     steps = config.epochs * math.ceil(len(mnist.train_labels) / config.batch_size)
-    with _progress_bar(steps, show=not args.quiet and sys.stderr.isatty()) as bar:
+    with Progress(steps, bar=False if args.quiet else None, lines=not args.quiet) as progress:
         result = train(config, mnist.train_images, mnist.train_labels,
                        mnist.val_images, mnist.val_labels,
-                       on_epoch=None if args.quiet else partial(_print_epoch, bar=bar),
-                       on_step=None if bar is None else bar.update)
+                       on_epoch=progress.epoch, on_step=progress.step, threads=args.threads)
     test_accuracy = evaluate_model(result.model, mnist.test_images, mnist.test_labels,
-                                   backend=backend)
+                                   backend=backend, threads=args.threads)
     if args.save:
         save_model(result.model, args.save)
     if args.plot:
@@ -217,18 +257,31 @@ def _train_command(args) -> None:
 
     print(f"test accuracy: {test_accuracy:.2%}")
     print(f"wall time: {time.perf_counter() - started:.2f} s "
-          f"(training {result.seconds:.2f} s, {config.epochs} epochs on {backend.name})")
+          f"(training {result.seconds:.2f} s, {plural(config.epochs, 'epoch')} on "
+          f"{backend.name}{_threads_used(result.history)})")
+    warning = diagnose(result.history, 10, accuracy=test_accuracy)
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     if args.save:
         print(f"saved the model to {args.save}")
     if args.plot:
         print(f"saved the plot to {args.plot}")
 
 
+def _threads_used(history) -> str:
+    """", 2 BLAS threads" (or "1-2", when "auto" changed the count), or "" if not limited."""
+    counts = sorted({stats.threads for stats in history if stats.threads is not None})
+    if not counts:
+        return ""
+    span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f", {span} BLAS thread{'' if span == '1' else 's'}"
+
+
 def _evaluate_command(args) -> None:
     model = load_model(args.path)
     backend = get_backend(args.backend)
-    mnist = load_mnist(args.data_dir)
-    accuracy = evaluate_model(model, mnist.test_images, mnist.test_labels, backend=backend)
+    images, labels = load_mnist_test(args.data_dir)
+    accuracy = evaluate_model(model, images, labels, backend=backend, threads=args.threads)
     print(f"test accuracy: {accuracy:.2%}")
 
 
@@ -240,34 +293,7 @@ def _graph_command(args) -> None:
     print(f"wrote the graph of the {len(args.hidden) + 1}-layer MLP to {args.out}")
 
 
-# -- progress and plots -----------------------------------------------------------
-
-@contextmanager
-def _progress_bar(total: int, show: bool):
-    """Yield a tqdm bar of ``total`` steps on stderr, or None when not shown or not installed."""
-    if show:
-        try:
-            from tqdm import tqdm
-        except ImportError:  # optional: plain lines do without it
-            show = False
-    if not show:
-        yield None
-        return
-    with tqdm(total=total, unit="step", desc="training", leave=False, file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        yield bar
-
-
-def _print_epoch(stats, bar) -> None:
-    """One line per epoch, written above the progress bar when there is one."""
-    accuracy = "" if stats.val_accuracy is None else f"  val acc {stats.val_accuracy:.2%}"
-    line = (f"epoch {stats.epoch}/{stats.epochs}  loss {stats.loss:.4f}{accuracy}  "
-            f"{stats.seconds:.2f} s")
-    if bar is None:
-        print(line, flush=True)
-    else:
-        bar.write(line, file=sys.stdout)
-
+# -- plots -----------------------------------------------------------------------
 
 def _require_matplotlib() -> None:
     try:
@@ -278,23 +304,41 @@ def _require_matplotlib() -> None:
 
 
 def _plot_history(history, path) -> None:
-    """Write a PNG of the training loss and validation accuracy per epoch, atomically."""
-    # A bare Figure renders with Agg and touches no global pyplot state.
+    """Draw the training loss and the accuracy per epoch; write it atomically.
+
+    The accuracy is the validation accuracy, or, without validation data, the
+    training accuracy: the panel is never left empty.
+    """
+    # A bare Figure renders with its own canvas and touches no global pyplot state.
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [stats.epoch for stats in history]
     figure = Figure(figsize=(9, 3.5), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
-    loss_axes.plot(epochs, [stats.loss for stats in history], marker="o")
-    loss_axes.set(title="training loss", xlabel="epoch", yscale="log")
+    loss_axes.plot(epochs, [stats.loss for stats in history], marker="o", label="training")
     validated = [stats for stats in history if stats.val_accuracy is not None]
-    accuracy_axes.plot([s.epoch for s in validated], [100 * s.val_accuracy for s in validated],
-                       marker="o", color="tab:green")
-    accuracy_axes.set(title="validation accuracy", xlabel="epoch", ylabel="%")
+    if validated:
+        val_losses = [(s.epoch, s.val_loss) for s in validated if s.val_loss is not None]
+        if val_losses:
+            loss_axes.plot(*zip(*val_losses), marker="o", color="tab:green", label="validation")
+            loss_axes.legend()
+        accuracy_axes.plot([s.epoch for s in validated],
+                           [100 * s.val_accuracy for s in validated],
+                           marker="o", color="tab:green")
+        accuracy_title = "validation accuracy"
+    else:
+        trained = [s for s in history if s.train_accuracy is not None]
+        accuracy_axes.plot([s.epoch for s in trained], [100 * s.train_accuracy for s in trained],
+                           marker="o")
+        accuracy_title = "training accuracy (no validation data)"
+    loss_axes.set(title="loss", xlabel="epoch", yscale="log")
+    accuracy_axes.set(title=accuracy_title, xlabel="epoch", ylabel="%")
     for axes in (loss_axes, accuracy_axes):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
         axes.grid(alpha=0.3)
     image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
+    figure.savefig(image, format=PLOT_FORMATS[Path(path).suffix.lower()], dpi=100)
     with atomic_write(path) as file:
         file.write(image.getvalue())
 

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import html
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ class NodeTime:
         return self.forward_ms + self.backward_ms
 
 
-@dataclass
+@dataclass(repr=False)
 class Profile:
     """Per-node times of a graph's steps, with the whole step's time to compare them to.
 
@@ -89,8 +90,25 @@ class Profile:
 
     @property
     def overhead_ms(self) -> float:
-        """What the timing hook itself costs per step (and per-node syncs, on a GPU)."""
-        return self.hooked_step_ms - self.step_ms
+        """What the timing hook itself costs per step (and per-node syncs, on a GPU).
+
+        Never negative: where noise makes the hooked steps look faster than the
+        plain ones, the hook cost too little to measure, and this is 0.
+        """
+        return max(0.0, self.hooked_step_ms - self.step_ms)
+
+    def _summary_lines(self) -> list[str]:
+        """The step time, what the nodes account for, and the hook's cost, as sentences."""
+        covered = self.nodes_ms / self.step_ms if self.step_ms > 0 else 1.0
+        # Noise can make the hooked per-node sum exceed the plain step; that means "all".
+        coverage = ("all of it (within noise)" if covered >= 1
+                    else f"{covered:.1%} of it; the rest runs between nodes")
+        overhead = (f"{self.overhead_ms:.3f} ms per step" if self.overhead_ms > 0
+                    else "too small to measure")
+        return [f"measured step without the hook: {self.step_ms:.3f} ms; the nodes account "
+                f"for {coverage}",
+                f"hook overhead: {overhead} ({self.hooked_step_ms:.3f} ms per step with the "
+                f"hook)"]
 
     def table(self) -> str:
         """The profile as a text table, slowest node first."""
@@ -110,15 +128,33 @@ class Profile:
             "-" * len(header),
             f"{'all nodes':<{width}}  {'':<{shape_width}}  {forward:8.3f}  {backward:8.3f}  "
             f"{1:6.1%}",
-            f"measured step without the hook: {self.step_ms:.3f} ms; the nodes account "
-            f"for {self.nodes_ms / self.step_ms:.1%} of it",
-            f"hook overhead: {self.overhead_ms:.3f} ms per step "
-            f"({self.hooked_step_ms:.3f} ms per step with the hook)",
+            *self._summary_lines(),
         ]
         return "\n".join(lines)
 
     def __str__(self):
         return self.table()
+
+    def __repr__(self):
+        return (f"<Profile of {self.output.label} on {self.backend}: {len(self.rows)} nodes, "
+                f"step {self.step_ms:.3f} ms; print() it for the table>")
+
+    def _repr_html_(self) -> str:
+        """The table, for Jupyter: one row per node, slowest first, with a bar for its share."""
+        escape = html.escape
+        rows = "".join(
+            f"<tr><td style='text-align:left'>{escape(row.node.label)}</td>"
+            f"<td style='text-align:left'>{escape(str(row.shape))}</td>"
+            f"<td>{row.forward_ms:.3f}</td><td>{row.backward_ms:.3f}</td>"
+            f"<td style='text-align:left'><span style='display:inline-block;height:0.8em;"
+            f"width:{100 * row.share:.0f}px;background:#fb6a4a'></span> {row.share:.1%}</td>"
+            f"</tr>" for row in self.rows)
+        caption = (f"Profile of {escape(self.output.label)} on {escape(self.backend)}: median "
+                   f"of {self.repeat} steps after {self.warmup} warm-up steps")
+        notes = "<br>".join(escape(line) for line in self._summary_lines())
+        return (f"<table><caption>{caption}</caption><thead><tr><th>node</th><th>shape</th>"
+                f"<th>fwd ms</th><th>bwd ms</th><th>share</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table><p>{notes}</p>")
 
 
 def profile(node: Node, feed_dict: dict, wrt, backend=None, repeat: int = 20,

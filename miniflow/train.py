@@ -15,6 +15,7 @@ what keeps the device busy instead of waiting on the host.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field, replace
 
@@ -23,8 +24,11 @@ import numpy as np
 from .backends import backend_names, get_backend
 from .errors import ConfigError, DataError, TrainingDivergedError
 from .executor import evaluate, value_and_grad
+from .graph import Input
 from .models import ACTIVATIONS, Model, _hidden_sizes, mlp
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from .progress import Progress, diagnose
+from .threads import ThreadPolicy
 
 __all__ = ["TrainConfig", "EpochStats", "TrainResult", "train", "evaluate_model",
            "check_data", "ConfigError", "DataError", "TrainingDivergedError", "DEFAULT_LR"]
@@ -109,8 +113,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not _is_int(self.seed):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not _is_int(self.seed) or self.seed < 0:  # what NumPy's generators accept
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,11 @@ class EpochStats:
     """What one epoch achieved.
 
     ``loss`` is the mean training loss over the epoch's examples;
-    ``val_accuracy`` a fraction in [0, 1], None without validation data;
-    ``seconds`` the epoch's wall time, validation included.
+    ``val_accuracy`` a fraction in [0, 1] and ``val_loss`` the mean loss on the
+    validation data, both None without it; ``train_accuracy`` the accuracy on
+    the training data after the epoch, measured only when there is no
+    validation data (else None); ``seconds`` the epoch's wall time, validation
+    included; ``threads`` the BLAS threads it ran with (None: not limited).
     """
 
     epoch: int
@@ -128,6 +135,9 @@ class EpochStats:
     val_accuracy: float | None
     seconds: float
     lr: float
+    val_loss: float | None = None
+    train_accuracy: float | None = None
+    threads: int | None = None
 
 
 @dataclass
@@ -138,6 +148,11 @@ class TrainResult:
     config: TrainConfig
     history: list = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def warning(self) -> str | None:
+        """Why the run looks like a failure (chance-level accuracy, a loss that grew), or None."""
+        return diagnose(self.history, self.model.architecture["n_classes"])
 
 
 def check_data(images, labels, *, what: str = "train", n_inputs: int | None = None,
@@ -208,10 +223,19 @@ def _to_device(backend, images, labels, mean, std):
     return backend.asarray(standardised), backend.asarray(labels)
 
 
-def _count_correct(model, params, x, y, backend, batch_size=EVAL_BATCH_SIZE):
-    """The number of rows of x whose predicted class is y, as a device scalar."""
+def _count_correct(model, params, x, y, backend, batch_size=EVAL_BATCH_SIZE, *,
+                   with_loss=False):
+    """The number of rows of x whose predicted class is y, as a device scalar.
+
+    With ``with_loss``, a pair: that number and the loss summed over the rows.
+    """
     xp = backend.xp
-    n, correct = x.shape[0], 0
+    n, correct, loss = x.shape[0], 0, 0
+    if with_loss:
+        # The model's loss node once more, fed the logits computed below: the loss
+        # costs no second forward pass through the network.
+        scored = Input(name="logits")
+        loss_of_logits = type(model.loss)(scored, model.labels)
     for start in range(0, n, batch_size):
         # Slices must stop inside the array: the standard leaves longer ones unspecified.
         stop = min(start + batch_size, n)
@@ -219,11 +243,16 @@ def _count_correct(model, params, x, y, backend, batch_size=EVAL_BATCH_SIZE):
         logits = evaluate(model.logits, feed, backend=backend)
         hits = xp.argmax(logits, axis=-1) == y[start:stop]
         correct = correct + xp.count_nonzero(hits)
-    return correct
+        if with_loss:
+            batch_loss = evaluate(loss_of_logits, {scored: logits, model.labels: y[start:stop]},
+                                  backend=backend)
+            loss = loss + batch_loss * (stop - start)
+    return (correct, loss) if with_loss else correct
 
 
 def train(config: TrainConfig, train_images, train_labels, val_images=None, val_labels=None,
-          *, n_classes: int = 10, on_epoch=None, on_step=None) -> TrainResult:
+          *, n_classes: int = 10, on_epoch=None, on_step=None, verbose: bool = False,
+          threads="auto") -> TrainResult:
     """Train ``mlp(config.hidden, config.activation)`` with mini-batch gradient descent.
 
     Each epoch visits every training example once, in an order shuffled by a
@@ -243,7 +272,16 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
     on_epoch : callable, optional
         Called with each epoch's :class:`EpochStats`.
     on_step : callable, optional
-        Called with no arguments after each step (e.g. to advance a progress bar).
+        Called after each step with its mean loss, a 0-d array of the backend
+        (e.g. to advance a progress bar; ``float()`` of it waits for the device).
+    verbose : bool
+        Print what ``miniflow train`` prints: a line per epoch (with a progress
+        bar when stderr is a terminal and tqdm is installed), and a warning if
+        the run learned nothing (see :attr:`TrainResult.warning`).
+    threads : "auto" or int
+        BLAS and PyTorch threads (see :class:`miniflow.threads.ThreadPolicy`):
+        "auto" uses the cores other processes leave free, looking again after
+        every epoch; a number fixes it, and makes the run repeat exactly.
 
     Returns
     -------
@@ -257,7 +295,34 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
         The loss became NaN or infinite (usually: the learning rate is too high).
     miniflow.BackendUnavailableError
         ``config.backend`` cannot run here.
+    miniflow.threads.ThreadsError
+        ``threads`` is not "auto" or a positive integer.
     """
+    with ThreadPolicy(threads) as policy, \
+            Progress(bar=None if verbose else False, lines=verbose) as progress:
+        result = _train(config, train_images, train_labels, val_images, val_labels,
+                        n_classes=n_classes, on_epoch=_chain(progress.epoch, on_epoch),
+                        on_step=_chain(progress.step, on_step), progress=progress,
+                        policy=policy)
+    if verbose and result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
+    return result
+
+
+def _chain(first, second):
+    """One callback calling ``first``, then ``second`` (if any) with the same arguments."""
+    if second is None:
+        return first
+
+    def both(*args):
+        first(*args)
+        second(*args)
+    return both
+
+
+def _train(config, train_images, train_labels, val_images, val_labels, *, n_classes,
+           on_epoch, on_step, progress, policy) -> TrainResult:
+    """The body of :func:`train`, inside its thread limits and its progress display."""
     train_images, train_labels = check_data(train_images, train_labels, what="train",
                                             n_classes=n_classes)
     if len(train_labels) == 0:
@@ -284,6 +349,8 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
                                momentum=config.momentum, backend=backend)
     result = TrainResult(model=model, config=config)
     rng = np.random.default_rng(config.seed)
+    policy.ready()  # the thread count, from how busy the machine was while the data moved
+    progress.start(config.epochs * steps_per_epoch)
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
@@ -300,12 +367,19 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
             raise TrainingDivergedError(
                 f"the training loss became {loss} in epoch {epoch}: the learning rate "
                 f"{config.lr:g} is probably too high; try a lower one, e.g. {config.lr / 10:g}")
-        val_accuracy = None
+        val_accuracy = val_loss = train_accuracy = None
         if has_val:
-            correct = _count_correct(model, optimizer.params, x_val, y_val, backend)
+            correct, val_total = _count_correct(model, optimizer.params, x_val, y_val,
+                                                backend, with_loss=True)
             val_accuracy = int(correct) / len(val_labels)
+            val_loss = float(val_total) / len(val_labels)
+        else:  # the one accuracy there is to show
+            train_accuracy = int(_count_correct(model, optimizer.params, x_train, y_train,
+                                                backend)) / n
         stats = EpochStats(epoch, config.epochs, loss, val_accuracy,
-                           time.perf_counter() - epoch_start, lr)
+                           time.perf_counter() - epoch_start, lr, val_loss=val_loss,
+                           train_accuracy=train_accuracy, threads=policy.threads)
+        policy.adapt()  # the next epoch takes the cores that are free now
         result.history.append(stats)
         if on_epoch is not None:
             on_epoch(stats)
@@ -338,16 +412,16 @@ def _train_epoch(model, optimizer, backend, x, y, order, batch_size, on_step):
         optimizer.step(grads)
         total = total + loss * batch.shape[0]
         if on_step is not None:
-            on_step()
+            on_step(loss)
     return total
 
 
 def evaluate_model(model: Model, images, labels, *, backend="numpy",
-                   batch_size: int = EVAL_BATCH_SIZE) -> float:
+                   batch_size: int = EVAL_BATCH_SIZE, threads="auto") -> float:
     """The fraction of ``images`` that ``model`` classifies as ``labels``.
 
     Applies the model's own standardisation, so a trained or loaded model
-    sees its inputs exactly as during training.
+    sees its inputs exactly as during training. ``threads`` is as for :func:`train`.
     """
     images, labels = check_data(images, labels, what="test",
                                 n_inputs=model.architecture["n_inputs"],
@@ -355,6 +429,8 @@ def evaluate_model(model: Model, images, labels, *, backend="numpy",
     if len(labels) == 0:
         raise DataError("test_images is empty: there is nothing to evaluate")
     backend = get_backend(backend)
-    x, y = _to_device(backend, images, labels, model.input_mean, model.input_std)
-    params = {node: backend.asarray(value) for node, value in model.params.items()}
-    return int(_count_correct(model, params, x, y, backend, batch_size)) / len(labels)
+    with ThreadPolicy(threads) as policy:
+        x, y = _to_device(backend, images, labels, model.input_mean, model.input_std)
+        params = {node: backend.asarray(value) for node, value in model.params.items()}
+        policy.ready()
+        return int(_count_correct(model, params, x, y, backend, batch_size)) / len(labels)

@@ -28,13 +28,20 @@ import numpy as np
 from .errors import DrawError, GraphvizMissingError
 from .executor import run as run_graph
 from .graph import Constant, Input, Node, topological_order
+from .nodes import Add, Mul
 from .serialize import atomic_write, check_writable
 
 __all__ = ["RunTrace", "trace", "to_dot", "draw", "Drawing", "DrawError",
            "GraphvizMissingError"]
 
-#: Values with at most this many elements are written out in full in a drawing.
+#: Values and gradients with at most this many elements are written out in full,
+#: signs included; larger ones show their shape (and a gradient its norm).
 SMALL_VALUE_SIZE = 6
+#: Nodes whose inputs play the same part: their edges get no label, since any
+#: name (x, y) would be read as the name of the input drawn there.
+_COMMUTATIVE = (Add, Mul)
+#: Parameter names that say only "an operand": such inputs are labelled by position.
+_OPERAND_NAMES = {("x", "y"), ("a", "b")}
 
 _RANKDIRS = ("LR", "RL", "TB", "BT")
 _RENDERED_SUFFIXES = {".svg": "svg", ".png": "png", ".pdf": "pdf"}
@@ -57,7 +64,7 @@ _NO_DOT = ("the graphviz Python package is installed, but Graphviz's dot program
 
 # -- one run, kept for drawing --------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RunTrace:
     """One run of a graph: every node's value, and the gradients it took, on the host.
 
@@ -81,6 +88,22 @@ class RunTrace:
     wrt: tuple[Node, ...]
     values: dict
     grads: dict
+
+    def __repr__(self):
+        return (f"<RunTrace of {self.output.label} on {self.backend}: {len(self.values)} "
+                f"values, {len(self.grads)} gradients>")
+
+    def _repr_html_(self) -> str:
+        """For Jupyter: one row per node, in the order the run computed them."""
+        rows = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(node.label)}</td>"
+            f"<td style='text-align:left'>{html.escape(_describe_value(value))}</td>"
+            f"<td style='text-align:left'>"
+            f"{html.escape(_describe_grad(self.grads[node])) if node in self.grads else ''}"
+            f"</td></tr>" for node, value in self.values.items())
+        return (f"<table><caption>{html.escape(self.output.label)} on "
+                f"{html.escape(self.backend)}</caption><thead><tr><th>node</th><th>value</th>"
+                f"<th>gradient</th></tr></thead><tbody>{rows}</tbody></table>")
 
 
 def trace(node: Node, feed_dict: dict, wrt=None, backend=None) -> RunTrace:
@@ -131,8 +154,10 @@ def to_dot(node: Node, run: RunTrace | None = None, profile=None, *, rankdir: st
     """The Graphviz DOT source of the graph ``node`` depends on.
 
     Each node is a box showing its type and name; an edge goes from each input
-    to the node that consumes it, labelled with the input's parameter name when
-    the node has several inputs.
+    to the node that consumes it. Where the order of several inputs matters,
+    the edge is labelled with the input's role (Linear's x, w and b) or, for
+    plain operands (Sub, Div), its position (0 is the left one); the inputs of
+    Add and Mul are interchangeable and unlabelled.
 
     Parameters
     ----------
@@ -140,7 +165,9 @@ def to_dot(node: Node, run: RunTrace | None = None, profile=None, *, rankdir: st
         The output of the graph to draw.
     run : RunTrace, optional
         From :func:`trace`: each node then also shows its value's dtype and
-        shape (small values in full) and its gradient's shape and norm.
+        shape and its gradient; small ones (up to :data:`SMALL_VALUE_SIZE`
+        numbers) in full with their signs, larger ones by shape (and, for a
+        gradient, its norm).
     profile : miniflow.profile.Profile, optional
         Each node that ran is then filled from white to red by its share of the
         time (the slowest node reddest) and shows its forward and backward time.
@@ -172,7 +199,7 @@ def to_dot(node: Node, run: RunTrace | None = None, profile=None, *, rankdir: st
         fill = _heat(timing.share / hottest) if timing and hottest > 0 else _fill(n)
         lines.append(f'  n{n.id} [label=<{_node_label(n, run, timing)}>, fillcolor="{fill}"];')
     for n in nodes:
-        names = _input_names(type(n), len(n.inputs)) if len(n.inputs) > 1 else None
+        names = _input_names(type(n), len(n.inputs))
         for k, source in enumerate(n.inputs):
             label = f" [label=<{_html(names[k])}>]" if names else ""
             lines.append(f"  n{source.id} -> n{n.id}{label};")
@@ -196,9 +223,7 @@ def _node_label(node: Node, run: RunTrace | None, timing) -> str:
     if run is not None and node in run.values:
         lines.append("value: " + _html(_describe_value(run.values[node])))
     if run is not None and node in run.grads:
-        grad = run.grads[node]
-        norm = float(np.linalg.norm(grad.astype(np.float64).ravel()))
-        lines.append(f"grad: {_describe_shape(grad.shape)}, norm {norm:.4g}")
+        lines.append("grad: " + _html(_describe_grad(run.grads[node])))
     if timing is not None:
         lines.append(f"fwd {timing.forward_ms:.3f} ms, bwd {timing.backward_ms:.3f} ms "
                      f"({timing.share:.1%})")
@@ -212,22 +237,43 @@ def _describe_shape(shape) -> str:
 def _describe_value(value: np.ndarray) -> str:
     text = f"{value.dtype} {_describe_shape(value.shape)}"
     if value.size <= SMALL_VALUE_SIZE:
-        numbers = np.array2string(value, precision=4, separator=", ", suppress_small=True)
-        text += " = " + numbers.replace("\n", "")
+        text += " = " + _numbers(value)
     return text
 
 
+def _describe_grad(grad: np.ndarray) -> str:
+    """A small gradient in full, signs and all (as micrograd draws it); a large one by its norm."""
+    if grad.size <= SMALL_VALUE_SIZE:
+        return _numbers(grad) if grad.ndim == 0 else f"{grad.shape} = {_numbers(grad)}"
+    norm = float(np.linalg.norm(grad.astype(np.float64).ravel()))
+    return f"{_describe_shape(grad.shape)}, norm {norm:.4g}"
+
+
+def _numbers(array: np.ndarray) -> str:
+    """Every element to 4 significant digits: ``-1``, ``0.5``, ``[[1, -2.5]]``."""
+    text = np.array2string(array, separator=", ", max_line_width=10**6,
+                           formatter={"float_kind": lambda v: f"{v:.4g}"})
+    return text.replace("\n", "")
+
+
 @functools.cache
-def _input_names(kind: type, count: int) -> tuple[str, ...]:
-    """The names a node type's forward rule gives its inputs (x, w, b), or their positions.
+def _input_names(kind: type, count: int) -> tuple[str, ...] | None:
+    """Edge labels for a node type's inputs: their roles (x, w, b), positions, or None.
 
     The rule's signature is the one place a node says what its inputs mean, so
-    edges borrow it; a rule taking ``*values`` gives positions (0, 1, ...) instead.
+    edges borrow its names. A single input, or inputs that are interchangeable
+    (Add, Mul), need no label; operands that only have generic names (x, y), or
+    a rule taking ``*values``, are numbered (0, 1, ...) instead, so that no
+    edge seems to carry the name of another input.
     """
+    if count < 2 or issubclass(kind, _COMMUTATIVE):
+        return None
     parameters = list(inspect.signature(kind.forward).parameters.values())[2:]  # self, ctx
-    if len(parameters) != count or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+    names = tuple(p.name for p in parameters)
+    if (len(parameters) != count or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+            or names in _OPERAND_NAMES):
         return tuple(str(k) for k in range(count))
-    return tuple(p.name for p in parameters)
+    return names
 
 
 def _fill(node: Node) -> str:

@@ -4,6 +4,7 @@ No timing is asserted: CI machines are too noisy for that.
 """
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,26 @@ def test_epoch_quick(tmp_path):
     result = read(out)
     assert {r["contender"] for r in result["results"]} == {
         "hand:numpy", "miniflow:numpy", "miniflow:array_api_strict"}
+
+
+def test_contention_quick_times_each_policy_and_stops_its_competitors(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    out = tmp_path / "contention.json"
+    proc = run_script("contention.py", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    check_machine(result["machine"])
+    rows = result["results"]
+    assert [r["competitors"] for r in rows] == [0, 1]
+    assert [len(r["competitor_pids"]) for r in rows] == [0, 1]
+    for r in rows:
+        assert all(r[policy] > 0 for policy in ("all cores", "1", "auto"))
+        assert r["auto_vs_1"] == pytest.approx(r["auto"] / r["1"])
+        assert set(r["auto_threads"].split("/")) <= {str(n) for n in range(1, 1025)}
+        for pid in r["competitor_pids"]:  # stopped: no such process any more
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    assert "competing processes" in proc.stdout and "auto / 1" in proc.stdout
 
 
 def test_plot_draws_a_png(step_json, tmp_path):

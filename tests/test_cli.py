@@ -49,7 +49,13 @@ def fake_data(monkeypatch):
             raise ValueError(f"validation_size must be in [0, 60000), got {validation_size}")
         return fake_mnist(min(validation_size, 200))
 
+    def load_test(data_dir=None):
+        calls.append({"data_dir": data_dir, "test_only": True})
+        mnist = fake_mnist()
+        return mnist.test_images, mnist.test_labels
+
     monkeypatch.setattr(cli, "load_mnist", load)
+    monkeypatch.setattr(cli, "load_mnist_test", load_test)
     return calls
 
 
@@ -80,12 +86,13 @@ def test_train_prints_one_line_per_epoch_and_the_test_accuracy(fake_data, capsys
                    "--validation-size", "100", "--data-dir", str(tmp_path)])
     out = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert re.fullmatch(r"epoch 1/2  loss \d+\.\d{4}  val acc \d+\.\d\d%  \d+\.\d\d s", out[0])
+    assert re.fullmatch(r"epoch 1/2  loss \d+\.\d{4}  val loss \d+\.\d{4}  val acc \d+\.\d\d%  "
+                        r"\d+\.\d\d s", out[0])
     assert out[1].startswith("epoch 2/2  ")
     assert re.fullmatch(r"test accuracy: \d+\.\d\d%", out[2])
     assert float(out[2].split()[-1][:-1]) > 90
-    assert re.fullmatch(r"wall time: \d+\.\d\d s \(training \d+\.\d\d s, 2 epochs on numpy\)",
-                        out[3])
+    assert re.fullmatch(r"wall time: \d+\.\d\d s \(training \d+\.\d\d s, 2 epochs on numpy, "
+                        r"[12](-2)? BLAS threads?\)", out[3])
     assert fake_data == [{"data_dir": str(tmp_path), "validation_size": 100}]
 
 
@@ -100,8 +107,25 @@ def test_a_terminal_gets_a_progress_bar(fake_data, capsys, monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert main(["train", "--hidden", "8", "--epochs", "1"]) == 0
     captured = capsys.readouterr()
-    assert "training" in captured.err and "step" in captured.err  # the bar, on stderr
+    assert "training" in captured.err and "step/s" in captured.err  # the bar, on stderr
     assert captured.out.startswith("epoch 1/1  loss ")
+    # (tests/test_progress.py watches the bar in a real terminal)
+
+
+def test_a_run_that_learned_nothing_says_so(fake_data, capsys):
+    assert main(["train", "--hidden", "8", "--epochs", "1", "--optimizer", "sgd", "--lr",
+                 "1e-9", "--schedule", "constant", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "test accuracy" in captured.out
+    assert re.fullmatch(r"miniflow: warning: the model did not learn: .*the accuracy "
+                        r"\d+\.\d\d% is at chance level \(10% for 10 classes\)\. .*\n",
+                        captured.err), captured.err
+
+
+def test_threads_are_applied_and_reported(fake_data, capsys):
+    pytest.importorskip("threadpoolctl")
+    assert main(["train", "--hidden", "8", "--epochs", "2", "--threads", "1", "--quiet"]) == 0
+    assert "2 epochs on numpy, 1 BLAS thread)" in capsys.readouterr().out
 
 
 def test_save_then_evaluate_reports_the_same_accuracy(fake_data, capsys, tmp_path):
@@ -122,25 +146,69 @@ def test_plot_writes_a_png(fake_data, capsys, tmp_path):
     assert os.listdir(tmp_path) == ["history.png"]
 
 
+@pytest.mark.parametrize("suffix, magic", [(".svg", b"<?xml"), (".pdf", b"%PDF"),
+                                           (".PNG", b"\x89PNG")])
+def test_the_plot_format_follows_the_extension(fake_data, capsys, tmp_path, suffix, magic):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / f"history{suffix}"
+    assert main(["train", "--hidden", "8", "--epochs", "1", "--plot", str(path)]) == 0
+    assert path.read_bytes().startswith(magic)
+
+
+def svg_texts(path):
+    """The strings a matplotlib SVG draws: it keeps each one in a comment beside its glyphs."""
+    return re.findall(r"<!-- (.*?) -->", path.read_text())
+
+
+def test_plot_ticks_are_whole_epochs_and_validation_is_drawn(fake_data, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "history.svg"
+    assert main(["train", "--hidden", "8", "--epochs", "3", "--plot", str(path)]) == 0
+    texts = svg_texts(path)
+    assert "validation accuracy" in texts and "validation" in texts  # the legend
+    ticks = [t for t in texts if re.fullmatch(r"[0-9.]+", t)]
+    assert "2" in ticks and not any(re.fullmatch(r"\d\.\d", t) for t in ticks), ticks
+
+
+def test_plot_without_validation_shows_the_training_accuracy(fake_data, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "history.svg"
+    assert main(["train", "--hidden", "8", "--epochs", "2", "--validation-size", "0",
+                 "--plot", str(path)]) == 0
+    texts = svg_texts(path)
+    assert "training accuracy (no validation data)" in texts
+    assert "validation accuracy" not in texts
+    # Two points plotted, so the y axis has ticks in percent (an empty panel has 0-1 ticks).
+    assert any(re.fullmatch(r"\d{2,3}(\.\d)?", t) for t in texts), texts
+
+
 def test_backends_and_optimizers_are_selectable(fake_data, capsys):
     assert main(["train", "--hidden", "8", "--epochs", "1", "--backend", "array_api_strict",
                  "--optimizer", "adam", "--lr", "0.01", "--schedule", "step"]) == 0
-    assert "1 epochs on array_api_strict" in capsys.readouterr().out
+    assert "(training" in (out := capsys.readouterr().out)
+    assert "1 epoch on array_api_strict" in out
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--epochs", "-1"], "argument --epochs: must be >= 0, got -1"),
-    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
-    (["--epochs", "ten"], "argument --epochs: expected an integer, got 'ten'"),
+    (["--epochs", "-1"], "argument --epochs: expected an integer >= 0, got '-1'"),
+    (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+    (["--epochs", "ten"], "argument --epochs: expected an integer >= 0, got 'ten'"),
+    (["--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+    (["--seed", "1.5"], "argument --seed: expected an integer >= 0, got '1.5'"),
+    (["--threads", "0"], "argument --threads: expected 'auto' or an integer >= 1, got '0'"),
+    (["--threads", "many"], "argument --threads: expected 'auto' or an integer >= 1"),
+    (["--plot", "curves.jpg"], "argument --plot: cannot tell the format of 'curves.jpg'"),
+    (["--data-dir", "/no/such/folder"], "argument --data-dir: no such folder: '/no/such/"),
     (["--activation", "gelu"], "argument --activation: invalid choice: 'gelu'"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
     (["--backend", "tensorflow"], "argument --backend: invalid choice: 'tensorflow'"),
     (["--hidden", "256,-4"], "argument --hidden: layer sizes must be positive"),
     (["--hidden", "big"], "argument --hidden: expected layer sizes such as 256"),
-    (["--lr", "0"], "argument --lr: must be a positive number, got 0"),
-    (["--lr", "nan"], "argument --lr: must be a positive number, got nan"),
-    (["--momentum", "1"], r"argument --momentum: must lie in \[0, 1\)"),
-    (["--validation-size", "-3"], "argument --validation-size: must be >= 0"),
+    (["--lr", "0"], "argument --lr: expected a positive number, got '0'"),
+    (["--lr", "nan"], "argument --lr: expected a positive number, got 'nan'"),
+    (["--lr", "fast"], "argument --lr: expected a positive number, got 'fast'"),
+    (["--momentum", "1"], r"argument --momentum: expected a number in \[0, 1\), got '1'"),
+    (["--validation-size", "-3"], "argument --validation-size: expected an integer >= 0"),
     (["--validation-size", "60000"], r"argument --validation-size: .*in \[0, 60000\)"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
     (["--seed", "-3"], "argument --seed: must be >= 0, got -3"),
@@ -297,6 +365,36 @@ def test_seed_minus_3_from_the_shell():
 
 
 # -- evaluate -------------------------------------------------------------------------
+
+def test_evaluate_needs_only_the_two_test_files(capsys, tmp_path):
+    folder = _mnist_dir()
+    if folder is None:
+        pytest.skip("the MNIST test files were not found: set MINIFLOW_DATA")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in MNIST_FILES[2:]:
+        source = next(p for p in (folder / name, folder / f"{name}.gz") if p.is_file())
+        (data / source.name).symlink_to(source)
+    model = mlp(8, seed=1)
+    save_model(model, tmp_path / "m.npz")
+    assert main(["evaluate", str(tmp_path / "m.npz"), "--data-dir", str(data),
+                 "--threads", "1"]) == 0
+    assert re.fullmatch(r"test accuracy: \d+\.\d\d%\n", capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate", "m.npz"]])
+def test_a_data_dir_that_is_missing_or_a_file_is_named_and_nothing_downloads(
+        no_work, capsys, monkeypatch, tmp_path, command):
+    monkeypatch.setattr(cli, "load_mnist_test", no_training)
+    monkeypatch.setattr(mnist_module, "_download", no_training)
+    missing, a_file = tmp_path / "nope", tmp_path / "file"
+    a_file.write_text("")
+    err = one_error_line(capsys, main([*command, "--data-dir", str(missing)]), 2)
+    assert f"argument --data-dir: no such folder: '{missing}'" in err
+    err = one_error_line(capsys, main([*command, "--data-dir", str(a_file)]), 2)
+    assert f"argument --data-dir: '{a_file}' is a file, not a folder" in err
+    assert not missing.exists()
+
 
 def test_evaluate_a_corrupt_file(fake_data, capsys, tmp_path):
     path = save_model(mlp(0), tmp_path / "model.npz")

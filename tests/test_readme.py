@@ -37,6 +37,22 @@ def test_gpu_example_runs_on_every_backend(backend, to_numpy):
     assert np.isfinite(to_numpy(namespace["value"]))
 
 
+def test_gpu_example_runs_as_written_without_a_gpu(capsys):
+    from miniflow.backends import get_backend
+    from miniflow.errors import BackendUnavailableError
+
+    try:
+        get_backend("cupy")
+    except BackendUnavailableError as exc:
+        reason = str(exc)
+    else:
+        pytest.skip("CuPy and a GPU are here: the example takes its CUDA path")
+    namespace = {}
+    exec(block('backend="cupy"'), namespace)  # unchanged: backend="cupy"
+    assert capsys.readouterr().out == reason + "\n"  # the clear error, printed
+    assert all(isinstance(g, np.ndarray) for g in namespace["grads"])  # NumPy's result
+
+
 def test_drawing_example_runs_after_the_gpu_example(tmp_path, monkeypatch):
     pytest.importorskip("graphviz")
     if shutil.which("dot") is None:

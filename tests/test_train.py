@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from miniflow import evaluate
+
 from miniflow.train import (ConfigError, DataError, TrainConfig, TrainingDivergedError,
                             check_data, evaluate_model, train)
 
@@ -58,7 +60,7 @@ def test_other_backends_agree_with_numpy(other):
 
 def test_every_example_is_visited_including_the_last_partial_batch():
     steps = []
-    run(TrainConfig(**SMALL), on_step=lambda: steps.append(1))
+    run(TrainConfig(**SMALL), on_step=lambda loss: steps.append(float(loss)))
     assert len(steps) == 3 * 7  # 610 examples in batches of 100: 6 full, 1 of 10
 
 
@@ -79,6 +81,19 @@ def test_inputs_are_standardised_with_training_statistics():
 def test_without_validation_data_there_is_no_validation_accuracy():
     result = train(TrainConfig(**SMALL), *TRAIN, n_classes=N_CLASSES)
     assert [s.val_accuracy for s in result.history] == [None] * 3
+    assert [s.val_loss for s in result.history] == [None] * 3
+    # Instead, the accuracy on the training data, as evaluate_model measures it.
+    assert result.history[-1].train_accuracy == evaluate_model(result.model, *TRAIN)
+
+
+def test_the_validation_loss_is_the_models_mean_loss_on_the_validation_data(backend):
+    result = run(TrainConfig(**SMALL, backend=backend.name))
+    model, (images, labels) = result.model, VAL
+    standardised = (images - model.input_mean) / model.input_std
+    expected = evaluate(model.loss, {**model.params, model.images: standardised,
+                                     model.labels: labels})
+    assert result.history[-1].val_loss == pytest.approx(float(expected), rel=1e-4)
+    assert all(s.train_accuracy is None for s in result.history)  # validation was measured
 
 
 def test_zero_epochs_returns_the_initial_model():
@@ -160,6 +175,8 @@ def test_empty_training_data_is_refused():
     ({"momentum": 1.0}, r"momentum must lie in \[0, 1\), got 1.0"),
     ({"validation_size": -5}, r"validation_size must be an integer >= 0"),
     ({"hidden": (256, -1)}, r"hidden layer sizes must be positive"),
+    ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
+    ({"seed": 1.0}, r"seed must be an integer >= 0, got 1.0"),
 ])
 def test_bad_config_values_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):

@@ -8,12 +8,12 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from miniflow import (Constant, CrossEntropyWithSoftmax, GraphError, Input, Linear, MiniflowError,
-                      Mul, Node, ReLU, Sum, cli, models, value_and_grad)
+from miniflow import (Add, Constant, CrossEntropyWithSoftmax, GraphError, Input, Linear,
+                      MiniflowError, Mul, Node, ReLU, Sub, Sum, cli, models, value_and_grad)
 from miniflow.graph import topological_order
 from miniflow.profile import NodeTime, Profile
-from miniflow.viz import (DrawError, Drawing, GraphvizMissingError, RunTrace, draw, to_dot,
-                          trace)
+from miniflow.viz import (SMALL_VALUE_SIZE, DrawError, Drawing, GraphvizMissingError, RunTrace,
+                          draw, to_dot, trace)
 
 HAS_PACKAGE = importlib.util.find_spec("graphviz") is not None
 needs_graphviz_package = pytest.mark.skipif(
@@ -140,8 +140,14 @@ def test_dot_shows_shapes_dtypes_small_values_and_gradient_norms(backend):
         grad = np.asarray(backend.to_numpy(grad), np.float64)
         shape = str(tuple(feed[param].shape))
         assert f"value: float32 {shape}" in line
-        norm = float(re.search(rf"grad: {re.escape(shape)}, norm ([-+.e0-9]+)", line)[1])
-        assert norm == pytest.approx(np.linalg.norm(grad), rel=1e-3)
+        if grad.size > SMALL_VALUE_SIZE:
+            norm = float(re.search(rf"grad: {re.escape(shape)}, norm ([-+.e0-9]+)", line)[1])
+            assert norm == pytest.approx(np.linalg.norm(grad), rel=1e-3)
+        else:  # small: every element, signed, to 4 significant digits
+            shown = re.search(rf"grad: {re.escape(shape)} = ([-+.e0-9\[\], ]*)", line)[1]
+            numbers = re.findall(r"[-+]?[.0-9]+(?:e[-+]?\d+)?", shown)
+            np.testing.assert_allclose([float(v) for v in numbers], grad.ravel(),
+                                       rtol=1e-3, atol=1e-6)
 
     bias = node_line(dot, params[1])  # fc1.b holds 3 numbers: shown in full
     shown = re.search(r"= \[([^\]]*)\]", bias)[1]
@@ -149,6 +155,44 @@ def test_dot_shows_shapes_dtypes_small_values_and_gradient_norms(backend):
     assert "value: float32 (5, 3)<BR/>grad:" in node_line(dot, params[0])  # 15 numbers: not shown
     assert re.search(r"value: float32 scalar = \d+\.\d+", node_line(dot, loss))
     assert "value: int64 (4,) = [" in node_line(dot, list(feed)[1])
+
+
+def test_small_gradients_are_shown_signed_as_in_the_lab():
+    # The lab's x*y + x*z at x=3, y=4, z=-5 with upstream gradient 1: dx = y + z = -1.
+    x, y, z = Input("x"), Input("y"), Input("z")
+    f = Add(Mul(x, y), Mul(x, z), name="f")
+    feed = {x: 3.0, y: 4.0, z: -5.0}
+    _, grads = value_and_grad(f, feed, [x, y, z])
+    dot = to_dot(f, trace(f, feed))
+    for node, grad in zip((x, y, z), grads):
+        shown = re.search(r"grad: ([-+.e0-9]+)>", node_line(dot, node))[1]
+        assert float(shown) == float(grad)
+    assert "grad: -1>" in node_line(dot, x) and "norm" not in dot
+    assert "value: float32 scalar = -5" in node_line(dot, z)
+
+
+def test_edges_name_roles_only_where_the_order_matters():
+    x, y, z = Input("x"), Input("y"), Input("z")
+    add, mul = Add(x, y), Mul(z, x)
+    sub = Sub(add, mul)
+    dot = to_dot(sub)
+    # Add and Mul: interchangeable inputs, no label that could read as "y" or "x".
+    for node in (add, mul):
+        assert all("label" not in line for line in dot.splitlines() if f"-> n{node.id}" in line)
+    assert f"n{add.id} -> n{sub.id} [label=<0>];" in dot  # Sub: by position, left first
+    assert f"n{mul.id} -> n{sub.id} [label=<1>];" in dot
+
+
+def test_a_trace_displays_as_a_short_repr_and_an_html_table():
+    loss, _, feed = mlp()
+    run = trace(loss, feed)
+    text = repr(run)
+    assert "\n" not in text and len(text) < 120, text
+    assert f"{len(run.values)} values, {len(run.grads)} gradients" in text
+    page = run._repr_html_()
+    assert page.count("<tr>") == len(run.values) + 1
+    assert "float32 (3,) = [0.5, -1.25, 2]" in page  # fc1.b in full
+    assert "norm" in page  # fc1.w's 15-element gradient by its norm
 
 
 def test_forward_only_trace_of_a_non_scalar_output():
@@ -192,7 +236,7 @@ def test_constants_are_drawn():
     out = Sum(Mul(x, Constant(np.float32(3.0), name="three")))
     run = trace(out, {x: [1.0, 2.0]})
     line = node_line(to_dot(out, run), out.inputs[0].inputs[1])
-    assert "Constant 'three'" in line and "value: float32 scalar = 3." in line
+    assert "Constant 'three'" in line and "value: float32 scalar = 3>" in line
 
 
 # -- rendering --------------------------------------------------------------------------

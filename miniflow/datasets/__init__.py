@@ -15,6 +15,7 @@ from .mnist import (
     MnistNotFoundError,
     default_data_dir,
     load_mnist,
+    load_mnist_test,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "MnistNotFoundError",
     "default_data_dir",
     "load_mnist",
+    "load_mnist_test",
     "read_idx",
     "write_idx",
 ]

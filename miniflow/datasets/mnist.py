@@ -205,9 +205,40 @@ def load_mnist(
         raise ValueError(
             f"validation_size must be in [0, {MNIST_TRAIN_SIZE}), got {validation_size}"
         )
+    raw = _load_files(_FILES, data_dir, download, mirrors, timeout, progress)
+    return _split(raw, validation_size)
+
+
+def load_mnist_test(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    mirrors: Sequence[str] | None = None,
+    timeout: float = 30.0,
+    progress: bool | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load only the MNIST test set: what evaluating a trained model needs.
+
+    Reads (or downloads) only the two ``t10k`` files; the parameters and
+    errors are those of `load_mnist`.
+
+    Returns
+    -------
+    images, labels : numpy.ndarray
+        float32 (10000, 784) in [0, 1], and int64 (10000,).
+    """
+    files = {key: _FILES[key] for key in ("test_images", "test_labels")}
+    raw = _load_files(files, data_dir, download, mirrors, timeout, progress)
+    images = np.divide(raw["test_images"].reshape(len(raw["test_images"]), -1), 255,
+                       dtype=np.float32)
+    return images, raw["test_labels"].astype(np.int64)
+
+
+def _load_files(files, data_dir, download, mirrors, timeout, progress):
+    """{key: raw array} for each of ``files``, read locally or downloaded and verified."""
     folder, origin = _resolve_data_dir(data_dir)
-    local = {key: _find_local(folder, spec) for key, spec in _FILES.items()}
-    missing = [_FILES[key].name for key, path in local.items() if path is None]
+    local = {key: _find_local(folder, spec) for key, spec in files.items()}
+    missing = [files[key].name for key, path in local.items() if path is None]
     if missing and not download:
         raise MnistNotFoundError(
             _not_found_message(folder, origin, missing, "Downloading is off (download=False).")
@@ -216,7 +247,7 @@ def load_mnist(
         mirrors = DEFAULT_MIRRORS
 
     raw = {}
-    for key, spec in _FILES.items():
+    for key, spec in files.items():
         if local[key] is not None:
             raw[key] = _read_local(local[key], spec)
             continue
@@ -226,7 +257,7 @@ def load_mnist(
             raise MnistNotFoundError(
                 _not_found_message(folder, origin, missing, exc.report())
             ) from None
-    return _split(raw, validation_size)
+    return raw
 
 
 def _split(raw, validation_size):

@@ -1,0 +1,208 @@
+"""How many threads the BLAS and PyTorch pools use while miniflow trains or evaluates.
+
+A BLAS library starts one thread per core and, between matrix products,
+keeps them spinning. On a machine of its own that is a little faster than
+one thread; when another process runs on one of those cores, every product
+waits for the thread that lost its core, and a run measured 2-15x slower
+than with one thread (``bench/contention.py``). So by default miniflow
+counts the cores other processes keep busy, from ``/proc/stat`` less this
+process's own CPU time, and gives the pools only the cores left over: all of
+them on a quiet machine, one on a busy one. It looks again after every
+epoch (:meth:`ThreadPolicy.adapt`), as other jobs come and go.
+
+The thread count changes the order in which a BLAS library adds partial
+sums, so runs with different counts agree only to rounding: accuracies can
+differ in the last digits. A fixed ``threads=N`` makes a run repeat exactly.
+
+>>> with ThreadPolicy("auto") as policy:     # doctest: +SKIP
+...     prepare_data()
+...     policy.ready()
+...     for epoch in range(epochs):
+...         train_one_epoch()
+...         policy.adapt()
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from .errors import MiniflowError
+
+__all__ = ["ThreadPolicy", "ThreadsError", "available_cores", "parse_threads"]
+
+THREADS_INSTALL_HINT = "pip install 'miniflow[threads]'"
+#: The shortest first look at the machine, before any training step.
+PROBE_SECONDS = 0.1
+#: A core counts as taken when other processes use more than this share of it:
+#: a little background work (a shell, an editor) should not halve our threads.
+BUSY_SHARE = 0.5
+
+
+class ThreadsError(MiniflowError, ValueError):
+    """A thread count is not a positive integer, or cannot be applied here."""
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def parse_threads(value) -> int | str:
+    """``"auto"`` or a positive integer (also given as text); anything else is a ThreadsError."""
+    if value == "auto":
+        return value
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            raise ThreadsError(f"threads must be 'auto' or a positive integer, "
+                               f"got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ThreadsError(f"threads must be 'auto' or a positive integer, got {value!r}")
+    return value
+
+
+class _CpuMeter:
+    """CPU time other processes used since the last reading, from /proc/stat (Linux)."""
+
+    def __init__(self):
+        self._ticks_per_second = os.sysconf("SC_CLK_TCK")
+        self._last = self._read()
+
+    @staticmethod
+    def available() -> bool:
+        return os.path.exists("/proc/stat") and hasattr(os, "sysconf")
+
+    def _read(self):
+        with open("/proc/stat") as file:
+            fields = [int(v) for v in file.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal [guest guest_nice: already in user]
+        busy = sum(fields[:8]) - fields[3] - fields[4]
+        own = os.times()
+        return time.monotonic(), busy / self._ticks_per_second, own.user + own.system
+
+    def others_busy_cores(self) -> float:
+        """Cores' worth of CPU other processes used since the previous call."""
+        now = self._read()
+        (then_wall, then_busy, then_own), self._last = self._last, now
+        wall = now[0] - then_wall
+        if wall <= 0:
+            return 0.0
+        # Spinning BLAS threads are our own CPU time, so they never count as "others".
+        return max(0.0, (now[1] - then_busy) - (now[2] - then_own)) / wall
+
+
+class ThreadPolicy:
+    """Limit the BLAS (OpenBLAS, MKL, BLIS, via threadpoolctl) and PyTorch thread pools.
+
+    A context manager: on entry it sets the pools, on exit it restores them.
+
+    Parameters
+    ----------
+    threads : "auto" or int
+        A fixed number of threads, or ``"auto"``: the cores of this process's
+        CPU affinity that other processes leave free (at least one), looked at
+        from entry to :meth:`ready` (at least :data:`PROBE_SECONDS`) and again
+        at each :meth:`adapt`.
+        Where neither threadpoolctl nor PyTorch is loaded, "auto" leaves the
+        pools as they are.
+
+    Attributes
+    ----------
+    threads : int or None
+        The count in force now; None where nothing could be limited.
+
+    Raises
+    ------
+    ThreadsError
+        A fixed count was asked for, but threadpoolctl is not installed and
+        PyTorch not loaded, so nothing could apply it.
+    """
+
+    def __init__(self, threads="auto"):
+        self.requested = parse_threads(threads)
+        self.cores = available_cores()
+        self.threads = None
+        self._controller = None
+        self._limiter = None
+        self._torch_threads = None
+        self._meter = None
+        self._looking_since = None
+
+    def __enter__(self):
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            controller = None
+        else:
+            controller = ThreadpoolController()
+        torch = sys.modules.get("torch")  # only a torch already in use needs limiting
+        if controller is None and torch is None:
+            if self.requested != "auto":
+                raise ThreadsError(f"threads={self.requested} needs threadpoolctl to limit "
+                                   f"the BLAS threads; install it with: {THREADS_INSTALL_HINT}")
+            return self
+        self._controller = controller
+        if torch is not None:
+            self._torch = torch
+            self._torch_threads = torch.get_num_threads()
+        if self.requested == "auto":
+            if _CpuMeter.available():
+                # The first look lasts until ready(): preparing the data is measured
+                # too, rather than adding a pause of its own.
+                self._meter = _CpuMeter()
+                self._looking_since = time.monotonic()
+            self._apply(self.cores)
+        else:
+            self._apply(self.requested)
+        return self
+
+    def ready(self) -> int | None:
+        """Under "auto", finish the first look (at least :data:`PROBE_SECONDS` long) and apply it.
+
+        Call it when the heavy work is about to start; returns the count in force.
+        """
+        if self._meter is not None and self._looking_since is not None:
+            remaining = PROBE_SECONDS - (time.monotonic() - self._looking_since)
+            if remaining > 0:
+                time.sleep(remaining)
+            self._looking_since = None
+            return self.adapt()
+        return self.threads
+
+    def adapt(self) -> int | None:
+        """Under "auto", set the pools to the cores other processes left free since the last look.
+
+        Returns the count now in force (None where nothing is limited).
+        """
+        if self._meter is not None:
+            free = self._free_cores()
+            if free != self.threads:
+                self._apply(free)
+        return self.threads
+
+    def _free_cores(self) -> int:
+        taken = int(self._meter.others_busy_cores() + 1 - BUSY_SHARE)
+        return max(1, self.cores - taken)
+
+    def _apply(self, count: int) -> None:
+        if self._controller is not None:
+            if self._limiter is not None:
+                self._limiter.restore_original_limits()
+            self._limiter = self._controller.limit(limits=count, user_api="blas")
+        if self._torch_threads is not None:
+            self._torch.set_num_threads(count)
+        self.threads = count
+
+    def __exit__(self, *exc_info):
+        if self._limiter is not None:
+            self._limiter.restore_original_limits()
+            self._limiter = None
+        if self._torch_threads is not None:
+            self._torch.set_num_threads(self._torch_threads)
+        self._meter = None
+        return False

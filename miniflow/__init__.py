@@ -11,6 +11,10 @@ from .gradcheck import GradcheckError, gradcheck
 from .viz import draw, to_dot
 from .nodes import (Add, CrossEntropyWithSoftmax, Div, DummyGrad, Exp, Linear, Log, MatMul,
                     Mean, Mul, Neg, ReLU, Sigmoid, Sub, Sum, Tanh)
+from .nodes import (ELU, GELU, Abs, Clip, Cos, Expm1, LeakyReLU, Log1p, LogSigmoid, Maximum,
+                    Minimum, Pow, Sin, Softplus, Sqrt, Square, StopGradient, Where)
+from .nodes import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Reshape, Split,
+                    Squeeze, Stack, Take, Transpose, permute_dims)
 
 __version__ = "0.1.0"
 
@@ -22,4 +26,8 @@ __all__ = [
     "Sum", "Mean", "evaluate", "gradcheck", "Context",
     "MiniflowError", "GraphError", "FeedError", "NodeError", "ShapeError", "BackendError",
     "BackendUnavailableError", "GradcheckError", "to_dot", "draw",
+    "Pow", "Square", "Sqrt", "Abs", "Log1p", "Expm1", "Sin", "Cos", "Maximum", "Minimum", "Clip",
+    "Where", "StopGradient", "Softplus", "LogSigmoid", "LeakyReLU", "ELU", "GELU",
+    "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
+    "Concat", "Stack", "Split", "Pad", "Index", "Take",
 ]

@@ -4,18 +4,27 @@ Every rule is written against ``ctx.xp``, the Array-API namespace of the run's
 backend, so the same node runs on NumPy, CuPy, PyTorch or any other Array-API
 library.
 
-- ``elementwise``: arithmetic and activations (Add, Mul, Sigmoid, ReLU, ...)
+- ``elementwise``: arithmetic, powers, selections and activations (Add, Pow, Where, GELU, ...)
+- ``shape``: Reshape, Flatten, Transpose, Concat, Stack, Pad, indexing (``x[...]``) and Take
 - ``linalg``: MatMul, Linear
 - ``reductions``: Sum, Mean
 - ``losses``: CrossEntropyWithSoftmax, DummyGrad
 """
-from .elementwise import Add, Div, Exp, Log, Mul, Neg, ReLU, Sigmoid, Sub, Tanh, sigmoid
+from .elementwise import (ELU, GELU, Abs, Add, Clip, Cos, Div, Exp, Expm1, LeakyReLU, Log, Log1p,
+                          LogSigmoid, Maximum, Minimum, Mul, Neg, Pow, ReLU, Sigmoid, Sin, Softplus,
+                          Sqrt, Square, StopGradient, Sub, Tanh, Where, erf, sigmoid)
 from .linalg import Linear, MatMul
 from .losses import CrossEntropyWithSoftmax, DummyGrad, softmax
 from .reductions import Mean, Sum
+from .shape import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Reshape, Split,
+                    SplitPart, Squeeze, Stack, Take, Transpose, permute_dims)
 
 __all__ = [
     "Add", "Sub", "Neg", "Mul", "Div", "Sigmoid", "Tanh", "ReLU", "Exp", "Log",
     "MatMul", "Linear", "Sum", "Mean", "CrossEntropyWithSoftmax", "DummyGrad",
     "sigmoid", "softmax",
+    "Pow", "Square", "Sqrt", "Abs", "Log1p", "Expm1", "Sin", "Cos", "Maximum", "Minimum", "Clip",
+    "Where", "StopGradient", "Softplus", "LogSigmoid", "LeakyReLU", "ELU", "GELU", "erf",
+    "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
+    "Concat", "Stack", "Split", "SplitPart", "Pad", "Index", "Take",
 ]

@@ -73,7 +73,7 @@ def _fast_namespace():
         ints = _SAME_WIDTH_INTS.get(getattr(x1, "dtype", None))
         if (ints is not None and type(x2) in (int, float) and x2 == 0 and str(x2)[0] != "-"
                 and type(condition) is np.ndarray and condition.dtype == np.bool_
-                and condition.shape == x1.shape and x1.size >= 4096
+                and condition.shape == x1.shape and x1.size >= 1024
                 and condition.flags.c_contiguous and x1.flags.c_contiguous):
             mask = np.negative(condition.view(np.int8)).astype(ints)
             return np.bitwise_and(mask, x1.view(ints), out=mask).view(x1.dtype)

@@ -93,9 +93,9 @@ class Transpose(Node):
         return (ctx.xp.permute_dims(grad, inverse),)
 
     def shape_problem(self, x_shape):
-        if sorted(a % len(x_shape) if -len(x_shape) <= a < len(x_shape) else a
-                  for a in self._axes(len(x_shape))) != list(range(len(x_shape))):
-            return f"axes {self.axes} are not a permutation of the {len(x_shape)} axes of {x_shape}"
+        ndim = len(x_shape)
+        if sorted(a % ndim if -ndim <= a < ndim else a for a in self._axes(ndim)) != list(range(ndim)):
+            return f"axes {self.axes} are not a permutation of the {ndim} axes of {x_shape}"
         return None
 
 

@@ -13,6 +13,10 @@ from .nodes import (Add, CrossEntropyWithSoftmax, Div, DummyGrad, Exp, Linear, L
                     Mean, Mul, Neg, ReLU, Sigmoid, Sub, Sum, Tanh)
 from .nodes import (MSE, BinaryCrossEntropyWithLogits, CumSum, LogSoftmax, LogSumExp, Max,
                     MeanSquaredError, Min, Outer, Softmax, Std, Tensordot, Var)
+from .nodes import (ELU, GELU, Abs, Clip, Cos, Expm1, LeakyReLU, Log1p, LogSigmoid, Maximum,
+                    Minimum, Pow, Sin, Softplus, Sqrt, Square, StopGradient, Where)
+from .nodes import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Reshape, Split,
+                    Squeeze, Stack, Take, Transpose, permute_dims)
 
 __version__ = "0.1.0"
 
@@ -26,4 +30,8 @@ __all__ = [
     "BackendUnavailableError", "GradcheckError", "to_dot", "draw",
     "Tensordot", "Outer", "Max", "Min", "Var", "Std", "LogSumExp", "CumSum",
     "Softmax", "LogSoftmax", "MeanSquaredError", "MSE", "BinaryCrossEntropyWithLogits",
+    "Pow", "Square", "Sqrt", "Abs", "Log1p", "Expm1", "Sin", "Cos", "Maximum", "Minimum", "Clip",
+    "Where", "StopGradient", "Softplus", "LogSigmoid", "LeakyReLU", "ELU", "GELU",
+    "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
+    "Concat", "Stack", "Split", "Pad", "Index", "Take",
 ]

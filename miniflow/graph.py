@@ -141,6 +141,42 @@ class Node:
         from .nodes import Neg
         return Neg(self)
 
+    def __pos__(self):
+        return self  # +x is x: no node, as +a is a for a number
+
+    def __abs__(self):
+        from .nodes import Abs
+        return Abs(self)
+
+    def __pow__(self, other):
+        from .nodes import Pow
+        return Pow(self, other)
+
+    def __rpow__(self, other):
+        from .nodes import Pow
+        return Pow(other, self)
+
+    def __getitem__(self, key):
+        from .nodes import Index
+        return Index(self, key)
+
+    def __iter__(self):
+        # Without this, Python would iterate a node through __getitem__ (x[0], x[1],
+        # ...) forever: the length of a value is unknown until the graph runs.
+        raise TypeError(f"{self.label} is not iterable: index it (x[0]) or use Split")
+
+    @property
+    def T(self):
+        """All axes reversed (NumPy's ``.T``): ``Transpose(self)``."""
+        from .nodes import Transpose
+        return Transpose(self)
+
+    @property
+    def mT(self):
+        """The last two axes swapped (a stack of matrices transposed): ``MatrixTranspose(self)``."""
+        from .nodes import MatrixTranspose
+        return MatrixTranspose(self)
+
     # Nodes are dictionary keys (feed_dict); comparing them must not build a graph.
     __hash__ = object.__hash__
 

@@ -21,6 +21,13 @@ def test_lab_example_runs():
     exec(block("from miniflow import *"), {})
 
 
+def test_two_moons_example_reaches_full_training_accuracy():
+    namespace = {}
+    exec(block("max-margin hinge"), namespace)  # the block asserts 100% itself
+    assert namespace["accuracy"] == 1.0
+    assert float(namespace["value"]) < 0.05
+
+
 def test_custom_node_example_runs_and_passes_gradcheck_on_every_backend(backend):
     namespace = {}
     exec(block("class Softplus"), namespace)

@@ -38,6 +38,9 @@ class NumpyBackend(Backend):
         return array
 
 
+_SAME_WIDTH_INTS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+
+
 def _fast_namespace():
     """array-api-compat's NumPy namespace with its hottest functions called directly.
 
@@ -68,7 +71,22 @@ def _fast_namespace():
     def astype(x, dtype, /, *, copy=True, device=None):
         return x.astype(dtype, copy=copy)
 
+    def where(condition, x1, x2, /):
+        # np.where branches per element: on a random mask (ReLU's backward) it
+        # mispredicts half the time, 10x slower than a multiply at 512x1024. A
+        # float array against the scalar 0 is instead selected by ANDing its bits
+        # with an all-ones or all-zeros mask: the same result, branch-free.
+        ints = _SAME_WIDTH_INTS.get(getattr(x1, "dtype", None))
+        if (ints is not None and type(x2) in (int, float) and x2 == 0 and str(x2)[0] != "-"
+                and type(condition) is np.ndarray and condition.dtype == np.bool_
+                and condition.shape == x1.shape and x1.size >= 1024
+                and condition.flags.c_contiguous and x1.flags.c_contiguous):
+            mask = np.negative(condition.view(np.int8)).astype(ints)
+            return np.bitwise_and(mask, x1.view(ints), out=mask).view(x1.dtype)
+        return compat.where(condition, x1, x2)
+
     xp.sum, xp.max, xp.ones_like, xp.arange, xp.astype = sum, max, ones_like, arange, astype
+    xp.where = where
     xp.count_nonzero = np.count_nonzero
     xp.isdtype = functools.lru_cache(maxsize=64)(compat.isdtype)  # np.isdtype: ~1 us
     return xp

@@ -4,19 +4,22 @@ Every rule is written against ``ctx.xp``, the Array-API namespace of the run's
 backend, so the same node runs on NumPy, CuPy, PyTorch or any other Array-API
 library.
 
-- ``elementwise``: arithmetic and activations (Add, Mul, Sigmoid, ReLU, ...)
+- ``elementwise``: arithmetic, powers, selections and activations (Add, Pow, Where, GELU, ...)
+- ``shape``: Reshape, Flatten, Transpose, Concat, Stack, Pad, indexing (``x[...]``) and Take
 - ``linalg``: MatMul, Linear, Tensordot, Outer
 - ``reductions``: Sum, Mean, Max, Min, Var, Std, LogSumExp, CumSum
 - ``losses``: Softmax, LogSoftmax, CrossEntropyWithSoftmax, MeanSquaredError (MSE),
   BinaryCrossEntropyWithLogits, DummyGrad
 """
-from .elementwise import Add, Div, Exp, Log, Mul, Neg, ReLU, Sigmoid, Sub, Tanh, sigmoid
-from .linalg import Linear, MatMul
-from .losses import CrossEntropyWithSoftmax, DummyGrad, softmax
-from .reductions import Mean, Sum
-from .linalg import Outer, Tensordot
-from .reductions import CumSum, LogSumExp, Max, Min, Std, Var
-from .losses import MSE, BinaryCrossEntropyWithLogits, LogSoftmax, MeanSquaredError, Softmax
+from .elementwise import (ELU, GELU, Abs, Add, Clip, Cos, Div, Exp, Expm1, LeakyReLU, Log, Log1p,
+                          LogSigmoid, Maximum, Minimum, Mul, Neg, Pow, ReLU, Sigmoid, Sin, Softplus,
+                          Sqrt, Square, StopGradient, Sub, Tanh, Where, erf, sigmoid)
+from .linalg import Linear, MatMul, Outer, Tensordot
+from .losses import (MSE, BinaryCrossEntropyWithLogits, CrossEntropyWithSoftmax, DummyGrad,
+                     LogSoftmax, MeanSquaredError, Softmax, softmax)
+from .reductions import CumSum, LogSumExp, Max, Mean, Min, Std, Sum, Var
+from .shape import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Reshape, Split,
+                    SplitPart, Squeeze, Stack, Take, Transpose, permute_dims)
 
 __all__ = [
     "Add", "Sub", "Neg", "Mul", "Div", "Sigmoid", "Tanh", "ReLU", "Exp", "Log",
@@ -24,4 +27,8 @@ __all__ = [
     "sigmoid", "softmax",
     "Tensordot", "Outer", "Max", "Min", "Var", "Std", "LogSumExp", "CumSum",
     "Softmax", "LogSoftmax", "MeanSquaredError", "MSE", "BinaryCrossEntropyWithLogits",
+    "Pow", "Square", "Sqrt", "Abs", "Log1p", "Expm1", "Sin", "Cos", "Maximum", "Minimum", "Clip",
+    "Where", "StopGradient", "Softplus", "LogSigmoid", "LeakyReLU", "ELU", "GELU", "erf",
+    "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
+    "Concat", "Stack", "Split", "SplitPart", "Pad", "Index", "Take",
 ]

@@ -211,9 +211,9 @@ def test_backends_and_optimizers_are_selectable(fake_data, capsys):
     (["--validation-size", "-3"], "argument --validation-size: expected an integer >= 0"),
     (["--validation-size", "60000"], r"argument --validation-size: .*in \[0, 60000\)"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-    (["--seed", "-3"], "argument --seed: must be >= 0, got -3"),
-    (["--seed", "abc"], "argument --seed: expected an integer, got 'abc'"),
-    (["--seed", "1e3"], "argument --seed: expected an integer, got '1e3'"),
+    (["--seed", "-3"], "argument --seed: expected an integer >= 0, got '-3'"),
+    (["--seed", "abc"], "argument --seed: expected an integer >= 0, got 'abc'"),
+    (["--seed", "1e3"], "argument --seed: expected an integer >= 0, got '1e3'"),
 ])
 def test_bad_options_exit_2_with_one_clear_line(fake_data, capsys, monkeypatch, args, message):
     monkeypatch.setattr(cli, "train", no_training)
@@ -360,7 +360,7 @@ def test_seed_minus_3_from_the_shell():
     done = subprocess.run([sys.executable, "-m", "miniflow", "train", "--seed", "-3"],
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr == ("miniflow: error: argument --seed: must be >= 0, got -3 "
+    assert done.stderr == ("miniflow: error: argument --seed: expected an integer >= 0, got '-3' "
                            "(see 'miniflow train --help')\n")
 
 

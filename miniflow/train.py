@@ -235,7 +235,7 @@ def _count_correct(model, params, x, y, backend, batch_size=EVAL_BATCH_SIZE):
 
 
 def train(config: TrainConfig, train_images, train_labels, val_images=None, val_labels=None,
-          *, n_classes: int = 10, on_epoch=None, on_step=None) -> TrainResult:
+          *, n_classes: int = 10, on_epoch=None, on_step=None, client=None) -> TrainResult:
     """Train ``mlp(config.hidden, config.activation)`` with mini-batch gradient descent.
 
     Each epoch visits every training example once, in an order shuffled by a
@@ -256,6 +256,9 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
         Called with each epoch's :class:`EpochStats`.
     on_step : callable, optional
         Called with no arguments after each step (e.g. to advance a progress bar).
+    client : distributed.Client, optional
+        Train data-parallel on this Dask cluster's workers, with the same result
+        (see :mod:`miniflow.distributed`).
 
     Returns
     -------
@@ -270,6 +273,12 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
     miniflow.BackendUnavailableError
         ``config.backend`` cannot run here.
     """
+    if client is not None:
+        from .distributed import train_on_cluster
+
+        return train_on_cluster(client, config, train_images, train_labels, val_images,
+                                val_labels, n_classes=n_classes, on_epoch=on_epoch,
+                                on_step=on_step)
     train_images, train_labels = check_data(train_images, train_labels, what="train",
                                             n_classes=n_classes)
     if len(train_labels) == 0:

@@ -20,6 +20,7 @@ from functools import partial
 from . import __version__
 from .backends import backend_names, get_backend
 from .datasets import MnistFormatError, MnistNotFoundError, load_mnist
+from .distributed import cluster_client
 from .errors import MiniflowError
 from .models import ACTIVATIONS, mlp
 from .optim import OPTIMIZERS, SCHEDULES
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validation-size", type=_int_at_least(0),
                      default=defaults.validation_size,
                      help="training images held out for validation (default: %(default)s)")
+    run.add_argument("--cluster", metavar="SPEC",
+                     help="train data-parallel on Dask: local:N starts N one-thread workers, "
+                     "tcp://HOST:PORT joins a running scheduler (needs miniflow[dask])")
     run.add_argument("--save", metavar="PATH",
                      help="write the trained model here (.npz), after training")
     run.add_argument("--plot", metavar="PATH",
@@ -196,11 +200,12 @@ def _train_command(args) -> None:
                          ) from None
 
     steps = config.epochs * math.ceil(len(mnist.train_labels) / config.batch_size)
-    with _progress_bar(steps, show=not args.quiet and sys.stderr.isatty()) as bar:
+    with _progress_bar(steps, show=not args.quiet and sys.stderr.isatty()) as bar, \
+            cluster_client(args.cluster) as client:
         result = train(config, mnist.train_images, mnist.train_labels,
                        mnist.val_images, mnist.val_labels,
                        on_epoch=None if args.quiet else partial(_print_epoch, bar=bar),
-                       on_step=None if bar is None else bar.update)
+                       on_step=None if bar is None else bar.update, client=client)
     test_accuracy = evaluate_model(result.model, mnist.test_images, mnist.test_labels,
                                    backend=backend)
     if args.save:
@@ -209,8 +214,9 @@ def _train_command(args) -> None:
         _plot_history(result.history, args.plot)
 
     print(f"test accuracy: {test_accuracy:.2%}")
+    where = backend.name if client is None else f"{args.cluster} ({backend.name} per worker)"
     print(f"wall time: {time.perf_counter() - started:.2f} s "
-          f"(training {result.seconds:.2f} s, {config.epochs} epochs on {backend.name})")
+          f"(training {result.seconds:.2f} s, {config.epochs} epochs on {where})")
     if args.save:
         print(f"saved the model to {args.save}")
     if args.plot:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -46,7 +47,7 @@ from .errors import MiniflowError
 from .executor import value_and_grad
 from .models import mlp
 
-__all__ = ["connect", "train_on_cluster", "ShardedDataset", "ClusterError", "INSTALL_HINT",
+__all__ = ["connect", "cluster_client", "train_on_cluster", "ShardedDataset", "ClusterError", "INSTALL_HINT",
            "BLAS_SINGLE_THREAD"]
 
 INSTALL_HINT = "pip install 'miniflow[dask]'"
@@ -101,9 +102,10 @@ def connect(cluster: str, *, timeout: float = WORKER_WAIT_S):
         count = cluster[len("local:"):]
         if not count.isdigit() or int(count) < 1:
             raise ClusterError(f"expected local:N with N >= 1 workers, got {cluster!r}")
-        # The Client starts the LocalCluster and stops it when closed.
+        # The Client starts the LocalCluster and stops it when closed. The dashboard
+        # takes any free port: the default 8787 is often held by another cluster.
         client = distributed.Client(n_workers=int(count), threads_per_worker=1, processes=True,
-                                    dashboard_address=None, env=BLAS_SINGLE_THREAD,
+                                    dashboard_address=":0", env=BLAS_SINGLE_THREAD,
                                     silence_logs=logging.ERROR)
     elif "://" in cluster:
         try:
@@ -120,6 +122,19 @@ def connect(cluster: str, *, timeout: float = WORKER_WAIT_S):
         raise ClusterError(f"the scheduler at {cluster} has no workers after {timeout:g} s; "
                            f"start some with: dask worker {client.scheduler.address}") from None
     return client
+
+
+@contextmanager
+def cluster_client(cluster: str | None):
+    """``connect(cluster)`` for the duration of a ``with`` block, then close it; None yields None."""
+    if cluster is None:
+        yield None
+        return
+    client = connect(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _workers(client) -> list[str]:
@@ -216,7 +231,7 @@ class ShardedDataset:
 def _step(client, data: ShardedDataset, architecture, params, batch):
     """Summed loss and summed gradients over ``batch`` (global row indices), on the cluster."""
     # One copy of the parameters per worker, sent directly, rather than one per task.
-    sent = client.scatter(params, broadcast=True, hash=False)
+    sent = client.scatter(params, broadcast=True, hash=False, timeout=WORKER_WAIT_S)
     parts = [client.submit(_shard_sums, architecture, data.futures[k], rows, sent, pure=False)
              for k, rows in data.split(batch)]
     total = parts[0] if len(parts) == 1 else client.submit(_add_sums, *parts, pure=False)

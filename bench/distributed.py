@@ -144,7 +144,8 @@ def measure(clients, hidden, batch, rows, args) -> list[dict]:
         contenders.append(c.Contender("dask.array:2",
                                       DaskArrayStep(clients[2], hidden, batch, data).run))
     samples = c.interleaved(contenders, rounds=args.rounds, block_s=args.block,
-                            warmup_s=args.warmup, **c.timing_options(args))
+                            warmup_s=args.warmup, min_calls=1 if args.quick else 3,
+                            **c.timing_options(args))
     ref = samples[REFERENCE]
     rows_out = []
     for name, s in samples.items():

@@ -5,13 +5,16 @@ worker-loss test needs real worker processes to kill. Every cluster gets a
 timeout, and faulthandler ends the module if anything hangs.
 """
 import faulthandler
-from contextlib import nullcontext
+import json
 import logging
 import os
 import re
 import signal
+import subprocess
 import sys
 import warnings
+from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +31,7 @@ from miniflow.train import ConfigError, DataError, TrainConfig, train  # noqa: E
 from test_cli import _mnist_dir, fake_mnist  # noqa: E402
 from test_train import N_CLASSES, SMALL, TRAIN, VAL  # noqa: E402
 
-HANG_LIMIT_S = 240
+HANG_LIMIT_S = 900  # generous: a shared, loaded machine is slow, a hang is forever
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -280,3 +283,27 @@ def test_cli_cluster_trains_mnist_to_the_numpy_accuracy(capsys):
     spread, out = accuracy(["--cluster", "local:2"])
     assert "local:2 (numpy per worker)" in out
     assert abs(spread - alone) <= 0.1, (alone, spread)
+
+
+# -- the benchmark ------------------------------------------------------------------------
+
+def test_bench_quick_times_every_contender_with_one_blas_thread_per_worker(tmp_path):
+    out = tmp_path / "distributed.json"
+    bench = Path(__file__).resolve().parents[1] / "bench" / "distributed.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=200, cwd=bench.parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert len(result["load_average_before"]) == 3 and len(result["load_average_after"]) == 3
+    # Every worker runs its BLAS on one thread, as the reference does.
+    for workers, pools in result["worker_blas"].items():
+        assert len(pools) == int(workers)
+        assert all(threads == 1 for pool in pools.values() for _, threads in pool), pools
+    assert not [w for w in result["warnings"] if "run_spec" in w or "large graph" in w]
+    for size in {(r["hidden"], r["batch"]) for r in result["results"]}:
+        found = {r["contender"]: r for r in result["results"] if (r["hidden"], r["batch"]) == size}
+        assert set(found) == {"numpy", "futures:1", "futures:2", "dask.array:2"}
+        assert found["numpy"]["ratio_paired"] == 1.0
+        for r in found.values():
+            assert r["rows_per_s"] == pytest.approx(size[1] / r["median_s"])
+    assert [t["check"].split(" ")[0] for t in result["targets"]] == ["futures:1", "futures:2"]

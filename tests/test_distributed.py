@@ -307,3 +307,16 @@ def test_bench_quick_times_every_contender_with_one_blas_thread_per_worker(tmp_p
         for r in found.values():
             assert r["rows_per_s"] == pytest.approx(size[1] / r["median_s"])
     assert [t["check"].split(" ")[0] for t in result["targets"]] == ["futures:1", "futures:2"]
+
+
+def test_the_readme_example_runs(monkeypatch, capsys):
+    """The "Scaling out" Python example, on fake MNIST-shaped data (the real run is the CLI's)."""
+    import miniflow.datasets
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+               if "client=client" in b]
+    monkeypatch.setattr(miniflow.datasets, "load_mnist", lambda *a, **k: fake_mnist())
+    exec(code, {"__name__": "__main__"})
+    accuracy = float(capsys.readouterr().out.strip().splitlines()[-1])
+    assert accuracy > 0.9

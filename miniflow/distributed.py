@@ -201,12 +201,13 @@ class ShardedDataset:
 
     def __init__(self, client, images: np.ndarray, labels: np.ndarray):
         self.client, self.images, self.labels = client, images, labels
-        workers = _workers(client)
-        if not workers:
+        #: The workers when the shards were last placed: those missing later are lost.
+        self.workers = _workers(client)
+        if not self.workers:
             raise ClusterError("the cluster has no workers")
         #: Shard k holds rows bounds[k]:bounds[k+1].
-        self.bounds = np.linspace(0, len(labels), len(workers) + 1).astype(np.int64)
-        self.futures = [self._scatter(k, worker) for k, worker in enumerate(workers)]
+        self.bounds = np.linspace(0, len(labels), len(self.workers) + 1).astype(np.int64)
+        self.futures = [self._scatter(k, worker) for k, worker in enumerate(self.workers)]
         #: One entry per recovery: the workers lost, the shards re-scattered, the error.
         self.lost_events: list[dict] = []
 
@@ -223,11 +224,20 @@ class ShardedDataset:
         return [(k, batch[owner == k] - self.bounds[k]) for k in range(len(self.futures))
                 if np.any(owner == k)]
 
-    def recover(self) -> list[str]:
-        """Re-scatter every shard whose data is lost to the workers alive; return those shards."""
+    def recover(self) -> tuple[list[str], list[int]]:
+        """Re-scatter every shard whose data is lost to the workers alive.
+
+        Returns the workers gone since the shards were placed, and the shards
+        re-scattered. Raises TimeoutError when no worker joins within WORKER_WAIT_S.
+        """
         alive = _workers(self.client)
+        gone = sorted(set(self.workers) - set(alive))
         if not alive:
-            self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+            try:
+                self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+            except TimeoutError:
+                raise ClusterError(f"lost worker(s) {', '.join(gone)} and no worker is left "
+                                   f"to finish the run") from None
             alive = _workers(self.client)
         lost = []
         for k, futures in enumerate(self.futures):
@@ -235,7 +245,8 @@ class ShardedDataset:
             if any(future.status != "finished" for future in futures):
                 lost.append(k)
                 self.futures[k] = self._scatter(k, alive[k % len(alive)])
-        return lost
+        self.workers = alive
+        return gone, lost
 
 
 def _step(client, data: ShardedDataset, architecture, params, batch):
@@ -264,25 +275,18 @@ def _lost_worker(exc) -> bool:
 
 def _robust_step(client, data, architecture, params, batch):
     """:func:`_step`, run again on the surviving workers when a worker is lost mid-step."""
-    workers = _workers(client)
     for attempt in range(MAX_RETRIES + 1):
         try:
             return _step(client, data, architecture, params, batch)
         except Exception as exc:  # noqa: BLE001 - only the cluster's own failures are retried
             if not _lost_worker(exc):
                 raise
-            gone = sorted(set(workers) - set(_workers(client)))
-            try:
-                lost = data.recover()
-            except TimeoutError:
-                raise ClusterError(f"lost worker(s) {', '.join(gone) or 'unknown'} and no "
-                                   f"worker is left to finish the run ({exc})") from None
-            if attempt == MAX_RETRIES:
-                raise ClusterError(f"a step failed {attempt + 1} times on the cluster; last "
-                                   f"lost worker(s): {', '.join(gone) or 'unknown'} "
-                                   f"({type(exc).__name__}: {exc})") from exc
+            gone, lost = data.recover()
             data.lost_events.append({"workers": gone, "shards": lost, "error": repr(exc)})
-            workers = _workers(client)
+            if attempt == MAX_RETRIES:
+                raise ClusterError(f"a step failed {attempt + 1} times on the cluster; lost "
+                                   f"worker(s): {', '.join(gone) or 'none'} "
+                                   f"({type(exc).__name__}: {exc})") from exc
     raise AssertionError("unreachable")
 
 

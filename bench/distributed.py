@@ -47,8 +47,8 @@ if not hasattr(c, "interleaved"):
 
 # (hidden, batch, rows in the data set): the data holds two batches, so each
 # batch is a random half of it, spread over both shards as in training.
-CONFIGS = [(256, 128, 16384), (2048, 8192, 16384)]
-QUICK = [(32, 64, 512), (64, 512, 1024)]
+CONFIGS = {"small": (256, 128, 16384), "large": (2048, 8192, 16384)}
+QUICK = {"small": (32, 64, 512), "large": (64, 512, 1024)}
 OVERHEAD_TARGET_MS = 25.0
 SCALING_TARGET = 1.6
 REFERENCE = "numpy"
@@ -160,7 +160,7 @@ def measure(clients, hidden, batch, rows, args) -> list[dict]:
 
 def verdicts(rows, configs) -> list[dict]:
     by = {(r["hidden"], r["batch"], r["contender"]): r for r in rows}
-    (small_h, small_b, _), (large_h, large_b, _) = configs
+    (small_h, small_b, _), (large_h, large_b, _) = configs["small"], configs["large"]
     checks = []
     one = by.get((small_h, small_b, "futures:1"))
     if one:
@@ -189,8 +189,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 2)")
     p.add_argument("--block", type=float, help="seconds per contender per round (default 1)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per contender (default 1)")
+    p.add_argument("--sizes", type=lambda text: text.split(","), default=["small", "large"],
+                   metavar="small,large", help="which steps to time (default: both)")
     p.add_argument("--no-dask-array", dest="dask_array", action="store_false",
-                   help="skip the dask.array-backend alternative")
+                   help="skip the dask.array-backend alternative (slow: seconds per large step)")
     args = p.parse_args(argv)
     if args.blas_threads is None:
         args.blas_threads = 1  # the reference is single-threaded NumPy, like each worker
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
         rows = []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for hidden, batch, size in configs:
+            for hidden, batch, size in (configs[name] for name in args.sizes):
                 found = measure(clients, hidden, batch, size, args)
                 print(f"\n784-{hidden}-10 relu, batch {batch} of {size} rows, float32")
                 print(c.table(found, COLUMNS))

@@ -264,6 +264,16 @@ def test_the_command_line_saves_nothing_when_the_cluster_is_lost(monkeypatch, ca
     assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_bad_cluster_on_the_command_line_is_one_error_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "load_mnist", lambda *a, **k: fake_mnist())
+    monkeypatch.setattr(cli, "train", lambda *a, **k: pytest.fail("trained without a cluster"))
+    path = tmp_path / "model.npz"
+    assert cli.main(["train", "--cluster", "local:zero", "--save", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "miniflow: error: expected local:N with N >= 1 workers, got 'local:zero'\n"
+    assert not path.exists()
+
+
 # -- the command line on MNIST ----------------------------------------------------------
 
 def test_cli_cluster_trains_mnist_to_the_numpy_accuracy(capsys):

@@ -24,7 +24,7 @@ Why Dask futures over the NumPy backend rather than the ``dask.array``
 backend: the ``dask.array`` backend builds a lazy graph per step whose
 parameters stay lazy unless computed, and whose label check needs a compute
 of its own; per shard NumPy has neither cost, and each worker's step is the
-ordinary, fast, single-process step. ``bench/distributed.py`` measures both.
+ordinary, fast, single-process step. ``bench/cluster.py`` measures both.
 
 Fault tolerance: a step is a pure function of the parameters, so when a
 worker dies mid-step the driver re-scatters the shards it held (from its own

@@ -298,8 +298,8 @@ def test_cli_cluster_trains_mnist_to_the_numpy_accuracy(capsys):
 # -- the benchmark ------------------------------------------------------------------------
 
 def test_bench_quick_times_every_contender_with_one_blas_thread_per_worker(tmp_path):
-    out = tmp_path / "distributed.json"
-    bench = Path(__file__).resolve().parents[1] / "bench" / "distributed.py"
+    out = tmp_path / "cluster.json"
+    bench = Path(__file__).resolve().parents[1] / "bench" / "cluster.py"
     proc = subprocess.run([sys.executable, str(bench), "--quick", "--json", str(out)],
                           capture_output=True, text=True, timeout=200, cwd=bench.parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]

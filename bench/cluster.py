@@ -1,5 +1,8 @@
 """Data-parallel training steps on a Dask LocalCluster, against single-process NumPy.
 
+(Named cluster.py, not distributed.py: bench/ is put on sys.path by the scripts
+and the tests, where a distributed.py would shadow the distributed package.)
+
 One step is what ``train(..., client=...)`` does per batch: draw a random
 batch of row indices, compute the loss and gradients over the batch's shards
 on the workers (NumPy backend per shard), add them with one Dask task, and
@@ -22,13 +25,12 @@ the throughput of futures:1). Each worker gets a core only if the machine has
 them free: the JSON records the load average before and after, and the
 number of cores.
 
-  python bench/distributed.py            # ~3 minutes on a quiet machine
-  python bench/distributed.py --quick    # smoke run, tiny sizes
-  python bench/distributed.py --no-dask-array   # skip the (slow) alternative
+  python bench/cluster.py            # ~3 minutes on a quiet machine
+  python bench/cluster.py --quick    # smoke run, tiny sizes
+  python bench/cluster.py --no-dask-array   # skip the (slow) alternative
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import warnings
@@ -36,14 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-# Run as a script, this file's folder heads sys.path, and its name would shadow the
-# distributed package itself: drop the folder and load _common by its path.
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != HERE]
-_spec = importlib.util.spec_from_file_location("_common", HERE / "_common.py")
-c = sys.modules.setdefault("_common", importlib.util.module_from_spec(_spec))
-if not hasattr(c, "interleaved"):
-    _spec.loader.exec_module(c)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
 
 # (hidden, batch, rows in the data set): the data holds two batches, so each
 # batch is a random half of it, spread over both shards as in training.
@@ -185,7 +181,7 @@ COLUMNS = [("contender", "contender", ""), ("median_ms", "median ms", ".2f"),
 
 
 def main(argv=None) -> int:
-    p = c.parser(__doc__, "distributed")
+    p = c.parser(__doc__, "cluster")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 2)")
     p.add_argument("--block", type=float, help="seconds per contender per round (default 1)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per contender (default 1)")
@@ -228,7 +224,7 @@ def main(argv=None) -> int:
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
           f"on {os.cpu_count()} cores: the 2-worker scaling needs 2 idle cores")
     c.print_checks(checks)
-    result = {"benchmark": "distributed", "machine": machine, "quick": args.quick,
+    result = {"benchmark": "cluster", "machine": machine, "quick": args.quick,
               "settings": {**c.timing_options(args), "rounds": args.rounds,
                            "block_s": args.block, "warmup_s": args.warmup, "lr": LR},
               "load_average_before": load_before, "load_average_after": load_after,

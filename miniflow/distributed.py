@@ -47,8 +47,8 @@ from .errors import MiniflowError
 from .executor import value_and_grad
 from .models import mlp
 
-__all__ = ["connect", "cluster_client", "train_on_cluster", "ShardedDataset", "ClusterError", "INSTALL_HINT",
-           "BLAS_SINGLE_THREAD"]
+__all__ = ["connect", "cluster_client", "train_on_cluster", "ShardedDataset", "ClusterError",
+           "INSTALL_HINT", "BLAS_SINGLE_THREAD"]
 
 INSTALL_HINT = "pip install 'miniflow[dask]'"
 #: Environment of a local worker: one BLAS thread, so N workers use N cores,
@@ -129,7 +129,7 @@ def connect(cluster: str, *, timeout: float = WORKER_WAIT_S):
 
 @contextmanager
 def cluster_client(cluster: str | None):
-    """``connect(cluster)`` for the duration of a ``with`` block, then close it; None yields None."""
+    """``connect(cluster)`` for a ``with`` block, then close it; None yields None."""
     if cluster is None:
         yield None
         return
@@ -292,7 +292,7 @@ def _robust_step(client, data, architecture, params, batch):
 
 def train_on_cluster(client, config, train_images, train_labels, val_images=None,
                      val_labels=None, *, n_classes: int = 10, on_epoch=None, on_step=None):
-    """Data-parallel :func:`miniflow.train.train` on ``client``'s workers; same arguments, same result.
+    """Data-parallel :func:`miniflow.train.train` on ``client``'s workers: same arguments, result.
 
     Called by ``train(..., client=client)``. Returns a :class:`miniflow.train.TrainResult`
     whose model holds NumPy parameters; ``result.lost_workers`` lists any

@@ -20,6 +20,7 @@ from pathlib import Path
 from . import __version__
 from .backends import backend_names, get_backend
 from .datasets import MNIST_TRAIN_SIZE, load_mnist, load_mnist_test
+from .distributed import cluster_client
 from .errors import MiniflowError, UsageError
 from .models import ACTIVATIONS, mlp
 from .optim import OPTIMIZERS, SCHEDULES
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validation-size", type=_int_at_least(0),
                      default=defaults.validation_size,
                      help="training images held out for validation (default: %(default)s)")
+    run.add_argument("--cluster", metavar="SPEC",
+                     help="train data-parallel on Dask: local:N starts N one-thread workers, "
+                     "tcp://HOST:PORT joins a running scheduler (needs miniflow[dask])")
     run.add_argument("--save", metavar="PATH",
                      help="write the trained model here (.npz), after training")
     run.add_argument("--plot", metavar="PATH", type=_plot_path,
@@ -244,10 +248,12 @@ def _train_command(args) -> None:
                        progress=False if args.quiet else None)
 
     steps = config.epochs * math.ceil(len(mnist.train_labels) / config.batch_size)
-    with Progress(steps, bar=False if args.quiet else None, lines=not args.quiet) as progress:
+    with Progress(steps, bar=False if args.quiet else None, lines=not args.quiet) as progress, \
+            cluster_client(args.cluster) as client:
         result = train(config, mnist.train_images, mnist.train_labels,
                        mnist.val_images, mnist.val_labels,
-                       on_epoch=progress.epoch, on_step=progress.step, threads=args.threads)
+                       on_epoch=progress.epoch, on_step=progress.step, threads=args.threads,
+                       client=client)
     test_accuracy = evaluate_model(result.model, mnist.test_images, mnist.test_labels,
                                    backend=backend, threads=args.threads)
     if args.save:
@@ -256,9 +262,10 @@ def _train_command(args) -> None:
         _plot_history(result.history, args.plot)
 
     print(f"test accuracy: {test_accuracy:.2%}")
+    where = backend.name if client is None else f"{args.cluster} ({backend.name} per worker)"
     print(f"wall time: {time.perf_counter() - started:.2f} s "
           f"(training {result.seconds:.2f} s, {plural(config.epochs, 'epoch')} on "
-          f"{backend.name}{_threads_used(result.history)})")
+          f"{where}{_threads_used(result.history)})")
     warning = diagnose(result.history, 10, accuracy=test_accuracy)
     if warning:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)

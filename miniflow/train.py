@@ -252,7 +252,7 @@ def _count_correct(model, params, x, y, backend, batch_size=EVAL_BATCH_SIZE, *,
 
 def train(config: TrainConfig, train_images, train_labels, val_images=None, val_labels=None,
           *, n_classes: int = 10, on_epoch=None, on_step=None, verbose: bool = False,
-          threads="auto") -> TrainResult:
+          threads="auto", client=None) -> TrainResult:
     """Train ``mlp(config.hidden, config.activation)`` with mini-batch gradient descent.
 
     Each epoch visits every training example once, in an order shuffled by a
@@ -282,6 +282,9 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
         BLAS and PyTorch threads (see :class:`miniflow.threads.ThreadPolicy`):
         "auto" uses the cores other processes leave free, looking again after
         every epoch; a number fixes it, and makes the run repeat exactly.
+    client : distributed.Client, optional
+        Train data-parallel on this Dask cluster's workers, with the same result
+        (see :mod:`miniflow.distributed`).
 
     Returns
     -------
@@ -298,6 +301,14 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
     miniflow.threads.ThreadsError
         ``threads`` is not "auto" or a positive integer.
     """
+    if client is not None:
+        from .distributed import train_on_cluster
+
+        with Progress(bar=None if verbose else False, lines=verbose) as progress:
+            return train_on_cluster(client, config, train_images, train_labels, val_images,
+                                    val_labels, n_classes=n_classes,
+                                    on_epoch=_chain(progress.epoch, on_epoch),
+                                    on_step=_chain(progress.step, on_step))
     with ThreadPolicy(threads) as policy, \
             Progress(bar=None if verbose else False, lines=verbose) as progress:
         result = _train(config, train_images, train_labels, val_images, val_labels,

@@ -3,14 +3,15 @@
 Build a graph of nodes, then run it on NumPy, CuPy, PyTorch or any Array-API
 library with ``value_and_grad(output, feed_dict, wrt, backend=...)``.
 """
-from .errors import (BackendError, BackendUnavailableError, FeedError, GraphError,
-                     MiniflowError, NodeError, ShapeError)
+from .errors import (BackendError, BackendUnavailableError, CompileError, FeedError,
+                     GraphError, MiniflowError, NodeError, ShapeError)
 from .executor import Context, accuracy, evaluate, value_and_grad
 from .graph import Constant, Input, Node
 from .gradcheck import GradcheckError, gradcheck
 from .viz import draw, to_dot
 from .nodes import (Add, CrossEntropyWithSoftmax, Div, DummyGrad, Exp, Linear, Log, MatMul,
                     Mean, Mul, Neg, ReLU, Sigmoid, Sub, Sum, Tanh)
+from .compile import CompiledStep, compilable, compile  # after the nodes it plans kernels for
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "Sum", "Mean", "evaluate", "gradcheck", "Context",
     "MiniflowError", "GraphError", "FeedError", "NodeError", "ShapeError", "BackendError",
     "BackendUnavailableError", "GradcheckError", "to_dot", "draw",
+    "compile", "compilable", "CompiledStep", "CompileError",
 ]

@@ -27,3 +27,7 @@ class BackendError(MiniflowError, ValueError):
 
 class BackendUnavailableError(MiniflowError, RuntimeError):
     """The backend exists but cannot run here (library not installed, no GPU)."""
+
+
+class CompileError(MiniflowError, RuntimeError):
+    """A graph cannot be compiled for this backend (no compiler, or it failed)."""

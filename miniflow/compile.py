@@ -189,6 +189,7 @@ class CompiledStep:
         self.check_labels, self.options = check_labels, options
         self._compiled: OrderedDict = OrderedDict()
         self._bounds: dict = {}  # signature -> class count per label feed
+        self._param_feeds = None  # feed positions of the wrt nodes, found on first sgd
 
     @property
     def signatures(self) -> list:
@@ -276,18 +277,24 @@ class CompiledStep:
 
     def _sgd(self, entry, fed, lr):
         """Default: the gradients, then an in-place update."""
+        params = self._params(fed)
         value, grads = self._value_and_grad(entry, fed)
-        params = [fed[self._feed_of(i)] for i in self.program.wrt]
         for p, g in zip(params, grads):
             p -= lr * g
         return value, params
 
-    def _feed_of(self, node_number) -> int:
-        for k, (i, _, _) in enumerate(self.program.feeds):
-            if i == node_number:
-                return k
-        raise CompileError(f"{self.program.nodes[node_number].label} is not an Input: "
-                           "sgd updates fed parameters only")
+    def _params(self, fed) -> list:
+        """The fed arrays of the ``wrt`` nodes, which sgd updates."""
+        if self._param_feeds is None:
+            fed_nodes = {i for i, _, _ in self.program.feeds}
+            not_fed = [self.program.nodes[i].label for i in self.program.wrt
+                       if i not in fed_nodes]
+            if not_fed:
+                raise CompileError(f"sgd updates fed parameters only; {', '.join(not_fed)} "
+                                   "is not an Input")
+            position = {i: k for k, (i, _, _) in enumerate(self.program.feeds)}
+            self._param_feeds = [position[i] for i in self.program.wrt]
+        return [fed[k] for k in self._param_feeds]
 
     def __repr__(self):
         return (f"<compiled {self.program.output.label} on {self.backend.name} "
@@ -297,7 +304,11 @@ class CompiledStep:
 # -- JAX: jax.jit ------------------------------------------------------------------------
 
 class JaxStep(CompiledStep):
-    """Forward and backward traced once per signature by ``jax.jit``."""
+    """Forward and backward (and the SGD update) traced by ``jax.jit``.
+
+    jax.jit keeps one compiled version per shapes and dtypes itself; the learning
+    rate is an argument (a weak scalar), so a new one does not recompile.
+    """
 
     kind = "jax.jit"
 
@@ -306,7 +317,6 @@ class JaxStep(CompiledStep):
         import jax
 
         program, backend = self.program, self.backend
-        positions = [self._feed_of(i) for i in program.wrt] if _all_fed(program) else None
 
         def value_and_grads(fed):
             value, grads, _ = _run_rules(program, fed, backend)
@@ -314,27 +324,26 @@ class JaxStep(CompiledStep):
 
         def sgd(fed, lr):
             value, grads, _ = _run_rules(program, fed, backend, seed_scale=lr)
-            return value, [fed[k] - g for k, g in zip(positions, grads)]
+            return value, [fed[k] - g for k, g in zip(self._param_feeds, grads)]
 
-        # jax.jit keeps one compiled version per shapes and dtypes itself.
         self._jit_vg = jax.jit(value_and_grads, **self.options)
         self._jit_sgd = jax.jit(sgd, **self.options)
 
     def _compile(self, fed):
-        return None
+        return None  # jax.jit compiles on the first call with these shapes
 
     def _value_and_grad(self, entry, fed):
         return self._jit_vg(fed)
 
     def _sgd(self, entry, fed, lr):
-        # A Python float is traced as a weak scalar: a new lr does not recompile.
+        self._params(fed)  # checks every wrt node is fed
         return self._jit_sgd(fed, lr)
 
 
 # -- PyTorch: torch.compile -----------------------------------------------------------
 
 class TorchStep(CompiledStep):
-    """Forward and backward (and the SGD update) handed to ``torch.compile``."""
+    """Forward and backward (and the SGD update, in place) handed to ``torch.compile``."""
 
     kind = "torch.compile"
 
@@ -343,7 +352,6 @@ class TorchStep(CompiledStep):
         import torch
 
         program, backend = self.program, self.backend
-        positions = [self._feed_of(i) for i in program.wrt] if _all_fed(program) else None
 
         def value_and_grads(fed):
             value, grads, _ = _run_rules(program, fed, backend)
@@ -351,7 +359,7 @@ class TorchStep(CompiledStep):
 
         def sgd(fed, lr):
             value, grads, _ = _run_rules(program, fed, backend, seed_scale=lr)
-            for k, g in zip(positions, grads):
+            for k, g in zip(self._param_feeds, grads):
                 fed[k].sub_(g)
             return value
 
@@ -359,19 +367,14 @@ class TorchStep(CompiledStep):
         self._sgd_compiled = torch.compile(sgd, **self.options)
 
     def _compile(self, fed):
-        return None
+        return None  # torch.compile compiles on the first call with these shapes
 
     def _value_and_grad(self, entry, fed):
         return self._vg(fed)
 
     def _sgd(self, entry, fed, lr):
-        value = self._sgd_compiled(fed, lr)
-        return value, [fed[k] for k in map(self._feed_of, self.program.wrt)]
-
-
-def _all_fed(program: _Program) -> bool:
-    fed = {i for i, _, _ in program.feeds}
-    return all(i in fed for i in program.wrt)
+        params = self._params(fed)
+        return self._sgd_compiled(fed, lr), params
 
 
 # -- CuPy: a CUDA graph -------------------------------------------------------------------
@@ -461,9 +464,9 @@ class PlannedNumpyStep(CompiledStep):
             backward.append((i, kernels[i].backward, steps))
         out = values[-1]
         return {"forward": forward, "backward": backward, "count": len(program.nodes),
-                "ones": np.ones_like(out), "seed": np.empty_like(out)}
+                "seed": np.empty_like(out)}
 
-    def _run(self, entry, fed, seed_scale=None):
+    def _run(self, entry, fed, seed_scale=1):
         import numpy as np
 
         program = self.program
@@ -472,14 +475,13 @@ class PlannedNumpyStep(CompiledStep):
             values[i] = value
         for i, forward, positions in entry["forward"]:
             values[i] = forward([values[j] for j in positions])
-        out = values[-1]
-        seed = fed[-1] if program.gradient_is_fed else entry["ones"]
-        if seed_scale is not None or program.gradient_is_fed:
-            seed = np.multiply(np.broadcast_to(seed, out.shape), 1 if seed_scale is None
-                               else seed_scale, out=entry["seed"], casting="unsafe")
+        seed = entry["seed"]
+        if program.gradient_is_fed:
+            np.multiply(fed[-1], seed_scale, out=seed, casting="unsafe")  # broadcasts
+        else:
+            seed.fill(seed_scale)
         grads = [None] * entry["count"]
         grads[-1] = seed
-        first = set()
         for i, backward, steps in entry["backward"]:
             input_grads = backward(grads[i])
             for k, j, shape, total in steps:
@@ -488,12 +490,11 @@ class PlannedNumpyStep(CompiledStep):
                     g = unbroadcast(np, g, shape)
                 if total is None:
                     grads[j] = g
-                elif j in first:
-                    np.add(total, g, out=total)
+                elif grads[j] is None:  # the first of several gradients for node j
+                    grads[j] = np.copyto(total, g) or total
                 else:
-                    first.add(j)
-                    np.copyto(total, g)
-                    grads[j] = total
+                    np.add(total, g, out=total)
+        out = values[-1]
         # A copy of the output: its buffer is overwritten by the next call.
         return out.copy() if out.ndim else out[()], [grads[i] for i in program.wrt]
 
@@ -505,8 +506,8 @@ class PlannedNumpyStep(CompiledStep):
 
         # Gradients are linear in the seed: seeding with lr makes every gradient come
         # out already scaled, so the update is one in-place subtraction per parameter.
+        params = self._params(fed)
         value, grads = self._run(entry, fed, seed_scale=lr)
-        params = [fed[self._feed_of(i)] for i in self.program.wrt]
         for p, g in zip(params, grads):
             np.subtract(p, g, out=p)
         return value, params

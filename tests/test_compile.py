@@ -256,3 +256,38 @@ def test_backend_without_compiler_is_a_clear_error():
     assert "no compiler" in compilable("array_api_strict")
     with pytest.raises(CompileError, match="array_api_strict.*value_and_grad"):
         miniflow.compile(loss, params, backend="array_api_strict")
+
+
+# -- training: TrainConfig(compile=True) and `miniflow train --compile` ---------------------
+
+@pytest.mark.parametrize("name", ["numpy", "jax.numpy"])
+def test_compiled_training_matches_uncompiled(name):
+    from miniflow.train import TrainConfig, train
+
+    if compilable(name):
+        pytest.skip(compilable(name))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 250)
+    images = (np.eye(3, 12)[labels] * 2 + rng.standard_normal((250, 12))).astype(np.float32)
+    config = dict(hidden=(8,), epochs=2, batch_size=64, lr=0.05, backend=name)  # last batch: 58
+    plain = train(TrainConfig(**config), images, labels, images, labels, n_classes=3)
+    compiled = train(TrainConfig(**config, compile=True), images, labels, images, labels,
+                     n_classes=3)
+    np.testing.assert_allclose([s.loss for s in compiled.history],
+                               [s.loss for s in plain.history], rtol=1e-5)
+    for a, b in zip(compiled.model.params.values(), plain.model.params.values()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_compile_falls_back_with_a_one_line_notice(monkeypatch, capsys):
+    from test_cli import fake_mnist
+
+    from miniflow import cli
+
+    monkeypatch.setattr(cli, "load_mnist", lambda *a, validation_size=0, **k: fake_mnist(200))
+    args = ["train", "--hidden", "8", "--epochs", "1", "--quiet", "--compile"]
+    assert cli.main(args + ["--backend", "array_api_strict"]) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if "--compile" in line]
+    assert len(notices) == 1 and "array_api_strict" in notices[0] and "uncompiled" in notices[0]
+    assert cli.main(args) == 0  # numpy compiles: no notice
+    assert "--compile" not in capsys.readouterr().err

@@ -9,6 +9,9 @@ process, timed in interleaved rounds:
                      array_api_strict, torch, jax.numpy, cupy with a GPU)
   miniflow:B+KIND    miniflow.compile's step.sgd: numpy+plan (planned executor),
                      jax.numpy+jit, torch+compile, cupy+graph (CUDA graph)
+  floor:matmul       only the step's two (batch x 784)-sized matrix products,
+                     x @ w1 and x.T @ dz1, into preallocated arrays: no NumPy
+                     step can be faster, whatever it fuses
   hand:cupy          the hand-written step on CuPy (GPU only)
   torch:cpu/cuda     PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD
   jax:jit            JAX with the whole step jitted (when JAX is installed)
@@ -54,6 +57,8 @@ def make_contenders(hidden: int, batch: int, activation: str,
 
     hand = c.HandwrittenMLP(np, params, activation)
     found = [c.Contender(REFERENCE, partial(hand.step, x, y))]
+    if wanted("floor:matmul"):
+        found.append(c.Contender("floor:matmul", c.matmul_floor(params, x)))
     for name in c.miniflow_backends(wanted):
         model = c.MiniflowMLP(name, graph, params)
         bx, by = model.backend.asarray(x), model.backend.asarray(y)

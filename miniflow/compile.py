@@ -240,9 +240,13 @@ class CompiledStep:
         return [(feed, values[first].shape[-1]) for feed, _, first in self.program.labels]
 
     def _check_labels(self, fed, bounds):
+        import numpy as np
+
         for feed, classes in bounds:
             labels = self.backend.to_numpy(fed[feed])
-            if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            # Seen as unsigned, a negative label is huge: one reduction checks both ends.
+            unsigned = labels.view(np.dtype(f"u{labels.itemsize}"))
+            if labels.size and np.maximum.reduce(unsigned, axis=None) >= classes:
                 node = self.program.feeds[feed][1]
                 raise NodeError(f"{node.label}: labels must lie in [0, {classes}); got values "
                                 f"from {labels.min()} to {labels.max()}")
@@ -307,7 +311,7 @@ class JaxStep(CompiledStep):
     """Forward and backward (and the SGD update) traced by ``jax.jit``.
 
     jax.jit keeps one compiled version per shapes and dtypes itself; the learning
-    rate is an argument (a weak scalar), so a new one does not recompile.
+    rate is an argument, so a new one (a schedule) does not recompile.
     """
 
     kind = "jax.jit"
@@ -328,6 +332,7 @@ class JaxStep(CompiledStep):
 
         self._jit_vg = jax.jit(value_and_grads, **self.options)
         self._jit_sgd = jax.jit(sgd, **self.options)
+        self._lr = None  # (lr, the same as a device scalar)
 
     def _compile(self, fed):
         return None  # jax.jit compiles on the first call with these shapes
@@ -336,8 +341,12 @@ class JaxStep(CompiledStep):
         return self._jit_vg(fed)
 
     def _sgd(self, entry, fed, lr):
-        self._params(fed)  # checks every wrt node is fed
-        return self._jit_sgd(fed, lr)
+        params = self._params(fed)  # checks every wrt node is fed
+        # A device scalar of the parameters' dtype, made once per learning rate: a
+        # Python float would be converted on every call (a third of a small step).
+        if self._lr is None or self._lr[0] != lr or self._lr[1].dtype != params[0].dtype:
+            self._lr = (lr, self.backend.xp.asarray(lr, dtype=params[0].dtype))
+        return self._jit_sgd(fed, self._lr[1])
 
 
 # -- PyTorch: torch.compile -----------------------------------------------------------
@@ -395,9 +404,12 @@ class CudaGraphStep(CompiledStep):
 
         stream = cupy.cuda.Stream(non_blocking=True)
         static = [cupy.array(v, copy=True) for v in fed]
-        with stream:
-            # Twice eagerly first: kernels compile and the memory pool holds blocks of
-            # every size the step needs, so capture neither compiles nor calls cudaMalloc.
+        # A memory pool of the graph's own: blocks the step frees during capture must
+        # never go to anyone else, since every replay writes to them again.
+        pool = cupy.cuda.MemoryPool()
+        with stream, cupy.cuda.using_allocator(pool.malloc):
+            # Twice eagerly first: kernels compile and the pool holds blocks of every
+            # size the step needs, so capture neither compiles nor calls cudaMalloc.
             for _ in range(2):
                 _run_rules(self.program, static, self.backend)
             stream.synchronize()
@@ -408,7 +420,7 @@ class CudaGraphStep(CompiledStep):
                 graph = stream.end_capture()
         # ``values`` keeps every intermediate alive: the graph writes to their memory.
         return {"graph": graph, "stream": stream, "static": static, "out": (value, grads),
-                "keep": values}
+                "keep": values, "pool": pool}
 
     def _value_and_grad(self, entry, fed):
         with entry["stream"]:

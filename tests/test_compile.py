@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from oracle import all_specs, as_case  # noqa: E402
 
 SPECS = all_specs()
-COMPILED = ["numpy", "jax.numpy", "torch"]
+COMPILED = ["numpy", "jax.numpy", "torch", "cupy"]  # cupy: where a GPU is usable
 # aot_eager: dynamo and AOT autograd trace the rules as inductor would see them, in
 # seconds rather than a C++ build per graph.
 QUICK_OPTIONS = {"torch": {"backend": "aot_eager"}}

@@ -40,7 +40,6 @@ from .graph import Node, Plan
 #: How many input signatures (shapes and dtypes) a compiled step keeps; the last
 #: short batch of an epoch is the usual second one.
 MAX_SIGNATURES = 8
-_MISSING = object()
 
 
 # -- the adapter: what compiling needs from the executor's plan -----------------------
@@ -187,8 +186,7 @@ class CompiledStep:
                  options: dict):
         self.program, self.backend, self.single = program, backend, single
         self.check_labels, self.options = check_labels, options
-        self._compiled: OrderedDict = OrderedDict()
-        self._bounds: dict = {}  # signature -> class count per label feed
+        self._compiled: OrderedDict = OrderedDict()  # signature -> (compiled, label bounds)
         self._param_feeds = None  # feed positions of the wrt nodes, found on first sgd
 
     @property
@@ -217,20 +215,18 @@ class CompiledStep:
     def _entry(self, feed_dict, fed):
         """The compiled version for these feeds' signature, compiling it on first sight."""
         signature = tuple((tuple(v.shape), v.dtype) for v in fed)
-        entry = self._compiled.get(signature, _MISSING)
-        if entry is _MISSING:
+        found = self._compiled.get(signature)
+        if found is None:
             # The ordinary executor first: a bad feed fails here with its clear error,
             # and every shape the compiler needs is then known.
             value_and_grad(self.program.output, feed_dict, self.program.wrt_nodes,
                            backend=self.backend)
-            entry = self._compile(fed)
             if len(self._compiled) >= MAX_SIGNATURES:
                 self._compiled.popitem(last=False)
-            self._compiled[signature] = entry
-            self._bounds[signature] = self._label_bounds(fed)
+            found = self._compiled[signature] = (self._compile(fed), self._label_bounds(fed))
         elif self.check_labels:
-            self._check_labels(fed, self._bounds[signature])
-        return entry
+            self._check_labels(fed, found[1])
+        return found[0]
 
     def _label_bounds(self, fed):
         """(feed position, number of classes) of each label feed, from a run of the rules."""
@@ -503,7 +499,8 @@ class PlannedNumpyStep(CompiledStep):
                 if total is None:
                     grads[j] = g
                 elif grads[j] is None:  # the first of several gradients for node j
-                    grads[j] = np.copyto(total, g) or total
+                    np.copyto(total, g)
+                    grads[j] = total
                 else:
                     np.add(total, g, out=total)
         out = values[-1]

@@ -241,7 +241,7 @@ def test_planned_numpy_uses_kernels_and_falls_back_for_other_nodes():
     step = miniflow.compile(scaled, params[:2], backend="numpy")
     want = copied(get_backend("numpy"), value_and_grad(scaled, feed, params[:2]))
     assert_same(get_backend("numpy"), step(feed), want, rtol=2e-5, atol=1e-6)
-    (entry,) = step._compiled.values()
+    ((entry, _),) = step._compiled.values()
     kernels = [forward.__self__ for _, forward, _ in entry["forward"]]
     kinds = {type(k).__name__ for k in kernels}
     assert {"LinearKernel", "CrossEntropyKernel"} <= kinds
@@ -291,3 +291,17 @@ def test_cli_compile_falls_back_with_a_one_line_notice(monkeypatch, capsys):
     assert len(notices) == 1 and "array_api_strict" in notices[0] and "uncompiled" in notices[0]
     assert cli.main(args) == 0  # numpy compiles: no notice
     assert "--compile" not in capsys.readouterr().err
+
+
+def test_readme_example_runs_and_learns():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    import re
+
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+               if "miniflow.compile(" in b]
+    namespace = {}
+    exec(code, namespace)
+    loss, feed, params = namespace["loss"], namespace["feed"], namespace["params"]
+    assert namespace["feed"][params[0]] is namespace["new_params"][0]  # updated in place
+    after, _ = value_and_grad(loss, feed, params)
+    assert after < namespace["first"]

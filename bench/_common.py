@@ -603,11 +603,17 @@ def miniflow_backends(wanted: Callable[[str], bool] = lambda name: True) -> list
     return found
 
 
-def wanted_by(prefixes: list[str] | None, always: str) -> Callable[[str], bool]:
+#: Contenders that take minutes to warm up (torch.compile builds C++): left out of
+#: --quick runs unless --only names them.
+SLOW_TO_START = ("miniflow:torch+compile",)
+
+
+def wanted_by(prefixes: list[str] | None, always: str,
+              quick: bool = False) -> Callable[[str], bool]:
     """A filter on contender names: those starting with one of ``prefixes`` (all when
-    none are given), and ``always``, the reference."""
+    none are given, less ``SLOW_TO_START`` in a quick run), and ``always``, the reference."""
     if not prefixes:
-        return lambda name: True
+        return lambda name: not (quick and name in SLOW_TO_START)
     return lambda name: name == always or name.startswith(tuple(prefixes))
 
 

@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     rows = []
     for activation in args.activations.split(","):
         contenders = make_contenders(args.hidden, args.batch, activation, x, y,
-                                     c.wanted_by(args.only, REFERENCE))
+                                     c.wanted_by(args.only, REFERENCE, args.quick))
         # One warm-up epoch each, then one epoch per timed block.
         samples = c.interleaved(contenders, rounds=rounds, block_s=0, warmup_s=0, min_calls=1,
                                 **c.timing_options(args))

@@ -98,7 +98,8 @@ def plan_skips_data_gradient() -> bool:
 
 
 def measure(hidden, batch, activation, args) -> list[dict]:
-    contenders = make_contenders(hidden, batch, activation, c.wanted_by(args.only, REFERENCE))
+    contenders = make_contenders(hidden, batch, activation,
+                                 c.wanted_by(args.only, REFERENCE, args.quick))
     samples = c.interleaved(contenders, rounds=args.rounds, block_s=args.block,
                             warmup_s=args.warmup, **c.timing_options(args))
     ref = samples[REFERENCE].summary()

@@ -181,6 +181,9 @@ class CompiledStep:
 
     #: What the step compiles with, for messages and benchmarks.
     kind = "generic"
+    #: True where a step changes nothing the caller sees until it returns (JAX): the
+    #: host's label check then overlaps the step instead of delaying its start.
+    check_after_dispatch = False
 
     def __init__(self, program: _Program, backend, single: bool, check_labels: bool,
                  options: dict):
@@ -213,7 +216,8 @@ class CompiledStep:
         return fed
 
     def _entry(self, feed_dict, fed):
-        """The compiled version for these feeds' signature, compiling it on first sight."""
+        """(compiled version, label bounds to check or None) for these feeds' signature,
+        compiling on first sight (when the ordinary run has checked the labels)."""
         signature = tuple((tuple(v.shape), v.dtype) for v in fed)
         found = self._compiled.get(signature)
         if found is None:
@@ -224,9 +228,18 @@ class CompiledStep:
             if len(self._compiled) >= MAX_SIGNATURES:
                 self._compiled.popitem(last=False)
             found = self._compiled[signature] = (self._compile(fed), self._label_bounds(fed))
-        elif self.check_labels:
-            self._check_labels(fed, found[1])
-        return found[0]
+            return found[0], None
+        return found[0], (found[1] if self.check_labels else None)
+
+    def _checked(self, run, entry, fed, bounds, *args):
+        """``run(entry, fed, *args)`` with the labels checked before it, or just after
+        it is dispatched where nothing it changes is visible before it returns."""
+        if bounds and not self.check_after_dispatch:
+            self._check_labels(fed, bounds)
+        result = run(entry, fed, *args)
+        if bounds and self.check_after_dispatch:
+            self._check_labels(fed, bounds)
+        return result
 
     def _label_bounds(self, fed):
         """(feed position, number of classes) of each label feed, from a run of the rules."""
@@ -256,7 +269,8 @@ class CompiledStep:
         Gradients may be buffers the next call overwrites: use or copy them first.
         """
         fed = self._fed(feed_dict)
-        return self._result(*self._value_and_grad(self._entry(feed_dict, fed), fed))
+        entry, bounds = self._entry(feed_dict, fed)
+        return self._result(*self._checked(self._value_and_grad, entry, fed, bounds))
 
     def sgd(self, feed_dict, lr: float):
         """One SGD step: ``param - lr * grad`` for every ``wrt`` node.
@@ -266,7 +280,8 @@ class CompiledStep:
         CuPy) these are the very arrays fed, updated in place; on JAX, new arrays.
         """
         fed = self._fed(feed_dict)
-        return self._sgd(self._entry(feed_dict, fed), fed, lr)
+        entry, bounds = self._entry(feed_dict, fed)
+        return self._checked(self._sgd, entry, fed, bounds, lr)
 
     # What a compiler provides ------------------------------------------------------
     def _compile(self, fed):
@@ -311,6 +326,7 @@ class JaxStep(CompiledStep):
     """
 
     kind = "jax.jit"
+    check_after_dispatch = True
 
     def __init__(self, *args):
         super().__init__(*args)

@@ -252,13 +252,17 @@ class CompiledStep:
         import numpy as np
 
         for feed, classes in bounds:
-            labels = self.backend.to_numpy(fed[feed])
+            labels = self._host(fed[feed])
             # Seen as unsigned, a negative label is huge: one reduction checks both ends.
             unsigned = labels.view(np.dtype(f"u{labels.itemsize}"))
             if labels.size and np.maximum.reduce(unsigned, axis=None) >= classes:
                 node = self.program.feeds[feed][1]
                 raise NodeError(f"{node.label}: labels must lie in [0, {classes}); got values "
                                 f"from {labels.min()} to {labels.max()}")
+
+    def _host(self, array):
+        """A host view of ``array`` for the label check."""
+        return self.backend.to_numpy(array)
 
     def _result(self, value, grads):
         return value, (grads[0] if self.single else list(grads))
@@ -348,6 +352,11 @@ class JaxStep(CompiledStep):
 
     def _compile(self, fed):
         return None  # jax.jit compiles on the first call with these shapes
+
+    def _host(self, array):
+        import numpy as np
+
+        return np.asarray(array)  # a read-only view JAX caches: ~20x faster than DLPack
 
     def _value_and_grad(self, entry, fed):
         return self._jit_vg(fed)

@@ -25,16 +25,11 @@ class JaxBackend(ArrayAPIBackend):
         super().__init__("jax.numpy", "jax.numpy", "pip install 'miniflow[jax]'")
 
     def owns(self, value):
-        if type(value) is self.array_type:  # the concrete class: a fast check per feed
+        if type(value) is getattr(self, "array_type", None):  # the concrete class: fast
             return True
         import jax
 
         return isinstance(value, jax.Array)
-
-    def to_numpy(self, array):
-        import numpy as np
-
-        return np.asarray(array)  # on the CPU a view JAX caches: ~20x faster than DLPack
 
     def synchronize(self, *arrays):
         for array in arrays:

@@ -344,6 +344,27 @@ def _interleaved(contenders, rounds, block_s, pause, warmup_s, min_calls, clock)
     return results
 
 
+def allocated_per_call(run: Callable[[], object], warmup: int = 2) -> dict:
+    """What one call allocates after warm-up, as tracemalloc sees it (NumPy reports
+    its array buffers there): the peak of memory held beyond what was live before
+    the call, and what the call left behind. Host memory only: a GPU's is not seen."""
+    import tracemalloc
+
+    for _ in range(warmup):
+        run()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        run()  # tracemalloc's own first-use bookkeeping stays out of the measurement
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        run()
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return {"peak_bytes": peak - before, "kept_bytes": after - before}
+
+
 # -- the model under test -----------------------------------------------------------
 
 @dataclass
@@ -417,6 +438,20 @@ class HandwrittenMLP:
         return loss
 
 
+def matmul_floor(params, x) -> Callable[[], None]:
+    """The two matrix products every step of the MLP needs whose size grows with the
+    input width: x @ w1 forward and x.T @ dz1 for w1's gradient (into arrays kept
+    between calls). Their time is a floor under any NumPy implementation."""
+    w1 = params[0]
+    hidden = np.empty((x.shape[0], w1.shape[1]), np.float32)
+    grad_w1 = np.empty_like(w1)
+
+    def run():
+        np.matmul(x, w1, out=hidden)
+        np.matmul(x.T, hidden, out=grad_w1)
+    return run
+
+
 class MiniflowMLP:
     """The training step through miniflow: value_and_grad, then SGD in place."""
 
@@ -441,6 +476,35 @@ class MiniflowMLP:
             p -= self.lr * grad  # in place where arrays are writable; JAX rebinds p
             self.params[i] = p
         return loss
+
+
+class CompiledMLP(MiniflowMLP):
+    """The training step through ``miniflow.compile``: ``step.sgd`` fuses the update."""
+
+    #: How each backend's compiled contender is named: miniflow:BACKEND+SUFFIX.
+    SUFFIX = {"numpy": "plan", "jax.numpy": "jit", "torch": "compile", "cupy": "graph"}
+
+    def __init__(self, backend: str, graph: MLPGraph, params, lr: float = LEARNING_RATE):
+        import miniflow
+
+        super().__init__(backend, graph, params, lr)
+        self.name = f"{self.backend.name}+{self.SUFFIX[self.backend.name]}"
+        self.compiled = miniflow.compile(graph.loss, graph.params, backend=self.backend)
+
+    def step(self, x, y):
+        g = self.graph
+        feed = {g.images: x, g.labels: y, **dict(zip(g.params, self.params))}
+        loss, self.params = self.compiled.sgd(feed, self.lr)
+        return loss
+
+
+def compiled_backends(wanted: Callable[[str], bool] = lambda name: True) -> list[str]:
+    """The backends with a compiler usable here whose ``miniflow:NAME+SUFFIX`` is wanted."""
+    from miniflow import compilable
+
+    return [name for name in CompiledMLP.SUFFIX
+            if wanted(f"miniflow:{name}+{CompiledMLP.SUFFIX[name]}") and
+            (name != "cupy" or gpu_name()) and compilable(name) is None]
 
 
 class TorchMLP:
@@ -539,11 +603,17 @@ def miniflow_backends(wanted: Callable[[str], bool] = lambda name: True) -> list
     return found
 
 
-def wanted_by(prefixes: list[str] | None, always: str) -> Callable[[str], bool]:
+#: Contenders that take minutes to warm up (torch.compile builds C++): left out of
+#: --quick runs unless --only names them.
+SLOW_TO_START = ("miniflow:torch+compile",)
+
+
+def wanted_by(prefixes: list[str] | None, always: str,
+              quick: bool = False) -> Callable[[str], bool]:
     """A filter on contender names: those starting with one of ``prefixes`` (all when
-    none are given), and ``always``, the reference."""
+    none are given, less ``SLOW_TO_START`` in a quick run), and ``always``, the reference."""
     if not prefixes:
-        return lambda name: True
+        return lambda name: not (quick and name in SLOW_TO_START)
     return lambda name: name == always or name.startswith(tuple(prefixes))
 
 

@@ -6,8 +6,9 @@ its own time limit, all within about 5 minutes:
   1. pytest -q tests/ with MINIFLOW_TEST_BACKENDS=cupy,numpy (the conftest's
      backend fixture then runs every backend test on CuPy and NumPy, and fails
      rather than skips if CuPy is unusable);
-  2. bench/step.py: miniflow on cupy and numpy, hand-written CuPy and NumPy,
-     PyTorch CUDA and CPU (when importable), JAX (when installed);
+  2. bench/step.py: miniflow on cupy and numpy, eager and compiled (cupy+graph:
+     the step captured once as a CUDA graph, numpy+plan), hand-written CuPy and
+     NumPy, PyTorch CUDA and CPU (when importable), JAX (when installed);
   3. bench/epoch.py with the same contenders.
 
 Every result goes to --out as JSON (pytest as JUnit XML and a log); a summary,
@@ -29,6 +30,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 BUDGET_S = 290  # the whole check stays under 5 minutes
+# miniflow:cupy also selects miniflow:cupy+graph, the step replayed as a CUDA graph.
 GPU_CONTENDERS = "miniflow:numpy,miniflow:cupy,hand:cupy,torch,jax"
 
 

@@ -7,11 +7,18 @@ process, timed in interleaved rounds:
   hand:numpy         the same step written directly in NumPy: the floor
   miniflow:BACKEND   value_and_grad on each available backend (numpy,
                      array_api_strict, torch, jax.numpy, cupy with a GPU)
+  miniflow:B+KIND    miniflow.compile's step.sgd: numpy+plan (planned executor),
+                     jax.numpy+jit, torch+compile, cupy+graph (CUDA graph)
+  floor:matmul       only the step's two (batch x 784)-sized matrix products,
+                     x @ w1 and x.T @ dz1, into preallocated arrays: no NumPy
+                     step can be faster, whatever it fuses
   hand:cupy          the hand-written step on CuPy (GPU only)
   torch:cpu/cuda     PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD
   jax:jit            JAX with the whole step jitted (when JAX is installed)
 
-Ratios are to hand:numpy measured in the same run. Examples:
+Ratios are to hand:numpy measured in the same run. "alloc/step" is the peak host
+memory one step allocates after warm-up (tracemalloc), in arrays of batch x hidden
+float32, for the NumPy contenders. Examples:
 
   python bench/step.py                       # the standard sizes, ~4 minutes
   python bench/step.py --quick               # smoke run, seconds
@@ -35,6 +42,9 @@ SWEEP = [(256, b) for b in (16, 32, 64, 128, 256, 512, 1024)]
 QUICK = [(32, 16)]
 # The engine's budget against hand:numpy (median ratio), per (hidden, batch).
 TARGETS = {(256, 128): 1.10, (1024, 512): 1.10, (64, 32): 1.25}
+# The planned NumPy executor's budget (issue 13), and compiled JAX against jax.jit.
+PLANNED_TARGETS = {(256, 128): 0.90, (1024, 512): 1.00}
+JIT_TARGET = 1.10
 REFERENCE = "hand:numpy"
 
 
@@ -47,8 +57,15 @@ def make_contenders(hidden: int, batch: int, activation: str,
 
     hand = c.HandwrittenMLP(np, params, activation)
     found = [c.Contender(REFERENCE, partial(hand.step, x, y))]
+    if wanted("floor:matmul"):
+        found.append(c.Contender("floor:matmul", c.matmul_floor(params, x)))
     for name in c.miniflow_backends(wanted):
         model = c.MiniflowMLP(name, graph, params)
+        bx, by = model.backend.asarray(x), model.backend.asarray(y)
+        found.append(c.Contender(f"miniflow:{model.name}", partial(model.step, bx, by),
+                                 partial(lambda m: m.backend.synchronize(*m.params), model)))
+    for name in c.compiled_backends(wanted):
+        model = c.CompiledMLP(name, graph, params)
         bx, by = model.backend.asarray(x), model.backend.asarray(y)
         found.append(c.Contender(f"miniflow:{model.name}", partial(model.step, bx, by),
                                  partial(lambda m: m.backend.synchronize(*m.params), model)))
@@ -81,15 +98,23 @@ def plan_skips_data_gradient() -> bool:
 
 
 def measure(hidden, batch, activation, args) -> list[dict]:
-    contenders = make_contenders(hidden, batch, activation, c.wanted_by(args.only, REFERENCE))
+    contenders = make_contenders(hidden, batch, activation,
+                                 c.wanted_by(args.only, REFERENCE, args.quick))
     samples = c.interleaved(contenders, rounds=args.rounds, block_s=args.block,
                             warmup_s=args.warmup, **c.timing_options(args))
     ref = samples[REFERENCE].summary()
+    # Host allocations per step, for the NumPy contenders (tracemalloc sees NumPy's).
+    allocations = {k.name: c.allocated_per_call(k.run) for k in contenders
+                   if k.name in (REFERENCE, "miniflow:numpy", "miniflow:numpy+plan")}
+    batch_array = batch * hidden * 4  # one float32 array of the batch's size
     rows = []
     for name, s in samples.items():
         summary = s.summary()
+        alloc = allocations.get(name, {})
         rows.append({"hidden": hidden, "batch": batch, "activation": activation,
-                     "contender": name, **summary,
+                     "contender": name, **summary, **alloc,
+                     "peak_batch_arrays": (alloc["peak_bytes"] / batch_array if alloc
+                                           else None),
                      "median_ms": summary["median_s"] * 1e3, "min_ms": summary["min_s"] * 1e3,
                      "ratio_paired": c.paired_ratio(s, samples[REFERENCE]),
                      "ratio_median": summary["median_s"] / ref["median_s"],
@@ -102,6 +127,17 @@ def verdicts(rows: list[dict]) -> list[dict]:
     by = {(r["hidden"], r["batch"], r["activation"], r["contender"]): r for r in rows}
     found = []
     for (h, b, act, name), r in by.items():
+        if name == "miniflow:numpy+plan" and (h, b) in PLANNED_TARGETS:
+            found.append({"check": f"miniflow:numpy+plan / hand:numpy at ({h},{b}) {act}",
+                          "value": r["ratio_paired"], "target": f"<= {PLANNED_TARGETS[h, b]:.2f}",
+                          "met": r["ratio_paired"] <= PLANNED_TARGETS[h, b]})
+        jit = by.get((h, b, act, "jax:jit"))
+        if name == "miniflow:jax.numpy+jit" and jit:
+            ratio = statistics.median(m / j for m, j in zip(r["round_medians_s"],
+                                                            jit["round_medians_s"]))
+            found.append({"check": f"miniflow:jax.numpy+jit / jax:jit at ({h},{b}) {act}",
+                          "value": ratio, "target": f"<= {JIT_TARGET:.2f}",
+                          "met": ratio <= JIT_TARGET})
         if name == "miniflow:numpy" and (h, b) in TARGETS:
             found.append({"check": f"miniflow:numpy / hand:numpy at ({h},{b}) {act}",
                           "value": r["ratio_paired"], "target": f"<= {TARGETS[h, b]:.2f}",
@@ -119,6 +155,7 @@ COLUMNS = [("contender", "contender", ""), ("median_ms", "median ms", ".3f"),
            ("min_ms", "min ms", ".3f"), ("ratio_paired", "x hand (paired)", ".2f"),
            ("ratio_median", "x hand (med)", ".2f"),
            ("ratio_min", "x hand (min)", ".2f"), ("faults_per_call", "faults/step", ".1f"),
+           ("peak_batch_arrays", "alloc/step (BxH arrays)", ".2f"),
            ("n", "steps", "d")]
 
 

@@ -3,8 +3,8 @@
 Build a graph of nodes, then run it on NumPy, CuPy, PyTorch or any Array-API
 library with ``value_and_grad(output, feed_dict, wrt, backend=...)``.
 """
-from .errors import (BackendError, BackendUnavailableError, FeedError, GraphError,
-                     MiniflowError, NodeError, ShapeError)
+from .errors import (BackendError, BackendUnavailableError, CompileError, FeedError,
+                     GraphError, MiniflowError, NodeError, ShapeError)
 from .executor import Context, Hook, RunResult, accuracy, evaluate, run, value_and_grad
 from .graph import Constant, Input, Node
 from .gradcheck import GradcheckError, gradcheck
@@ -17,6 +17,7 @@ from .nodes import (ELU, GELU, Abs, Clip, Cos, Expm1, LeakyReLU, Log1p, LogSigmo
                     Minimum, Pow, Sin, Softplus, Sqrt, Square, StopGradient, Where)
 from .nodes import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Reshape, Split,
                     Squeeze, Stack, Take, Transpose, permute_dims)
+from .compile import CompiledStep, compilable, compile  # after the nodes it plans kernels for
 
 __version__ = "0.1.0"
 
@@ -34,4 +35,5 @@ __all__ = [
     "Where", "StopGradient", "Softplus", "LogSigmoid", "LeakyReLU", "ELU", "GELU",
     "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
     "Concat", "Stack", "Split", "Pad", "Index", "Take",
+    "compile", "compilable", "CompiledStep", "CompileError",
 ]

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_architecture_options(run)
     run.add_argument("--backend", choices=backend_names(), default=defaults.backend,
                      help="array library to compute with (default: %(default)s)")
+    run.add_argument("--compile", action="store_true",
+                     help="compile each training step once (jax.jit, torch.compile, a planned "
+                     "NumPy executor, a CUDA graph); other backends run uncompiled, with a notice")
     run.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
                      help="(default: %(default)s)")
     run.add_argument("--lr", type=_positive_float, default=None,
@@ -226,13 +229,24 @@ def _add_data_option(parser):
 
 # -- the commands ----------------------------------------------------------------
 
+def _compilable_or_notice(backend: str) -> bool:
+    """True when ``--compile`` works on ``backend``; else print why, once, and go on."""
+    from .compile import compilable
+
+    reason = compilable(backend)
+    if reason:
+        print(f"note: --compile: {reason}; training uncompiled", file=sys.stderr)
+    return reason is None
+
+
 def _train_command(args) -> None:
     started = time.perf_counter()
     config = TrainConfig(hidden=args.hidden, activation=args.activation,
                          optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
                          momentum=args.momentum, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, backend=args.backend,
-                         validation_size=args.validation_size)
+                         validation_size=args.validation_size,
+                         compile=args.compile and _compilable_or_notice(args.backend))
     # Everything that can fail fast does, before any time goes into training.
     if args.save:
         check_writable(args.save, "model")

@@ -106,3 +106,7 @@ class GraphvizMissingError(DrawError):
 
 class UsageError(MiniflowError):
     """A bad command line: reported in one line, exit status 2."""
+
+
+class CompileError(MiniflowError, RuntimeError):
+    """A graph cannot be compiled for this backend (no compiler, or it failed)."""

@@ -90,6 +90,7 @@ class TrainConfig:
     seed: int = 0
     backend: str = "numpy"
     validation_size: int = 5000
+    compile: bool = False  # run each step through miniflow.compile (see compile.py)
 
     def __post_init__(self):
         # Frozen: normalised values are set through object.__setattr__.
@@ -358,6 +359,11 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, n_clas
                              max(1, config.epochs * steps_per_epoch))
     optimizer = make_optimizer(config.optimizer, model.params, schedule,
                                momentum=config.momentum, backend=backend)
+    compiled = None
+    if config.compile:  # forward and backward compiled once; the optimizer runs as usual
+        from .compile import compile as compile_step
+
+        compiled = compile_step(model.loss, optimizer.nodes, backend)
     result = TrainResult(model=model, config=config)
     rng = np.random.default_rng(config.seed)
     policy.ready()  # the thread count, from how busy the machine was while the data moved
@@ -371,7 +377,7 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, n_clas
         with np.errstate(over="ignore", invalid="ignore"):
             total = _train_epoch(model, optimizer, backend, x_train, y_train,
                                  backend.asarray(rng.permutation(n)), config.batch_size,
-                                 on_step)
+                                 on_step, compiled)
         # The epoch's one trip to the host for the loss.
         loss = float(total) / n
         if not math.isfinite(loss):
@@ -402,7 +408,7 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, n_clas
     return result
 
 
-def _train_epoch(model, optimizer, backend, x, y, order, batch_size, on_step):
+def _train_epoch(model, optimizer, backend, x, y, order, batch_size, on_step, compiled=None):
     """One pass over (x, y) in ``order`` (a device array of indices); return the summed loss.
 
     Each batch is gathered with ``take``: on NumPy this measured ~2x faster
@@ -419,7 +425,10 @@ def _train_epoch(model, optimizer, backend, x, y, order, batch_size, on_step):
         batch = order[start:min(start + batch_size, n)]
         feed = {**optimizer.params, images: xp.take(x, batch, axis=0),
                 labels: xp.take(y, batch, axis=0)}
-        loss, grads = value_and_grad(model.loss, feed, wrt, backend=backend)
+        if compiled is not None:
+            loss, grads = compiled(feed)
+        else:
+            loss, grads = value_and_grad(model.loss, feed, wrt, backend=backend)
         optimizer.step(grads)
         total = total + loss * batch.shape[0]
         if on_step is not None:

@@ -46,9 +46,12 @@ def test_step_quick_records_machine_and_ratios(step_json):
     check_machine(result["machine"])
     assert result["plan_skips_dloss_dimages"] is True
     names = {r["contender"] for r in result["results"]}
-    assert names == {"hand:numpy", "miniflow:numpy"}
+    assert names == {"hand:numpy", "miniflow:numpy", "miniflow:numpy+plan"}
     for r in result["results"]:
         assert r["median_s"] >= r["min_s"] > 0 and r["ratio_paired"] > 0
+    # Allocations per step are recorded: the planned step keeps to its buffers.
+    alloc = {r["contender"]: r["peak_bytes"] for r in result["results"]}
+    assert alloc["miniflow:numpy+plan"] < alloc["hand:numpy"] / 4
 
 
 def test_overhead_quick(tmp_path):
@@ -69,7 +72,7 @@ def test_epoch_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = read(out)
     assert {r["contender"] for r in result["results"]} == {
-        "hand:numpy", "miniflow:numpy", "miniflow:array_api_strict"}
+        "hand:numpy", "miniflow:numpy", "miniflow:numpy+plan", "miniflow:array_api_strict"}
 
 
 def test_contention_quick_times_each_policy_and_stops_its_competitors(tmp_path):
@@ -138,8 +141,9 @@ def test_contenders_compute_the_same_step(activation):
     x, y = common.synthetic_data(batch)
     hand = common.HandwrittenMLP(np, params, activation)
     engine = common.MiniflowMLP("numpy", common.build_mlp(hidden, activation), params)
-    losses = [float(hand.step(x, y)), float(engine.step(x, y))]
-    updated = [hand.params, engine.params]
+    planned = common.CompiledMLP("numpy", common.build_mlp(hidden, activation), params)
+    losses = [float(hand.step(x, y)), float(engine.step(x, y)), float(planned.step(x, y))]
+    updated = [hand.params, engine.params, planned.params]
     if common.importable("torch"):
         torch_model = common.TorchMLP("cpu", hidden, activation, params)
         losses.append(torch_model.step(torch_model.asarray(x), torch_model.asarray(y)).item())

@@ -1,0 +1,307 @@
+"""miniflow.compile: compiled steps agree with value_and_grad on every node and backend.
+
+Backends: numpy (planned executor), jax.numpy (jax.jit) and torch (torch.compile;
+with its quick "aot_eager" compiler for the node matrix, which traces the same
+rules through dynamo and AOT autograd, and once with the default inductor on
+the MLP). JAX and torch tests skip where the library is not installed.
+"""
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import miniflow
+from miniflow import (CompileError, CrossEntropyWithSoftmax, DummyGrad, Input, Linear, ReLU,
+                      Sigmoid, Tanh, compilable, value_and_grad)
+from miniflow.backends import get_backend
+from miniflow.errors import NodeError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from oracle import all_specs, as_case  # noqa: E402
+
+SPECS = all_specs()
+COMPILED = ["numpy", "jax.numpy", "torch", "cupy"]  # cupy: where a GPU is usable
+# aot_eager: dynamo and AOT autograd trace the rules as inductor would see them, in
+# seconds rather than a C++ build per graph.
+QUICK_OPTIONS = {"torch": {"backend": "aot_eager"}}
+NODE_EXAMPLES = settings(max_examples=4, deadline=None, derandomize=True,
+                         suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                HealthCheck.too_slow,
+                                                HealthCheck.data_too_large])
+
+
+@pytest.fixture(params=COMPILED)
+def compiled_backend(request):
+    reason = compilable(request.param)
+    if reason:
+        pytest.skip(reason)
+    if request.param == "jax.numpy":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)  # the node matrix runs in float64
+    return get_backend(request.param)
+
+
+def host(backend, array):
+    if isinstance(array, (np.ndarray, np.generic)):
+        return np.array(array, dtype=np.float64)
+    return np.array(backend.to_numpy(array), dtype=np.float64)
+
+
+def assert_same(backend, got, want, rtol=1e-6, atol=1e-9):
+    got_value, got_grads = got
+    want_value, want_grads = want
+    np.testing.assert_allclose(host(backend, got_value), host(backend, want_value),
+                               rtol=rtol, atol=atol)
+    assert len(got_grads) == len(want_grads)
+    for g, w in zip(got_grads, want_grads):
+        assert tuple(g.shape) == tuple(w.shape)
+        np.testing.assert_allclose(host(backend, g), host(backend, w), rtol=rtol, atol=atol)
+
+
+def copied(backend, result):
+    """(value, grads) on the host: compiled gradients may be buffers reused next call."""
+    value, grads = result
+    return host(backend, value), [host(backend, g) for g in grads]
+
+
+# -- every node, random shapes (scalars, size-1 and empty axes included) ---------------
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_every_node_compiles_to_the_same_values(spec, compiled_backend):
+    backend = compiled_backend
+
+    @NODE_EXAMPLES
+    @given(drawn=spec.inputs)
+    def check(drawn):
+        arrays = [np.asarray(a) for a in as_case(drawn).arrays]
+        nodes = [Input(name=f"x{k}") for k in range(len(arrays))]
+        head = DummyGrad(spec.build(*nodes))
+        feed = {node: backend.asarray(a) for node, a in zip(nodes, arrays)}
+        wrt = [node for node, a in zip(nodes, arrays) if a.dtype.kind == "f"]
+        shape = tuple(miniflow.evaluate(head.inputs[0], feed, backend=backend).shape)
+        upstream = np.random.default_rng(0).standard_normal(shape)
+        feed[head] = backend.asarray(upstream)
+        step = miniflow.compile(head, wrt, backend=backend,
+                                options=QUICK_OPTIONS.get(backend.name))
+        try:
+            want = copied(backend, value_and_grad(head, feed, wrt, backend=backend))
+        except Exception as exc:
+            # A case the executor rejects (or a node's own bug): the compiled step
+            # must fail the same way, not compile something else.
+            with pytest.raises(type(exc)):
+                step(feed)
+            return
+        for _ in range(2):  # the first call compiles; the second runs what was compiled
+            got = copied(backend, step(feed))
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-9, atol=1e-12)
+            for g, w in zip(got[1], want[1]):
+                np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-12)
+
+    check()
+
+
+# -- the MLP: the kernels the NumPy plan fuses, and the training step ---------------------
+
+def mlp(activation, hidden=12, classes=5):
+    images, labels = Input("images"), Input("labels")
+    params = [Input(n) for n in ("w1", "b1", "w2", "b2")]
+    w1, b1, w2, b2 = params
+    act = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}[activation]
+    loss = CrossEntropyWithSoftmax(Linear(act(Linear(images, w1, b1)), w2, b2), labels)
+    return images, labels, params, loss
+
+
+def mlp_feed(backend, images, labels, params, batch=7, features=9, hidden=12, classes=5,
+             seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    values = [rng.standard_normal((features, hidden)) / 3, rng.standard_normal(hidden) / 3,
+              rng.standard_normal((hidden, classes)) / 3, rng.standard_normal(classes) / 3]
+    feed = {images: rng.standard_normal((batch, features)),
+            **{p: v for p, v in zip(params, values)}}
+    feed = {node: backend.asarray(v.astype(dtype)) for node, v in feed.items()}
+    feed[labels] = backend.asarray(rng.integers(0, classes, batch))
+    return feed
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_mlp_step_and_shape_change(compiled_backend, activation):
+    backend = compiled_backend
+    images, labels, params, loss = mlp(activation)
+    step = miniflow.compile(loss, params, backend=backend,
+                            options=QUICK_OPTIONS.get(backend.name))
+    for batch in (7, 7, 3, 7):  # a new batch size compiles again; the old one is kept
+        feed = mlp_feed(backend, images, labels, params, batch=batch, seed=batch)
+        want = copied(backend, value_and_grad(loss, feed, params, backend=backend))
+        assert_same(backend, step(feed), want, rtol=2e-5, atol=1e-6)
+    assert sorted(sig[0][0][0] for sig in step.signatures) == [3, 7]
+
+
+def test_sgd_step_matches_value_and_grad_then_update(compiled_backend):
+    backend = compiled_backend
+    images, labels, params, loss = mlp("relu")
+    lr = 0.1
+    step = miniflow.compile(loss, params, backend=backend,
+                            options=QUICK_OPTIONS.get(backend.name))
+    feed = mlp_feed(backend, images, labels, params)
+    expected = [host(backend, feed[p]) for p in params]
+    current = dict(feed)
+    for _ in range(3):
+        value, grads = value_and_grad(loss, {**feed, **{p: backend.asarray(
+            e.astype(np.float32)) for p, e in zip(params, expected)}}, params, backend=backend)
+        expected = [e - lr * host(backend, g) for e, g in zip(expected, grads)]
+        got_value, new = step.sgd(current, lr)
+        np.testing.assert_allclose(host(backend, got_value), host(backend, value), rtol=1e-5)
+        current.update(zip(params, new))
+    for p, e in zip(params, expected):
+        np.testing.assert_allclose(host(backend, current[p]), e, rtol=1e-4, atol=1e-6)
+    if backend.name != "jax.numpy":  # mutable arrays are updated where they lie
+        assert all(current[p] is feed[p] for p in params)
+
+
+def test_compiled_step_rejects_labels_out_of_range(compiled_backend):
+    backend = compiled_backend
+    images, labels, params, loss = mlp("relu")
+    step = miniflow.compile(loss, params, backend=backend,
+                            options=QUICK_OPTIONS.get(backend.name))
+    feed = mlp_feed(backend, images, labels, params)
+    step(feed)  # compiled: the check below runs on the compiled path
+    bad = np.arange(7) % 5
+    bad[3] = 5
+    with pytest.raises(NodeError, match=r"labels must lie in \[0, 5\)"):
+        step({**feed, labels: backend.asarray(bad)})
+    with pytest.raises(NodeError, match="labels must lie"):
+        step({**feed, labels: backend.asarray(-bad)})
+
+
+def test_bad_feed_on_first_call_names_the_node(compiled_backend):
+    backend = compiled_backend
+    images, labels, params, loss = mlp("relu")
+    step = miniflow.compile(loss, params, backend=backend)
+    feed = mlp_feed(backend, images, labels, params)
+    feed[images] = backend.asarray(np.zeros((7, 4), np.float32))
+    with pytest.raises(miniflow.ShapeError, match="Linear"):
+        step(feed)
+    with pytest.raises(miniflow.GraphError, match="labels"):
+        step({k: v for k, v in feed.items() if k is not labels})
+
+
+@pytest.mark.skipif(compilable("torch") is not None, reason="torch is not installed")
+def test_torch_inductor_compiles_the_mlp():
+    """The default torch.compile (inductor, a C++ build on the CPU): slow once, then right."""
+    backend = get_backend("torch")
+    images, labels, params, loss = mlp("relu")
+    feed = mlp_feed(backend, images, labels, params)
+    step = miniflow.compile(loss, params, backend=backend)
+    want = copied(backend, value_and_grad(loss, feed, params, backend=backend))
+    assert_same(backend, step(feed), want, rtol=2e-5, atol=1e-6)
+
+
+# -- NumPy: the plan allocates nothing of the batch's size -----------------------------------
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_planned_numpy_step_allocates_no_batch_sized_array(activation):
+    backend = get_backend("numpy")
+    batch, hidden = 128, 256
+    images, labels, params, loss = mlp(activation, hidden=hidden, classes=10)
+    feed = mlp_feed(backend, images, labels, params, batch=batch, features=50, hidden=hidden,
+                    classes=10)
+    step = miniflow.compile(loss, params, backend="numpy")
+    for _ in range(2):
+        step.sgd(feed, 0.01)
+
+    def peak(run):
+        tracemalloc.start()
+        try:
+            run()
+            before = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            run()
+            return tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+
+    batch_array = batch * hidden * 4
+    # What remains is NumPy's iterator buffer for the broadcast bias add (at most
+    # 8192 elements, whatever the batch) and a few small Python objects.
+    assert peak(lambda: step.sgd(feed, 0.01)) < min(batch_array / 2, 40_000)
+    # The measurement sees what value_and_grad allocates: many such arrays.
+    assert peak(lambda: value_and_grad(loss, feed, params)) > 2 * batch_array
+
+
+def test_planned_numpy_uses_kernels_and_falls_back_for_other_nodes():
+    from miniflow.compile import PLANNED_KERNELS, _RuleKernel
+
+    images, labels, params, loss = mlp("relu")
+    scaled = CrossEntropyWithSoftmax(Linear(images, params[0], params[1]) * 2.0, labels)
+    feed = mlp_feed(get_backend("numpy"), images, labels, params, classes=12)
+    step = miniflow.compile(scaled, params[:2], backend="numpy")
+    want = copied(get_backend("numpy"), value_and_grad(scaled, feed, params[:2]))
+    assert_same(get_backend("numpy"), step(feed), want, rtol=2e-5, atol=1e-6)
+    ((entry, _),) = step._compiled.values()
+    kernels = [forward.__self__ for _, forward, _ in entry["forward"]]
+    kinds = {type(k).__name__ for k in kernels}
+    assert {"LinearKernel", "CrossEntropyKernel"} <= kinds
+    assert any(isinstance(k, _RuleKernel) for k in kernels)  # Mul and its Constant
+    assert Linear in PLANNED_KERNELS
+
+
+# -- what cannot be compiled says so -----------------------------------------------------------
+
+def test_backend_without_compiler_is_a_clear_error():
+    images, labels, params, loss = mlp("relu")
+    assert "no compiler" in compilable("array_api_strict")
+    with pytest.raises(CompileError, match="array_api_strict.*value_and_grad"):
+        miniflow.compile(loss, params, backend="array_api_strict")
+
+
+# -- training: TrainConfig(compile=True) and `miniflow train --compile` ---------------------
+
+@pytest.mark.parametrize("name", ["numpy", "jax.numpy"])
+def test_compiled_training_matches_uncompiled(name):
+    from miniflow.train import TrainConfig, train
+
+    if compilable(name):
+        pytest.skip(compilable(name))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 250)
+    images = (np.eye(3, 12)[labels] * 2 + rng.standard_normal((250, 12))).astype(np.float32)
+    config = dict(hidden=(8,), epochs=2, batch_size=64, lr=0.05, backend=name)  # last batch: 58
+    plain = train(TrainConfig(**config), images, labels, images, labels, n_classes=3)
+    compiled = train(TrainConfig(**config, compile=True), images, labels, images, labels,
+                     n_classes=3)
+    np.testing.assert_allclose([s.loss for s in compiled.history],
+                               [s.loss for s in plain.history], rtol=1e-5)
+    for a, b in zip(compiled.model.params.values(), plain.model.params.values()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cli_compile_falls_back_with_a_one_line_notice(monkeypatch, capsys):
+    from test_cli import fake_mnist
+
+    from miniflow import cli
+
+    monkeypatch.setattr(cli, "load_mnist", lambda *a, validation_size=0, **k: fake_mnist(200))
+    args = ["train", "--hidden", "8", "--epochs", "1", "--quiet", "--compile"]
+    assert cli.main(args + ["--backend", "array_api_strict"]) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if "--compile" in line]
+    assert len(notices) == 1 and "array_api_strict" in notices[0] and "uncompiled" in notices[0]
+    assert cli.main(args) == 0  # numpy compiles: no notice
+    assert "--compile" not in capsys.readouterr().err
+
+
+def test_readme_example_runs_and_learns():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    import re
+
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+               if "miniflow.compile(" in b]
+    namespace = {}
+    exec(code, namespace)
+    loss, feed, params = namespace["loss"], namespace["feed"], namespace["params"]
+    assert namespace["feed"][params[0]] is namespace["new_params"][0]  # updated in place
+    after, _ = value_and_grad(loss, feed, params)
+    assert after < namespace["first"]

@@ -13,7 +13,8 @@ UNARY = {"Neg": (Neg, np.negative), "Sigmoid": (Sigmoid, lambda x: 0.5 * np.tanh
          "Tanh": (Tanh, np.tanh), "ReLU": (ReLU, lambda x: np.maximum(x, 0))}
 FAST = settings(max_examples=25, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
-finite = st.floats(-50, 50, allow_nan=False, width=32)
+# JAX on the CPU flushes float32 subnormals to zero; they are not what these tests probe.
+finite = st.floats(-50, 50, allow_nan=False, width=32, allow_subnormal=False)
 
 
 @st.composite

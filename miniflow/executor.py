@@ -14,15 +14,21 @@ class Context:
     """What one node sees during one run: the namespace, its inputs, what it saved.
 
     Created fresh for every node in every run, so nodes keep no per-run state.
+
+    ``training`` says whether the run is a training step (Dropout is active only
+    then); ``rng`` is the run's random generator, made by the backend, from which
+    nodes draw through ``backend.random_uniform``.
     """
 
-    __slots__ = ("xp", "backend", "inputs", "saved", "needs_input_grad")
+    __slots__ = ("xp", "backend", "inputs", "saved", "needs_input_grad", "training", "rng")
 
-    def __init__(self, backend, xp, inputs, needs_input_grad):
+    def __init__(self, backend, xp, inputs, needs_input_grad, training=False, rng=None):
         self.backend = backend
         self.xp = xp
         self.inputs = inputs
         self.needs_input_grad = needs_input_grad
+        self.training = training
+        self.rng = rng
         self.saved = ()
 
     def save(self, *values):
@@ -49,7 +55,7 @@ def _failure(node: Node, stage: str, args, exc: Exception) -> NodeError:
                      f"{type(exc).__name__}: {exc}")
 
 
-def _forward(plan: Plan, feed_dict, backend, timer=None):
+def _forward(plan: Plan, feed_dict, backend, timer=None, training=False, rng=None):
     """Compute every node's value; return (values, contexts), both indexed like plan.nodes.
 
     ``timer(i, "forward")``, when given, returns a context manager wrapped around
@@ -71,7 +77,7 @@ def _forward(plan: Plan, feed_dict, backend, timer=None):
     xp = backend.xp
     for i, node, positions, needs_input_grad in plan.compute_steps:
         args = [values[j] for j in positions]  # a list: a generator into tuple() costs 2x
-        ctx = contexts[i] = Context(backend, xp, args, needs_input_grad)
+        ctx = contexts[i] = Context(backend, xp, args, needs_input_grad, training, rng)
         try:
             if timer is None:
                 values[i] = node.forward(ctx, *args)
@@ -145,7 +151,13 @@ def _backward(plan: Plan, values, contexts, seed, xp, timer=None):
     return grads
 
 
-def value_and_grad(node: Node, feed_dict: dict, wrt, backend=None):
+def _generator(backend, rng, seed):
+    """The run's random generator: ``rng`` as given, else a fresh one seeded with ``seed``."""
+    return rng if rng is not None else backend.generator(seed)
+
+
+def value_and_grad(node: Node, feed_dict: dict, wrt, backend=None, *, training: bool = False,
+                   seed: int | None = None, rng=None):
     """Run the graph ending at ``node``; return its value and its gradients.
 
     Parameters
@@ -163,6 +175,15 @@ def value_and_grad(node: Node, feed_dict: dict, wrt, backend=None):
     backend : str, module, Backend or None
         Where to compute (see :func:`miniflow.backends.get_backend`); None
         infers it from the fed arrays (NumPy for plain Python data).
+    training : bool
+        A training step: Dropout drops. False (the default) runs the graph as
+        for prediction.
+    seed : int, optional
+        Seeds the run's random generator (used only by random nodes in training
+        runs): the same seed, the same draws.
+    rng : optional
+        A generator of the backend (``backend.generator(seed)``) to draw from
+        instead, advancing it: a trainer passes one for the whole run.
 
     Returns
     -------
@@ -175,18 +196,26 @@ def value_and_grad(node: Node, feed_dict: dict, wrt, backend=None):
     wrt = (wrt,) if single else tuple(wrt)
     plan = Plan.for_(node, wrt)
     backend = _select_backend(backend, plan, feed_dict)
-    values, contexts = _forward(plan, feed_dict, backend)
-    seed = _seed(plan, values, feed_dict, backend)
-    grads = _backward(plan, values, contexts, seed, backend.xp)
+    if training:
+        rng = _generator(backend, rng, seed)
+    values, contexts = _forward(plan, feed_dict, backend, training=training, rng=rng)
+    upstream = _seed(plan, values, feed_dict, backend)
+    grads = _backward(plan, values, contexts, upstream, backend.xp)
     result = [grads[i] for i in plan.wrt_positions]
     return values[-1], (result[0] if single else result)
 
 
-def evaluate(node: Node, feed_dict: dict, backend=None):
-    """The value of ``node`` (forward only), as an array of the chosen backend."""
+def evaluate(node: Node, feed_dict: dict, backend=None, *, training: bool = False,
+             seed: int | None = None, rng=None):
+    """The value of ``node`` (forward only), as an array of the chosen backend.
+
+    ``training``, ``seed`` and ``rng`` are as for :func:`value_and_grad`.
+    """
     plan = Plan.for_(node)
     backend = _select_backend(backend, plan, feed_dict)
-    values, _ = _forward(plan, feed_dict, backend)
+    if training:
+        rng = _generator(backend, rng, seed)
+    values, _ = _forward(plan, feed_dict, backend, training=training, rng=rng)
     return values[-1]
 
 

@@ -13,6 +13,21 @@ class TorchBackend(ArrayAPIBackend):
     def to_numpy(self, array):
         return array.detach().cpu().numpy()
 
+    def generator(self, seed=None):
+        import torch
+
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        return generator
+
+    def random_uniform(self, rng, shape, dtype):
+        import torch
+
+        return torch.rand(tuple(shape), generator=rng, dtype=dtype, device=rng.device)
+
     def synchronize(self, *arrays):
         import torch
 
@@ -32,6 +47,30 @@ class JaxBackend(ArrayAPIBackend):
     def synchronize(self, *arrays):
         for array in arrays:
             array.block_until_ready()
+
+    def generator(self, seed=None):
+        import jax
+
+        if seed is None:
+            import secrets
+
+            seed = secrets.randbits(32)
+        return _JaxKey(jax.random.key(seed))
+
+    def random_uniform(self, rng, shape, dtype):
+        import jax
+
+        rng.key, draw = jax.random.split(rng.key)
+        return jax.random.uniform(draw, tuple(shape), dtype=dtype)
+
+
+class _JaxKey:
+    """JAX keys are values, not generators: this holder splits a fresh one per draw."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
 
 
 class DaskBackend(ArrayAPIBackend):

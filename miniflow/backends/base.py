@@ -136,5 +136,19 @@ class Backend:
     def synchronize(self, *arrays) -> None:
         """Wait until queued work is done, so a clock read after it is honest."""
 
+    # -- randomness (Dropout) ----------------------------------------------
+    def generator(self, seed=None):
+        """A random generator for one run (or one training run), seeded with ``seed``.
+
+        The default draws on the host with NumPy and converts; libraries with
+        their own generator override this and :meth:`random_uniform`.
+        """
+        return np.random.default_rng(seed)
+
+    def random_uniform(self, rng, shape, dtype):
+        """An array of ``shape`` and floating ``dtype`` drawn uniformly from [0, 1) by ``rng``."""
+        host = rng.random(tuple(shape), dtype=np.float64)
+        return self.xp.astype(self.asarray(host), dtype)
+
     def __repr__(self):
         return f"<miniflow backend {self.name!r}>"

@@ -38,6 +38,14 @@ class CupyBackend(Backend):
     def to_numpy(self, array):
         return array.get()
 
+    def generator(self, seed=None):
+        import cupy
+
+        return cupy.random.default_rng(seed)  # draws on the GPU
+
+    def random_uniform(self, rng, shape, dtype):
+        return rng.random(tuple(shape), dtype=dtype)
+
     def synchronize(self, *arrays):
         import cupy
 

@@ -31,6 +31,12 @@ class NumpyBackend(Backend):
     def to_numpy(self, array):
         return array
 
+    def random_uniform(self, rng, shape, dtype):
+        dtype = np.dtype(dtype)
+        if dtype in (np.float32, np.float64):  # what Generator.random draws directly
+            return rng.random(tuple(shape), dtype=dtype)
+        return rng.random(tuple(shape)).astype(dtype)
+
 
 def _fast_namespace():
     """array-api-compat's NumPy namespace with its hottest functions called directly.

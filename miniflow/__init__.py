@@ -11,6 +11,7 @@ from .gradcheck import GradcheckError, gradcheck
 from .viz import draw, to_dot
 from .nodes import (Add, CrossEntropyWithSoftmax, Div, DummyGrad, Exp, Linear, Log, MatMul,
                     Mean, Mul, Neg, ReLU, Sigmoid, Sub, Sum, Tanh)
+from .nodes import AvgPool2D, Conv2D, Dropout, Flatten, LayerNorm, MaxPool2D
 
 __version__ = "0.1.0"
 
@@ -22,4 +23,5 @@ __all__ = [
     "Sum", "Mean", "evaluate", "gradcheck", "Context",
     "MiniflowError", "GraphError", "FeedError", "NodeError", "ShapeError", "BackendError",
     "BackendUnavailableError", "GradcheckError", "to_dot", "draw",
+    "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm", "Flatten",
 ]

@@ -31,6 +31,19 @@ class NumpyBackend(Backend):
     def to_numpy(self, array):
         return array
 
+    # The adjoint of sliding windows (convolution and pooling backward, see
+    # miniflow.nodes.conv): the same sums as the Array-API version there, as in-place
+    # adds into one array instead of a padded copy per kernel offset.
+    def fold_windows(self, pieces, shape, kernel, stride, dilation):
+        (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+        oh, ow = pieces[0].shape[1:3]
+        total = np.zeros(shape, dtype=pieces[0].dtype)
+        for i in range(kh):
+            for j in range(kw):
+                total[:, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                      j * dw:j * dw + sw * (ow - 1) + 1:sw, :] += pieces[i * kw + j]
+        return total
+
     def random_uniform(self, rng, shape, dtype):
         dtype = np.dtype(dtype)
         if dtype in (np.float32, np.float64):  # what Generator.random draws directly

@@ -3,7 +3,7 @@
 Convolution and pooling are lowered to sliding *windows*: for each of the
 ``kh * kw`` kernel offsets, one strided slice of the (padded) input gives the
 pixel every output position sees at that offset. Stacked, they form the
-"columns" ``(N, C, kh*kw, OH, OW)``; a convolution is then one matrix product
+"columns" ``(N, OH, OW, kh*kw, C)``; a convolution is then one matrix product
 with the kernel, a pooling a reduction over the offset axis. The backward
 pass "folds" gradient columns back, adding each offset's slice into the
 input's gradient. Everything is Array-API slicing, stacking and matmul: no
@@ -58,31 +58,42 @@ def _output_size(size, pads, k, s, d) -> int:
 
 
 # -- the window primitives (Array API; backends may override them) -------------------------
+#
+# They work on channels-last images (N, H, W, C): then a window's C*kh*kw values
+# are contiguous, the columns of a batch form one (N*OH*OW, C*kh*kw) matrix, and a
+# convolution is a single matrix product. Nodes take and give NCHW; the
+# transpositions are views on NumPy, and consecutive layers undo each other's.
 
 def pad2d(xp, x, pads, value=0.0):
-    """Pad the last two axes of ``x`` by ``((top, bottom), (left, right))`` with ``value``."""
-    (top, bottom), (left, right) = pads
-    if top or bottom:
-        lead = x.shape[:-2]
-        parts = [xp.full((*lead, n, x.shape[-1]), value, dtype=x.dtype) for n in (top, bottom)]
-        x = xp.concat([p for p in (parts[0], x, parts[1]) if p.shape[-2]], axis=-2)
-    if left or right:
-        lead = x.shape[:-1]
-        parts = [xp.full((*lead, n), value, dtype=x.dtype) for n in (left, right)]
-        x = xp.concat([p for p in (parts[0], x, parts[1]) if p.shape[-1]], axis=-1)
+    """Pad axes 1 and 2 of ``x`` (N, H, W, C) by ``((top, bottom), (left, right))``."""
+    for axis, (before, after) in ((1, pads[0]), (2, pads[1])):
+        if before or after:
+            parts = []
+            for size in (before, after):
+                shape = list(x.shape)
+                shape[axis] = size
+                parts.append(xp.full(tuple(shape), value, dtype=x.dtype))
+            x = xp.concat([p for p in (parts[0], x, parts[1]) if p.shape[axis]], axis=axis)
     return x
 
 
-def windows(xp, x, kernel, stride, dilation, out_size):
-    """The columns of padded ``x`` (N, C, H, W): (N, C, kh*kw, OH, OW).
-
-    ``[:, :, i*kw + j, p, q]`` is the pixel that output ``(p, q)`` sees at kernel
-    offset ``(i, j)``.
-    """
+def window_slices(x, kernel, stride, dilation, out_size):
+    """For each kernel offset ``(i, j)``, in row order, the (N, OH, OW, C) slice of padded
+    ``x`` (N, H, W, C) holding the pixel each output position sees at that offset."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
-    slices = [x[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
-              for i in range(kh) for j in range(kw)]
-    return xp.stack(slices, axis=2)
+    return [x[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+
+
+def windows(xp, x, kernel, stride, dilation, out_size):
+    """The columns of padded ``x`` (N, H, W, C): (N, OH, OW, kh*kw, C).
+
+    ``[n, p, q, i*kw + j, c]`` is the pixel that output ``(p, q)`` sees in
+    channel ``c`` at kernel offset ``(i, j)``. Offsets before channels: each
+    slice is then copied in contiguous runs of C values (10x faster on NumPy
+    than channels before offsets).
+    """
+    return xp.stack(window_slices(x, kernel, stride, dilation, out_size), axis=3)
 
 
 def _spread(xp, piece, axis, step, length):
@@ -93,31 +104,30 @@ def _spread(xp, piece, axis, step, length):
         zeros = xp.zeros((*shape[:axis + 1], step - 1, *shape[axis + 1:]), dtype=piece.dtype)
         piece = xp.concat([piece, zeros], axis=axis + 1)
         piece = xp.reshape(piece, (*shape[:axis], shape[axis] * step, *shape[axis + 1:]))
-    size = piece.shape[axis]
-    if size > length:
-        index = (slice(None),) * axis + (slice(0, length), ...)
-        piece = piece[index]
+    if piece.shape[axis] > length:
+        piece = piece[(slice(None),) * axis + (slice(0, length), ...)]
     return piece
 
 
-def fold_windows(xp, cols, shape, kernel, stride, dilation):
-    """The adjoint of :func:`windows`: add each offset's columns back where they came from.
+def fold_windows(xp, pieces, shape, kernel, stride, dilation):
+    """The adjoint of :func:`window_slices`: add each offset's piece back where it came from.
 
-    ``cols`` (N, C, kh*kw, OH, OW) -> an array of the padded input's ``shape``.
+    ``pieces``, one (N, OH, OW, C) array per kernel offset -> an array of the
+    padded input's ``shape`` (N, H, W, C).
     """
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    height, width = shape[-2:]
-    oh, ow = cols.shape[-2:]
+    height, width = shape[1:3]
+    oh, ow = pieces[0].shape[1:3]
     total = None
     for i in range(kh):
         for j in range(kw):
-            piece = cols[:, :, i * kw + j, ...]
+            piece = pieces[i * kw + j]
             # Spread the offset's values to the pixels they came from, then pad into place.
-            piece = _spread(xp, piece, 2, sh, sh * (oh - 1) + 1 if oh else 0)
-            piece = _spread(xp, piece, 3, sw, sw * (ow - 1) + 1 if ow else 0)
+            piece = _spread(xp, piece, 1, sh, sh * (oh - 1) + 1 if oh else 0)
+            piece = _spread(xp, piece, 2, sw, sw * (ow - 1) + 1 if ow else 0)
             top, left = i * dh, j * dw
-            piece = pad2d(xp, piece, ((top, height - top - piece.shape[2]),
-                                      (left, width - left - piece.shape[3])))
+            piece = pad2d(xp, piece, ((top, height - top - piece.shape[1]),
+                                      (left, width - left - piece.shape[2])))
             total = piece if total is None else total + piece
     return total
 
@@ -129,18 +139,26 @@ def _windows(ctx, x, kernel, stride, dilation, out_size):
     return windows(ctx.xp, x, kernel, stride, dilation, out_size)
 
 
-def _fold(ctx, cols, shape, kernel, stride, dilation):
+def _fold(ctx, pieces, shape, kernel, stride, dilation):
     fast = getattr(ctx.backend, "fold_windows", None)
     if fast is not None:
-        return fast(cols, shape, kernel, stride, dilation)
-    return fold_windows(ctx.xp, cols, shape, kernel, stride, dilation)
+        return fast(pieces, shape, kernel, stride, dilation)
+    return fold_windows(ctx.xp, pieces, shape, kernel, stride, dilation)
 
 
 def _unpad(x, pads):
     (top, bottom), (left, right) = pads
     if not (top or bottom or left or right):
         return x
-    return x[:, :, top:x.shape[2] - bottom, left:x.shape[3] - right]
+    return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right, :]
+
+
+def _channels_last(xp, x):
+    return xp.permute_dims(x, (0, 2, 3, 1))
+
+
+def _channels_first(xp, x):
+    return xp.permute_dims(x, (0, 3, 1, 2))
 
 
 def _check_images(x, what="x"):
@@ -150,6 +168,11 @@ def _check_images(x, what="x"):
 
 
 # -- the nodes ---------------------------------------------------------------------------
+
+def _weight_rows(xp, w):
+    """Kernels (O, C, kh, kw) as rows (O, kh*kw*C), in the order of the columns."""
+    return xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (w.shape[0], -1))
+
 
 class _Windowed(Node):
     """Shared by convolution and pooling: kernel geometry and the padded output size."""
@@ -170,7 +193,8 @@ class Conv2D(_Windowed):
     """2-D convolution (cross-correlation, as in PyTorch) of NCHW images.
 
     ``y[n, o] = b[o] + sum_c sum_ij w[o, c, i, j] * x[n, c, s*p + d*i, s*q + d*j]``
-    over the padded input. Computed as ``w (O, C*kh*kw) @ columns (N, C*kh*kw, OH*OW)``.
+    over the padded input. Computed as one matrix product
+    ``columns (N*OH*OW, kh*kw*C) @ w_rows.T (kh*kw*C, O)``.
 
     Parameters
     ----------
@@ -207,39 +231,39 @@ class Conv2D(_Windowed):
             raise ShapeError(f"b must have shape ({w.shape[0]},), got {tuple(b.shape)}")
         kernel = tuple(w.shape[2:])
         pads, (oh, ow) = self._geometry(x.shape, kernel)
-        padded = pad2d(xp, x, pads)
+        padded = pad2d(xp, _channels_last(xp, x), pads)
         cols = _windows(ctx, padded, kernel, self.stride, self.dilation, (oh, ow))
-        n, c = x.shape[:2]
-        cols = xp.reshape(cols, (n, c * kernel[0] * kernel[1], oh * ow))
-        w_rows = xp.reshape(w, (w.shape[0], -1))
-        ctx.save(cols, padded.shape, pads)
-        y = xp.reshape(w_rows @ cols, (n, w.shape[0], oh, ow))
+        n, o = x.shape[0], w.shape[0]
+        rows = xp.reshape(cols, (n * oh * ow, -1))  # one row per output pixel
+        ctx.save(rows, cols.shape, padded.shape, pads)
+        y = rows @ xp.matrix_transpose(_weight_rows(xp, w))
         if b is not None:
-            y = y + xp.reshape(b, (-1, 1, 1))
-        return y
+            y = y + b
+        return _channels_first(xp, xp.reshape(y, (n, oh, ow, o)))
 
     def backward(self, ctx, grad):
         xp = ctx.xp
-        x, w = ctx.inputs[:2]
-        cols, padded_shape, pads = ctx.saved
+        w = ctx.inputs[1]
+        rows, cols_shape, padded_shape, pads = ctx.saved
         needs = ctx.needs_input_grad
-        n, o = grad.shape[:2]
-        grad_rows = xp.reshape(grad, (n, o, -1))
+        o = w.shape[0]
+        grad_rows = xp.reshape(_channels_last(xp, grad), (-1, o))  # (N*OH*OW, O)
         grad_x = grad_w = grad_b = None
         if needs[1]:
-            # sum over images and positions of grad (O, P) @ cols.T (P, C*kh*kw)
-            grad_w = xp.reshape(xp.tensordot(grad_rows, cols, axes=([0, 2], [0, 2])), w.shape)
+            # rows.T @ grad_rows, transposed, rather than grad_rows.T @ rows: the same
+            # numbers, but OpenBLAS splits this long-inner-axis product badly across
+            # threads the other way round (measured 40x slower on two busy cores).
+            grad_w_rows = xp.matrix_transpose(xp.matrix_transpose(rows) @ grad_rows)
+            o, c, kh, kw = w.shape
+            grad_w = xp.permute_dims(xp.reshape(grad_w_rows, (o, kh, kw, c)), (0, 3, 1, 2))
         if len(needs) > 2 and needs[2]:
-            grad_b = xp.sum(grad_rows, axis=(0, 2))
+            grad_b = xp.sum(grad_rows, axis=0)
         if needs[0]:
-            w_rows = xp.reshape(w, (o, -1))
-            grad_cols = xp.matrix_transpose(w_rows) @ grad_rows  # (N, C*kh*kw, P)
-            kernel = tuple(w.shape[2:])
-            grad_cols = xp.reshape(grad_cols, (n, x.shape[1], kernel[0] * kernel[1],
-                                               *grad.shape[2:]))
-            grad_padded = _fold(ctx, grad_cols, padded_shape, kernel, self.stride,
+            grad_cols = xp.reshape(grad_rows @ _weight_rows(xp, w), cols_shape)
+            pieces = [grad_cols[:, :, :, k, :] for k in range(cols_shape[3])]
+            grad_padded = _fold(ctx, pieces, padded_shape, tuple(w.shape[2:]), self.stride,
                                 self.dilation)
-            grad_x = _unpad(grad_padded, pads)
+            grad_x = _channels_first(xp, _unpad(grad_padded, pads))
         return grad_x, grad_w, grad_b
 
 
@@ -259,56 +283,69 @@ class _Pool2D(_Windowed):
 
     arity = 1
 
-    def _columns(self, ctx, x, fill):
+    def _slices(self, ctx, x, fill):
+        """The window slices of x, channels last (see :func:`window_slices`)."""
         _check_images(x)
         pads, out = self._geometry(x.shape, self.kernel)
-        padded = pad2d(ctx.xp, x, pads, fill)
-        cols = _windows(ctx, padded, self.kernel, self.stride, self.dilation, out)
-        return cols, padded.shape, pads
+        padded = pad2d(ctx.xp, _channels_last(ctx.xp, x), pads, fill)
+        return window_slices(padded, self.kernel, self.stride, self.dilation, out), \
+            padded.shape, pads
 
-    def _fold_back(self, ctx, grad_cols, padded_shape, pads):
-        grad = _fold(ctx, grad_cols, padded_shape, self.kernel, self.stride, self.dilation)
-        return _unpad(grad, pads)
+    def _fold_back(self, ctx, pieces, padded_shape, pads):
+        """Gradient pieces, one per kernel offset -> the gradient of x (N, C, H, W)."""
+        grad = _fold(ctx, pieces, padded_shape, self.kernel, self.stride, self.dilation)
+        return _channels_first(ctx.xp, _unpad(grad, pads))
 
 
 class MaxPool2D(_Pool2D):
     """The largest value of each ``kernel`` window, moving by ``stride`` (default: kernel).
 
     Padding adds -inf, so it is never chosen. The gradient goes to the first
-    largest value of each window, as in PyTorch.
+    largest value of each window (in row order), as in PyTorch.
     """
 
     def forward(self, ctx, x):
         xp = ctx.xp
-        cols, padded_shape, pads = self._columns(ctx, x, -math.inf)
-        winner = xp.argmax(cols, axis=2, keepdims=True)
-        ctx.save(winner, padded_shape, pads)
-        return xp.max(cols, axis=2)
+        slices, padded_shape, pads = self._slices(ctx, x, -math.inf)
+        # A running maximum over the kernel offsets: no (…, kh*kw) copy of the windows.
+        largest = slices[0]
+        for piece in slices[1:]:
+            largest = xp.maximum(largest, piece)
+        ctx.save(slices, largest, padded_shape, pads)
+        return _channels_first(xp, largest)
 
     def backward(self, ctx, grad):
         xp = ctx.xp
-        winner, padded_shape, pads = ctx.saved
-        offsets = xp.reshape(xp.arange(self.kernel[0] * self.kernel[1], dtype=winner.dtype),
-                             (1, 1, -1, 1, 1))
-        grad_cols = xp.where(winner == offsets, xp.expand_dims(grad, axis=2),
-                             xp.zeros((), dtype=grad.dtype))
-        return (self._fold_back(ctx, grad_cols, padded_shape, pads),)
+        slices, largest, padded_shape, pads = ctx.saved
+        grad = _channels_last(xp, grad)
+        zero = xp.zeros((), dtype=grad.dtype)
+        pieces, taken = [], None
+        for piece in slices:
+            hit = piece == largest
+            if taken is not None:  # a tie goes to the first offset only
+                hit = xp.logical_and(hit, xp.logical_not(taken))
+            taken = hit if taken is None else xp.logical_or(taken, hit)
+            pieces.append(xp.where(hit, grad, zero))
+        return (self._fold_back(ctx, pieces, padded_shape, pads),)
 
 
 class AvgPool2D(_Pool2D):
     """The mean of each ``kernel`` window; padded zeros count (PyTorch's default)."""
 
     def forward(self, ctx, x):
-        cols, padded_shape, pads = self._columns(ctx, x, 0.0)
-        ctx.save(padded_shape, pads, cols.shape)
-        return ctx.xp.mean(cols, axis=2)
+        xp = ctx.xp
+        slices, padded_shape, pads = self._slices(ctx, x, 0.0)
+        total = slices[0]
+        for piece in slices[1:]:
+            total = total + piece
+        ctx.save(padded_shape, pads, len(slices))
+        return _channels_first(xp, total / len(slices))
 
     def backward(self, ctx, grad):
         xp = ctx.xp
-        padded_shape, pads, cols_shape = ctx.saved
-        share = xp.expand_dims(grad / (self.kernel[0] * self.kernel[1]), axis=2)
-        grad_cols = xp.broadcast_to(share, cols_shape)
-        return (self._fold_back(ctx, grad_cols, padded_shape, pads),)
+        padded_shape, pads, count = ctx.saved
+        share = _channels_last(xp, grad) / count
+        return (self._fold_back(ctx, [share] * count, padded_shape, pads),)
 
 
 class Dropout(Node):

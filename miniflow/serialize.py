@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MiniflowError
-from .models import Model, describe, mlp
+from .models import Model, cnn, describe, mlp
 
 __all__ = ["save_model", "load_model", "ModelFileError", "atomic_write", "check_writable"]
 
@@ -140,8 +140,11 @@ def load_model(path, *, architecture: dict | None = None) -> Model:
                              f"{metadata['version']}; this miniflow reads version {VERSION}")
     try:
         saved = metadata["architecture"]
-        model = mlp(saved["hidden"], saved["activation"], n_inputs=saved["n_inputs"],
-                    n_classes=saved["n_classes"])
+        if isinstance(saved, dict) and saved.get("kind") == "cnn":
+            model = _rebuild_cnn(saved)
+        else:
+            model = mlp(saved["hidden"], saved["activation"], n_inputs=saved["n_inputs"],
+                        n_classes=saved["n_classes"])
         model.input_mean = float(metadata["input_mean"])
         model.input_std = float(metadata["input_std"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -166,6 +169,35 @@ def load_model(path, *, architecture: dict | None = None) -> Model:
                 f"shape {initial.shape}, floating point")
         model.params[node] = value.astype(np.float32, copy=False)
     return model
+
+
+#: The keys of a CNN's architecture record, each with the JSON type it must have.
+_CNN_FIELDS = {"kind": str, "channels": list, "hidden": int, "dropout": float,
+               "image_shape": list, "n_classes": int}
+
+
+def _rebuild_cnn(saved: dict) -> Model:
+    """The CNN a saved architecture record describes, checked field by field.
+
+    Only exact keys with values of the JSON types ``cnn`` writes are accepted
+    (lists of integers where it writes lists): the record comes from a file,
+    and nothing in it may do more than choose sizes. Raises ValueError or
+    TypeError (reported as an unusable record) otherwise.
+    """
+    if set(saved) != set(_CNN_FIELDS):
+        raise ValueError(f"a cnn record has the keys {sorted(_CNN_FIELDS)}, "
+                         f"this one {sorted(saved)}")
+    for key, kind in _CNN_FIELDS.items():
+        value = saved[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{key} must be a JSON {kind.__name__}, got {value!r:.60}")
+        if kind is list and not all(isinstance(v, int) and not isinstance(v, bool)
+                                    for v in value):
+            raise TypeError(f"{key} must be a list of integers, got {value!r:.60}")
+    return cnn(saved["channels"], saved["hidden"], float(saved["dropout"]),
+               image_shape=saved["image_shape"], n_classes=saved["n_classes"])
 
 
 def _read_archive(path: Path):

@@ -7,6 +7,8 @@ class ArrayAPIBackend(Backend):
 
 
 class TorchBackend(ArrayAPIBackend):
+    writable_arrays = True
+
     def __init__(self):
         super().__init__("torch", "torch", "pip install 'miniflow[torch]'")
 

@@ -6,6 +6,8 @@ from .base import Backend
 
 
 class NumpyBackend(Backend):
+    writable_arrays = True
+
     def __init__(self):
         super().__init__("numpy", "numpy", "pip install numpy")
 

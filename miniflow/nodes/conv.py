@@ -171,7 +171,7 @@ def _check_images(x, what="x"):
 
 def _weight_rows(xp, w):
     """Kernels (O, C, kh, kw) as rows (O, kh*kw*C), in the order of the columns."""
-    return xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (w.shape[0], -1))
+    return xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (w.shape[0], math.prod(w.shape[1:])))
 
 
 class _Windowed(Node):
@@ -234,7 +234,8 @@ class Conv2D(_Windowed):
         padded = pad2d(xp, _channels_last(xp, x), pads)
         cols = _windows(ctx, padded, kernel, self.stride, self.dilation, (oh, ow))
         n, o = x.shape[0], w.shape[0]
-        rows = xp.reshape(cols, (n * oh * ow, -1))  # one row per output pixel
+        # Sizes spelled out, not -1: -1 is ambiguous when the batch is empty.
+        rows = xp.reshape(cols, (n * oh * ow, cols.shape[3] * cols.shape[4]))  # a row per pixel
         ctx.save(rows, cols.shape, padded.shape, pads)
         y = rows @ xp.matrix_transpose(_weight_rows(xp, w))
         if b is not None:
@@ -247,7 +248,7 @@ class Conv2D(_Windowed):
         rows, cols_shape, padded_shape, pads = ctx.saved
         needs = ctx.needs_input_grad
         o = w.shape[0]
-        grad_rows = xp.reshape(_channels_last(xp, grad), (-1, o))  # (N*OH*OW, O)
+        grad_rows = xp.reshape(_channels_last(xp, grad), (math.prod(cols_shape[:3]), o))
         grad_x = grad_w = grad_b = None
         if needs[1]:
             # rows.T @ grad_rows, transposed, rather than grad_rows.T @ rows: the same

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import GraphError
+from ..errors import GraphError, ShapeError
 from ..graph import Node
 
 
@@ -21,7 +21,7 @@ class Flatten(Node):
 
     def forward(self, ctx, x):
         if x.ndim < self.start_axis:
-            raise GraphError(f"cannot flatten from axis {self.start_axis} an array of shape "
+            raise ShapeError(f"cannot flatten from axis {self.start_axis} an array of shape "
                              f"{tuple(x.shape)}")
         # An explicit size, not -1: -1 is ambiguous when another axis is empty.
         lead = tuple(x.shape[:self.start_axis])

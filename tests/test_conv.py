@@ -140,7 +140,8 @@ def test_dropout_rate_must_lie_in_0_1():
 def test_conv_names_the_node_and_shapes_when_channels_disagree():
     x, w = Input("x"), Input("w")
     with pytest.raises(ShapeError, match=r"Conv2D 'c1': w must have shape \(out_channels, 3, "
-                                         r"kh, kw\) for x of shape \(2, 3, 8, 8\), got \(4, 2, 3, 3\)"):
+                                         r"kh, kw\) for x of shape \(2, 3, 8, 8\), "
+                                         r"got \(4, 2, 3, 3\)"):
         evaluate(Conv2D(x, w, name="c1"), {x: np.zeros((2, 3, 8, 8)), w: np.zeros((4, 2, 3, 3))})
 
 

@@ -231,6 +231,10 @@ class Conv2D(_Windowed):
             raise ShapeError(f"b must have shape ({w.shape[0]},), got {tuple(b.shape)}")
         kernel = tuple(w.shape[2:])
         pads, (oh, ow) = self._geometry(x.shape, kernel)
+        if x.shape[0] == 0:
+            # An empty batch: nothing to compute (and Dask fails to reshape some empty arrays).
+            ctx.save(None)
+            return xp.zeros((0, w.shape[0], oh, ow), dtype=x.dtype)
         padded = pad2d(xp, _channels_last(xp, x), pads)
         cols = _windows(ctx, padded, kernel, self.stride, self.dilation, (oh, ow))
         n, o = x.shape[0], w.shape[0]
@@ -244,7 +248,10 @@ class Conv2D(_Windowed):
 
     def backward(self, ctx, grad):
         xp = ctx.xp
-        w = ctx.inputs[1]
+        x, w = ctx.inputs[:2]
+        if ctx.saved[0] is None:  # the empty batch: no pixel contributes to anything
+            return (xp.zeros_like(x), xp.zeros_like(w),
+                    xp.zeros_like(ctx.inputs[2]) if len(ctx.inputs) > 2 else None)
         rows, cols_shape, padded_shape, pads = ctx.saved
         needs = ctx.needs_input_grad
         o = w.shape[0]

@@ -182,7 +182,8 @@ def _add_architecture_options(parser):
                         help="hidden layer sizes, e.g. 256 or 512,256; 0 for softmax "
                         "regression; one size for the cnn's dense layer (default: 256 for "
                         "the mlp, 128 for the cnn)")
-    parser.add_argument("--activation", choices=list(ACTIVATIONS), default=defaults.activation,
+    parser.add_argument("--activation", choices=list(ACTIVATIONS),
+                        default=TrainConfig.activation,
                         help="(default: %(default)s)")
 
 

@@ -256,8 +256,8 @@ def test_momentum_must_lie_in_zero_one(momentum):
 
 
 def test_unknown_optimizer_and_empty_params():
-    with pytest.raises(OptimizerError, match="unknown optimizer 'rmsprop'.*sgd, momentum"):
-        make_optimizer("rmsprop", {Input("w"): np.zeros(1)}, 0.1)
+    with pytest.raises(OptimizerError, match="unknown optimizer 'adagrad'.*sgd, momentum"):
+        make_optimizer("adagrad", {Input("w"): np.zeros(1)}, 0.1)
     with pytest.raises(OptimizerError, match="non-empty dict"):
         SGD({}, lr=0.1)
 

@@ -9,7 +9,9 @@ its own time limit, all within about 5 minutes:
   2. bench/step.py: miniflow on cupy and numpy, eager and compiled (cupy+graph:
      the step captured once as a CUDA graph, numpy+plan), hand-written CuPy and
      NumPy, PyTorch CUDA and CPU (when importable), JAX (when installed);
-  3. bench/epoch.py with the same contenders.
+  3. bench/epoch.py with the same contenders;
+  4. bench/cnn.py: one CNN training step, miniflow on CuPy against PyTorch
+     CUDA (and both on the CPU), batch 128.
 
 Every result goes to --out as JSON (pytest as JUnit XML and a log); a summary,
 gpu_check.json, says what passed. Installs nothing. Exits 2 at once, saying
@@ -59,14 +61,18 @@ def parts(out: Path) -> list[dict]:
          "argv": [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests",
                   f"--junitxml={out / 'pytest.xml'}"],
          "env": {"MINIFLOW_TEST_BACKENDS": "cupy,numpy"}},
-        {"name": "step", "share": 0.30,
+        {"name": "step", "share": 0.22,
          "argv": [python, str(BENCH / "step.py"), "--configs", "256:128,1024:512,1024:4096",
                   "--only", GPU_CONTENDERS, "--rounds", "3", "--block", "0.1",
                   "--warmup", "0.3", "--json", str(out / "step.json")], "env": {}},
-        {"name": "epoch", "share": 0.25,
+        {"name": "epoch", "share": 0.20,
          "argv": [python, str(BENCH / "epoch.py"), "--activations", "relu",
                   "--only", GPU_CONTENDERS, "--rounds", "2", "--json", str(out / "epoch.json")],
          "env": {}},
+        {"name": "cnn", "share": 0.13,
+         "argv": [python, str(BENCH / "cnn.py"), "--only", "miniflow:numpy,miniflow:cupy,torch",
+                  "--rounds", "3", "--block", "0.2", "--warmup", "0.5",
+                  "--json", str(out / "cnn.json")], "env": {}},
     ]
 
 

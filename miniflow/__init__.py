@@ -17,6 +17,7 @@ from .nodes import (ELU, GELU, Abs, Clip, Cos, Expm1, LeakyReLU, Log1p, LogSigmo
                     Minimum, Pow, Sin, Softplus, Sqrt, Square, StopGradient, Where)
 from .nodes import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Reshape, Split,
                     Squeeze, Stack, Take, Transpose, permute_dims)
+from .nodes import AvgPool2D, Conv2D, Dropout, LayerNorm, MaxPool2D
 from .compile import CompiledStep, compilable, compile  # after the nodes it plans kernels for
 
 __version__ = "0.1.0"
@@ -36,4 +37,5 @@ __all__ = [
     "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
     "Concat", "Stack", "Split", "Pad", "Index", "Take",
     "compile", "compilable", "CompiledStep", "CompileError",
+    "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm",
 ]

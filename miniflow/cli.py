@@ -1,8 +1,8 @@
 """The ``miniflow`` command line: train and evaluate MNIST models, draw their graph.
 
-    miniflow train [--backend numpy] [--hidden 256] [--epochs 10] [--save model.npz] ...
+    miniflow train [--model cnn] [--backend numpy] [--epochs 10] [--save model.npz] ...
     miniflow evaluate model.npz
-    miniflow graph --out mlp.svg
+    miniflow graph [--model cnn] --out mlp.svg
 
 Every user error ends the program with one ``miniflow: error: ...`` message on
 stderr and a non-zero exit status, never a traceback.
@@ -22,12 +22,12 @@ from .backends import backend_names, get_backend
 from .datasets import MNIST_TRAIN_SIZE, load_mnist, load_mnist_test
 from .distributed import cluster_client
 from .errors import MiniflowError, UsageError
-from .models import ACTIVATIONS, mlp
+from .models import ACTIVATIONS, cnn, describe, mlp
 from .optim import OPTIMIZERS, SCHEDULES
 from .serialize import atomic_write, check_writable, load_model, save_model
 from .progress import Progress, diagnose, plural
 from .threads import THREADS_INSTALL_HINT
-from .train import DEFAULT_LR, TrainConfig, evaluate_model, train
+from .train import DEFAULT_LR, MODEL_DEFAULTS, MODELS, TrainConfig, evaluate_model, train
 
 PROG = "miniflow"
 # The exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -80,6 +80,7 @@ def _number_where(test, expected):
 
 _positive_float = _number_where(lambda v: 0 < v < math.inf, "a positive number")
 _momentum = _number_where(lambda v: 0 <= v < 1, "a number in [0, 1)")
+_non_negative_float = _number_where(lambda v: 0 <= v < math.inf, "a number >= 0")
 
 
 def _threads(text):
@@ -134,26 +135,31 @@ def build_parser() -> argparse.ArgumentParser:
                                      parser_class=_Parser)
     defaults = TrainConfig()
 
-    run = commands.add_parser("train", help="train an MLP on MNIST and report its test accuracy",
-                              description="Train an MLP on MNIST; report validation accuracy "
-                              "per epoch and test accuracy at the end.")
+    run = commands.add_parser("train", help="train an MLP or a CNN on MNIST and report its "
+                              "test accuracy",
+                              description="Train an MLP or a CNN on MNIST; report validation "
+                              "accuracy per epoch and test accuracy at the end. Settings not "
+                              "given take the model's defaults.")
     _add_architecture_options(run)
     run.add_argument("--backend", choices=backend_names(), default=defaults.backend,
                      help="array library to compute with (default: %(default)s)")
     run.add_argument("--compile", action="store_true",
                      help="compile each training step once (jax.jit, torch.compile, a planned "
                      "NumPy executor, a CUDA graph); other backends run uncompiled, with a notice")
-    run.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer,
-                     help="(default: %(default)s)")
+    run.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                     help=f"(default: {_per_model('optimizer')})")
     run.add_argument("--lr", type=_positive_float, default=None,
-                     help="initial learning rate (default: "
+                     help="initial (for onecycle: peak) learning rate (default: "
+                     f"{MODEL_DEFAULTS['cnn']['lr']:g} for the cnn's adam, else "
                      + ", ".join(f"{v:g} for {k}" for k, v in DEFAULT_LR.items()) + ")")
-    run.add_argument("--schedule", choices=SCHEDULES, default=defaults.schedule,
-                     help="learning-rate schedule (default: %(default)s)")
+    run.add_argument("--schedule", choices=SCHEDULES, default=None,
+                     help=f"learning-rate schedule (default: {_per_model('schedule')})")
+    run.add_argument("--weight-decay", type=_non_negative_float, default=defaults.weight_decay,
+                     help="L2 penalty added to the gradients (default: %(default)s)")
     run.add_argument("--momentum", type=_momentum, default=defaults.momentum,
                      help="momentum, or Adam's first beta (default: %(default)s)")
-    run.add_argument("--epochs", type=_int_at_least(0), default=defaults.epochs,
-                     help="(default: %(default)s)")
+    run.add_argument("--epochs", type=_int_at_least(0), default=None,
+                     help=f"(default: {_per_model('epochs')})")
     run.add_argument("--batch-size", type=_int_at_least(1), default=defaults.batch_size,
                      help="(default: %(default)s)")
     run.add_argument("--seed", type=_int_at_least(0), default=defaults.seed,
@@ -179,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Reload a model saved by 'miniflow train --save' "
                                 "and report its accuracy on the MNIST test set.")
     score.add_argument("path", metavar="PATH", help="the saved model (.npz)")
+    score.add_argument("--model", choices=MODELS, default=None,
+                       help="refuse a file holding another kind of model (default: any)")
     _add_data_option(score)
     score.add_argument("--backend", choices=backend_names(), default="numpy",
                        help="(default: %(default)s)")
@@ -186,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.set_defaults(handler=_evaluate_command)
 
     graph = commands.add_parser("graph", help="draw the MNIST model's graph",
-                                description="Draw the graph of the MLP 'train' would build.")
+                                description="Draw the graph of the model 'train' would build.")
     _add_architecture_options(graph)
-    graph.add_argument("--out", metavar="PATH", default="mlp.svg",
-                       help="the drawing; .svg, .png, .pdf or .dot (default: %(default)s)")
+    graph.add_argument("--out", metavar="PATH", default=None,
+                       help="the drawing; .svg, .png, .pdf or .dot (default: MODEL.svg, "
+                       "e.g. mlp.svg)")
     graph.set_defaults(handler=_graph_command)
     _add_traceback_option(parser, commands)
     return parser
@@ -205,12 +214,20 @@ def _add_traceback_option(parser, commands):
                              help=help_text)
 
 
+def _per_model(setting) -> str:
+    return ", ".join(f"{MODEL_DEFAULTS[m][setting]} for the {m}" for m in MODELS)
+
+
 def _add_architecture_options(parser):
-    defaults = TrainConfig()
-    parser.add_argument("--hidden", type=_hidden, default=defaults.hidden,
+    parser.add_argument("--model", choices=MODELS, default="mlp",
+                        help="mlp: fully connected layers; cnn: two 3x3 convolutions with "
+                        "max pooling, then a dense layer (default: %(default)s)")
+    parser.add_argument("--hidden", type=_hidden, default=None,
                         help="hidden layer sizes, e.g. 256 or 512,256; 0 for softmax "
-                        "regression (default: 256)")
-    parser.add_argument("--activation", choices=list(ACTIVATIONS), default=defaults.activation,
+                        "regression; one size for the cnn's dense layer (default: 256 for "
+                        "the mlp, 128 for the cnn)")
+    parser.add_argument("--activation", choices=list(ACTIVATIONS),
+                        default=TrainConfig.activation,
                         help="(default: %(default)s)")
 
 
@@ -241,12 +258,13 @@ def _compilable_or_notice(backend: str) -> bool:
 
 def _train_command(args) -> None:
     started = time.perf_counter()
-    config = TrainConfig(hidden=args.hidden, activation=args.activation,
+    config = TrainConfig(model=args.model, hidden=args.hidden, activation=args.activation,
                          optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
                          momentum=args.momentum, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, backend=args.backend,
                          validation_size=args.validation_size,
-                         compile=args.compile and _compilable_or_notice(args.backend))
+                         compile=args.compile and _compilable_or_notice(args.backend),
+                         weight_decay=args.weight_decay)
     # Everything that can fail fast does, before any time goes into training.
     if args.save:
         check_writable(args.save, "model")
@@ -300,6 +318,10 @@ def _threads_used(history) -> str:
 
 def _evaluate_command(args) -> None:
     model = load_model(args.path)
+    kind = model.architecture.get("kind", "mlp")
+    if args.model is not None and kind != args.model:
+        raise MiniflowError(f"{args.path} holds a {kind} ({describe(model.architecture)}), "
+                            f"not a {args.model}")
     backend = get_backend(args.backend)
     images, labels = load_mnist_test(args.data_dir)
     accuracy = evaluate_model(model, images, labels, backend=backend, threads=args.threads)
@@ -309,9 +331,16 @@ def _evaluate_command(args) -> None:
 def _graph_command(args) -> None:
     from .viz import draw  # graphviz, if at all, is needed only here
 
-    model = mlp(args.hidden, args.activation)
-    draw(model.loss, args.out)
-    print(f"wrote the graph of the {len(args.hidden) + 1}-layer MLP to {args.out}")
+    config = TrainConfig(model=args.model, hidden=args.hidden, activation=args.activation)
+    out = args.out or f"{args.model}.svg"
+    if args.model == "cnn":
+        model = cnn(hidden=config.hidden[0])
+        what = f"CNN ({describe(model.architecture)})"
+    else:
+        model = mlp(config.hidden, config.activation)
+        what = f"{len(config.hidden) + 1}-layer MLP"
+    draw(model.loss, out)
+    print(f"wrote the graph of the {what} to {out}")
 
 
 # -- plots -----------------------------------------------------------------------

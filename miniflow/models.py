@@ -1,4 +1,4 @@
-"""Multi-layer perceptrons for classification.
+"""Ready-made classifiers: multi-layer perceptrons and a convolutional network.
 
 >>> model = mlp(hidden=(256,), activation="relu")
 >>> [node.name for node in model.params]
@@ -6,7 +6,9 @@
 
 A model is a graph plus its parameter values: ``model.loss`` is the graph's
 output, and ``{**model.params, model.images: x, model.labels: y}`` feeds it.
-Saving and loading live in :mod:`miniflow.serialize`.
+Nothing about a model is special to the trainer: a graph built by hand, with
+its parameter Inputs and their initial arrays, trains the same way (see
+:class:`Model`). Saving and loading live in :mod:`miniflow.serialize`.
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Input, Node
-from .nodes import CrossEntropyWithSoftmax, Linear, ReLU, Sigmoid, Tanh
+from .nodes import (Conv2D, CrossEntropyWithSoftmax, Dropout, Flatten, Linear, MaxPool2D, ReLU,
+                    Sigmoid, Tanh)
 
-__all__ = ["Model", "mlp", "ACTIVATIONS", "INITS", "describe"]
+__all__ = ["Model", "mlp", "cnn", "ACTIVATIONS", "INITS", "describe"]
 
 #: Activation name -> node class.
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
@@ -29,12 +32,16 @@ _DEFAULT_INIT = {"relu": "he", "sigmoid": "glorot", "tanh": "glorot"}
 
 @dataclass(eq=False)
 class Model:
-    """A classifier's graph and its parameters.
+    """A classifier's graph and its parameters: what :func:`miniflow.train.train` trains.
+
+    Any graph works: build it from Inputs and nodes, end it with a
+    classification loss, and list its parameter Inputs with their initial
+    arrays. ``mlp`` and ``cnn`` are two such graphs, ready-made.
 
     Attributes
     ----------
     images, labels : Input
-        Feed a float32 batch (batch, n_inputs) and its int64 labels (batch,).
+        Feed a float32 batch (batch, *input_shape) and its int64 labels (batch,).
     logits : Node
         The scores, (batch, n_classes).
     loss : CrossEntropyWithSoftmax
@@ -43,25 +50,56 @@ class Model:
         ``{Input node: float32 NumPy array}`` in layer order, nodes named
         "fc1.w", "fc1.b", "fc2.w", ...
     architecture : dict
-        JSON-able: ``hidden`` (list of sizes), ``activation``, ``n_inputs``,
-        ``n_classes``. ``mlp(**architecture)`` rebuilds the same graph.
+        JSON-able, what saving needs to rebuild the graph. For ``mlp``:
+        ``hidden`` (list of sizes), ``activation``, ``n_inputs``, ``n_classes``
+        (``mlp(**architecture)`` rebuilds it); for ``cnn``: ``kind`` "cnn" and
+        its arguments. A hand-built graph may leave it empty (it then cannot
+        be saved).
     input_mean, input_std : float
         The standardisation the model was trained with: it expects
         ``(images - input_mean) / input_std``. 0 and 1 (none) until trained.
+    input_shape : tuple of int, optional
+        The shape of one example as the graph takes it, e.g. (1, 28, 28); rows
+        of flat features are reshaped to it. None: ``(architecture["n_inputs"],)``.
     """
 
     images: Input
     labels: Input
     logits: Node
-    loss: CrossEntropyWithSoftmax
+    loss: Node
     params: dict
     architecture: dict
     input_mean: float = 0.0
     input_std: float = 1.0
+    input_shape: tuple | None = None
+
+    def __post_init__(self):
+        if self.input_shape is None:
+            self.input_shape = (self.architecture["n_inputs"],)
+        self.input_shape = tuple(int(size) for size in self.input_shape)
+
+    @property
+    def n_inputs(self) -> int:
+        """The number of features of one example (784 for MNIST)."""
+        return math.prod(self.input_shape)
 
     def __repr__(self):
         count = sum(value.size for value in self.params.values())
         return f"<Model {describe(self.architecture)}, {count:,} parameters>"
+
+    def predict_proba(self, images, *, backend="numpy"):
+        """Class probabilities (N, n_classes) for raw images, as a NumPy array.
+
+        ``images`` are as given to training: (N, features) or (N, *input_shape),
+        e.g. pixels in [0, 1]; the model's own standardisation is applied.
+        """
+        from .train import predict_proba
+
+        return predict_proba(self, images, backend=backend)
+
+    def predict(self, images, *, backend="numpy"):
+        """The most probable class of each image, (N,) int64 (see :meth:`predict_proba`)."""
+        return self.predict_proba(images, backend=backend).argmax(axis=-1)
 
     def param(self, name: str) -> np.ndarray:
         """The parameter array called ``name`` (e.g. "fc1.w")."""
@@ -161,6 +199,84 @@ def mlp(hidden=(256,), activation: str = "relu", *, n_inputs: int = 784, n_class
                  params=params, architecture=architecture)
 
 
+def cnn(channels=(32, 64), hidden: int = 128, dropout: float = 0.25, *,
+        image_shape=(1, 28, 28), n_classes: int = 10, seed: int = 0) -> Model:
+    """Build a convolutional classifier: (3x3 conv, ReLU, 2x2 max pool) per entry of
+    ``channels``, then a dense ReLU layer, dropout, and a dense layer to the classes.
+
+    Parameters
+    ----------
+    channels : sequence of int
+        Output channels of each convolution ("same" padding, so only the
+        pooling halves the images).
+    hidden : int
+        Width of the dense layer.
+    dropout : float
+        The rate of the Dropout after the dense layer, in [0, 1); active only
+        in training runs.
+    image_shape : (int, int, int)
+        (channels, height, width) of one image.
+    n_classes : int
+    seed : int
+        Seeds the initial weights (He-normal, biases zero).
+
+    Returns
+    -------
+    Model
+        Parameters "conv1.w" (out, in, 3, 3), "conv1.b", ..., "fc1.w", "fc1.b",
+        "fc2.w", "fc2.b", float32; ``input_shape`` is ``image_shape``.
+    """
+    try:
+        channels = tuple(_positive(c, "channels") for c in channels)
+    except TypeError:
+        raise ValueError(f"channels must be a sequence of positive integers, "
+                         f"got {channels!r}") from None
+    if not channels:
+        raise ValueError("channels must name at least one convolution")
+    hidden = _positive(hidden, "hidden")
+    n_classes = _positive(n_classes, "n_classes")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+    image_shape = tuple(_positive(size, "image_shape") for size in image_shape)
+    if len(image_shape) != 3:
+        raise ValueError(f"image_shape must be (channels, height, width), got {image_shape!r}")
+    height, width = image_shape[1:]
+    if height >> len(channels) < 1 or width >> len(channels) < 1:
+        raise ValueError(f"{len(channels)} poolings halve {height}x{width} images to nothing")
+
+    rng = np.random.default_rng(seed)
+    images, labels = Input(name="images"), Input(name="labels")
+    params = {}
+    x, in_channels = images, image_shape[0]
+    for k, out_channels in enumerate(channels, start=1):
+        w, b = Input(name=f"conv{k}.w"), Input(name=f"conv{k}.b")
+        fan_in = in_channels * 9
+        params[w] = (rng.standard_normal((out_channels, in_channels, 3, 3))
+                     * math.sqrt(2.0 / fan_in)).astype(np.float32)
+        params[b] = np.zeros(out_channels, dtype=np.float32)
+        x = Conv2D(x, w, b, padding="same", name=f"conv{k}")
+        x = MaxPool2D(ReLU(x, name=f"relu{k}"), 2, name=f"pool{k}")
+        in_channels, height, width = out_channels, height // 2, width // 2
+    x = Flatten(x, name="flatten")
+    widths = (in_channels * height * width, hidden, n_classes)
+    for k, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        w, b = Input(name=f"fc{k}.w"), Input(name=f"fc{k}.b")
+        params[w] = _initial_weights(rng, "he", fan_in, fan_out)
+        params[b] = np.zeros(fan_out, dtype=np.float32)
+        x = Linear(x, w, b, name=f"fc{k}")
+        if k == 1:
+            x = ReLU(x, name=f"relu{len(channels) + 1}")
+            if dropout:
+                x = Dropout(x, dropout, name="dropout")
+    architecture = {"kind": "cnn", "channels": list(channels), "hidden": hidden,
+                    "dropout": float(dropout), "image_shape": list(image_shape),
+                    "n_classes": n_classes}
+    return Model(images=images, labels=labels, logits=x,
+                 loss=CrossEntropyWithSoftmax(x, labels, name="loss"),
+                 params=params, architecture=architecture, input_shape=image_shape)
+
+
 def _initial_weights(rng, init, fan_in, fan_out) -> np.ndarray:
     if init == "he":
         weights = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
@@ -171,8 +287,12 @@ def _initial_weights(rng, init, fan_in, fan_out) -> np.ndarray:
 
 
 def describe(architecture: dict) -> str:
-    """A short name for an architecture, e.g. "784-256-10 relu"."""
+    """A short name for an architecture, e.g. "784-256-10 relu" or "cnn 32-64-128-10"."""
     try:
+        if architecture.get("kind") == "cnn":
+            widths = [*architecture["channels"], architecture["hidden"],
+                      architecture["n_classes"]]
+            return f"cnn {'-'.join(str(w) for w in widths)}"
         widths = [architecture["n_inputs"], *architecture["hidden"], architecture["n_classes"]]
         return f"{'-'.join(str(w) for w in widths)} {architecture['activation']}"
     except (KeyError, TypeError):

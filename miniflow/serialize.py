@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelFileError
-from .models import Model, _check_activation, _hidden_sizes, _positive, describe, mlp
+from .models import Model, _check_activation, _hidden_sizes, _positive, cnn, describe, mlp
 
 try:
     import fcntl  # a lock tells a live save's temporary file from a dead one's
@@ -206,9 +206,59 @@ def _build_mlp(record: dict) -> Model:
                n_classes=record["n_classes"])
 
 
+#: The keys of a CNN's architecture record, each with the JSON type ``cnn`` writes.
+_CNN_FIELDS = {"kind": str, "channels": list, "hidden": int, "dropout": float,
+               "image_shape": list, "n_classes": int}
+
+
+def _checked_cnn_record(record: dict) -> dict:
+    """The record, if it has exactly the keys and JSON types ``cnn`` writes.
+
+    The record comes from a file, and nothing in it may do more than choose
+    sizes: lists must hold integers, numbers must be numbers (not booleans).
+    """
+    if set(record) != set(_CNN_FIELDS):
+        raise ValueError(f"a cnn record has the keys {sorted(_CNN_FIELDS)}, "
+                         f"this one {sorted(record)}")
+    for key, kind in _CNN_FIELDS.items():
+        value = record[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise TypeError(f"{key} must be a JSON {kind.__name__}, got {_clip(repr(value))}")
+        if kind is list and not all(isinstance(v, int) and not isinstance(v, bool)
+                                    for v in value):
+            raise TypeError(f"{key} must be a list of integers, got {_clip(repr(value))}")
+    return record
+
+
+def _cnn_parameter_shapes(record: dict) -> dict:
+    record = _checked_cnn_record(record)
+    channels = [_positive(c, "channels") for c in record["channels"]]
+    image_shape = [_positive(size, "image_shape") for size in record["image_shape"]]
+    if not channels or len(image_shape) != 3:
+        raise ValueError(f"channels {channels} and image_shape {image_shape} describe no CNN")
+    (in_channels, height, width), shapes = image_shape, {}
+    for k, out_channels in enumerate(channels, start=1):
+        shapes[f"conv{k}.w"], shapes[f"conv{k}.b"] = (out_channels, in_channels, 3, 3), \
+            (out_channels,)
+        in_channels, height, width = out_channels, height // 2, width // 2
+    widths = (in_channels * height * width, _positive(record["hidden"], "hidden"),
+              _positive(record["n_classes"], "n_classes"))
+    for k, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        shapes[f"fc{k}.w"], shapes[f"fc{k}.b"] = (fan_in, fan_out), (fan_out,)
+    return shapes
+
+
+def _build_cnn(record: dict) -> Model:
+    return cnn(record["channels"], record["hidden"], float(record["dropout"]),
+               image_shape=record["image_shape"], n_classes=record["n_classes"])
+
+
 #: Architecture kinds by the name in the record's ``"kind"`` (absent: ``"mlp"``,
 #: the only kind of format version 1). A new kind of model adds its entry here.
-ARCHITECTURES = {"mlp": ArchitectureKind(_mlp_parameter_shapes, _build_mlp)}
+ARCHITECTURES = {"mlp": ArchitectureKind(_mlp_parameter_shapes, _build_mlp),
+                 "cnn": ArchitectureKind(_cnn_parameter_shapes, _build_cnn)}
 
 
 # -- loading ---------------------------------------------------------------------------

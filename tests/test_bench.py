@@ -154,3 +154,28 @@ def test_contenders_compute_the_same_step(activation):
     for other in updated[1:]:
         for a, b in zip(updated[0], other):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_cnn_quick_compares_miniflow_with_pytorch_from_the_same_weights(tmp_path):
+    torch = pytest.importorskip("torch")
+    cnn_bench = importlib.import_module("cnn")
+    from miniflow import value_and_grad
+    from miniflow.models import cnn
+
+    # Same weights, same batch: the two nets compute the same loss (dropout off).
+    model = cnn((3, 5), 8, dropout=0.0)
+    x, y = cnn_bench.synthetic_batch(4)
+    net = cnn_bench.TorchCNN("cpu", model)
+    expected = net.loss_fn(net.net(torch.from_numpy(x)), torch.from_numpy(y)).item()
+    loss, _ = value_and_grad(model.loss, {**model.params, model.images: x, model.labels: y},
+                             list(model.params))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+    out = tmp_path / "cnn.json"
+    proc = run_script("cnn.py", "--quick", "--only", "miniflow:numpy", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    check_machine(result["machine"])
+    assert {r["contender"] for r in result["results"]} == {"torch:cpu", "miniflow:numpy"}
+    assert set(result["split_ms"]) == {"convolution", "pooling", "rest"}
+    assert result["targets"][0]["check"].startswith("miniflow:numpy / torch:cpu")

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from miniflow import CrossEntropyWithSoftmax, Input, Linear, Mean, ShapeError, value_and_grad
-from miniflow.optim import (SGD, Adam, ConstantLR, CosineDecay, Momentum, OptimizerError,
-                            StepDecay, make_optimizer, make_schedule)
+from miniflow.optim import (OPTIMIZERS, SGD, Adam, ConstantLR, CosineDecay, Momentum,
+                            OneCycle, OptimizerError, RMSprop, StepDecay, make_optimizer,
+                            make_schedule)
 
 
 # -- schedules -------------------------------------------------------------------------
@@ -129,20 +130,51 @@ def test_the_callers_arrays_are_never_modified():
     assert opt.params[node] is not params[node]
 
 
-@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam"])
-def test_updates_never_write_into_an_array(name):
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_functional_updates_never_write_into_an_array(name):
     """Read-only arrays stand in for immutable ones (JAX): any in-place write would raise."""
     node = Input("w")
-    opt = make_optimizer(name, {node: np.ones(3, np.float32)}, 0.1)
+    opt = make_optimizer(name, {node: np.ones(3, np.float32)}, 0.1, weight_decay=0.01)
+    opt.in_place = False  # as on a backend whose arrays cannot be written
     for _ in range(2):
-        state = [getattr(opt, attribute)[node] for attribute in ("velocity", "m", "v")
-                 if hasattr(opt, attribute)]
+        state = [getattr(opt, attribute)[node]
+                 for attribute in ("velocity", "m", "v", "square_avg") if hasattr(opt, attribute)]
         for array in [opt.params[node], *state]:
             array.flags.writeable = False
         gradient = np.ones(3, np.float32)
         gradient.flags.writeable = False
         opt.step([gradient])
     assert (opt.params[node] < 1).all()
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.05])
+def test_in_place_updates_equal_functional_ones_bit_for_bit(name, weight_decay):
+    rng = np.random.default_rng(3)
+    node = Input("w")
+    start = rng.standard_normal((4, 5)).astype(np.float32)
+    kept = start.copy()
+    in_place = make_optimizer(name, {node: start}, 0.05, weight_decay=weight_decay)
+    functional = make_optimizer(name, {node: start}, 0.05, weight_decay=weight_decay)
+    functional.in_place = False
+    assert in_place.in_place
+    array = in_place.params[node]
+    for _ in range(5):
+        gradient = rng.standard_normal((4, 5)).astype(np.float32)
+        in_place.step([gradient])
+        functional.step([gradient])
+        np.testing.assert_array_equal(in_place.params[node], functional.params[node])
+    assert in_place.params[node] is array  # written in place: the same array throughout
+    np.testing.assert_array_equal(start, kept)  # the caller's array is untouched
+
+
+def test_jax_arrays_are_updated_functionally():
+    pytest.importorskip("jax")
+    node = Input("w")
+    opt = make_optimizer("adam", {node: np.ones(3, np.float32)}, 0.1, backend="jax.numpy")
+    assert not opt.in_place
+    opt.step([opt.xp.ones(3)])
+    assert (np.asarray(opt.params[node]) < 1).all()
 
 
 # -- convergence -----------------------------------------------------------------------
@@ -224,7 +256,38 @@ def test_momentum_must_lie_in_zero_one(momentum):
 
 
 def test_unknown_optimizer_and_empty_params():
-    with pytest.raises(OptimizerError, match="unknown optimizer 'rmsprop'.*sgd, momentum"):
-        make_optimizer("rmsprop", {Input("w"): np.zeros(1)}, 0.1)
+    with pytest.raises(OptimizerError, match="unknown optimizer 'adagrad'.*sgd, momentum"):
+        make_optimizer("adagrad", {Input("w"): np.zeros(1)}, 0.1)
     with pytest.raises(OptimizerError, match="non-empty dict"):
         SGD({}, lr=0.1)
+
+
+def test_rmsprop_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    node = Input("w")
+    start = rng.standard_normal(5)
+    opt = RMSprop({node: start}, lr=0.01, alpha=0.9, weight_decay=0.1)
+    tensor = torch.tensor(start, requires_grad=True)
+    reference = torch.optim.RMSprop([tensor], lr=0.01, alpha=0.9, eps=1e-8, weight_decay=0.1)
+    for _ in range(4):
+        gradient = rng.standard_normal(5)
+        opt.step([gradient])
+        tensor.grad = torch.tensor(gradient)
+        reference.step()
+    np.testing.assert_allclose(opt.params[node], tensor.detach().numpy(), rtol=1e-10)
+
+
+def test_one_cycle_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    total = 50
+    schedule = OneCycle(0.003, total)
+    tensor = torch.zeros(1, requires_grad=True)
+    sgd = torch.optim.SGD([tensor], lr=0.003)
+    reference = torch.optim.lr_scheduler.OneCycleLR(sgd, max_lr=0.003, total_steps=total,
+                                                    cycle_momentum=False)
+    for step in range(total):
+        assert schedule(step) == pytest.approx(sgd.param_groups[0]["lr"], rel=1e-9)
+        sgd.step()
+        reference.step()
+    assert make_schedule("onecycle", 0.003, total)(10) == schedule(10)

@@ -168,7 +168,7 @@ def test_empty_training_data_is_refused():
     ({"batch_size": 0}, r"batch_size must be an integer >= 1, got 0"),
     ({"batch_size": 2.5}, r"batch_size must be an integer >= 1, got 2.5"),
     ({"activation": "gelu"}, r"unknown activation 'gelu'; choose one of relu, sigmoid, tanh"),
-    ({"optimizer": "rmsprop"}, r"unknown optimizer 'rmsprop'; choose one of sgd, momentum"),
+    ({"optimizer": "adagrad"}, r"unknown optimizer 'adagrad'; choose one of sgd, momentum"),
     ({"backend": "tensorflow"}, r"unknown backend 'tensorflow'; choose one of numpy, cupy"),
     ({"schedule": "linear"}, r"unknown schedule 'linear'"),
     ({"lr": 0}, r"lr must be a positive number, got 0"),

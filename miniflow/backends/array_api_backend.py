@@ -7,6 +7,8 @@ class ArrayAPIBackend(Backend):
 
 
 class TorchBackend(ArrayAPIBackend):
+    writable_arrays = True
+
     def __init__(self):
         super().__init__("torch", "torch", "pip install 'miniflow[torch]'")
 
@@ -50,6 +52,30 @@ class JaxBackend(ArrayAPIBackend):
     def synchronize(self, *arrays):
         for array in arrays:
             array.block_until_ready()
+
+    def make_rng(self, seed=None):
+        import jax
+
+        if seed is None:
+            import secrets
+
+            seed = secrets.randbits(32)
+        return _JaxKey(jax.random.key(seed))
+
+    def random_uniform(self, rng, shape, dtype=None):
+        import jax
+
+        rng.key, draw = jax.random.split(rng.key)
+        return jax.random.uniform(draw, tuple(shape), dtype=self.float32 if dtype is None else dtype)
+
+
+class _JaxKey:
+    """JAX keys are values, not generators: this holder splits a fresh one per draw."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
 
 
 class DaskBackend(ArrayAPIBackend):

@@ -31,6 +31,11 @@ class Backend:
         The command that installs the library, for error messages.
     """
 
+    #: Whether arrays can be written in place (``a -= b`` changes ``a``); optimizers
+    #: update in place where they can. Only libraries known to allow it say True
+    #: (an array without ``__isub__`` would silently rebind instead).
+    writable_arrays = False
+
     def __init__(self, name: str, module_name: str, install_hint: str):
         self.name = name
         self.module_name = module_name

@@ -6,6 +6,8 @@ _INSTALL = "pip install 'miniflow[cuda12]' (CUDA 12) or 'miniflow[cuda13]' (CUDA
 
 
 class CupyBackend(Backend):
+    writable_arrays = True
+
     def __init__(self):
         super().__init__("cupy", "cupy", _INSTALL)
 

@@ -6,6 +6,8 @@ from .base import Backend
 
 
 class NumpyBackend(Backend):
+    writable_arrays = True
+
     def __init__(self):
         super().__init__("numpy", "numpy", "pip install numpy")
 
@@ -36,6 +38,20 @@ class NumpyBackend(Backend):
 
     def to_numpy(self, array):
         return array
+
+    # The adjoint of sliding windows (convolution and pooling backward, see
+    # miniflow.nodes.conv): the same sums as the Array-API version there, as in-place
+    # adds into one array instead of a padded copy per kernel offset.
+    def fold_windows(self, pieces, shape, kernel, stride, dilation):
+        (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+        oh, ow = pieces[0].shape[1:3]
+        total = np.zeros(shape, dtype=pieces[0].dtype)
+        for i in range(kh):
+            for j in range(kw):
+                total[:, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                      j * dw:j * dw + sw * (ow - 1) + 1:sw, :] += pieces[i * kw + j]
+        return total
+
 
 
 _SAME_WIDTH_INTS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}

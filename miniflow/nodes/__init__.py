@@ -10,7 +10,9 @@ library.
 - ``reductions``: Sum, Mean, Max, Min, Var, Std, LogSumExp, CumSum
 - ``losses``: Softmax, LogSoftmax, CrossEntropyWithSoftmax, MeanSquaredError (MSE),
   BinaryCrossEntropyWithLogits, DummyGrad
+- ``conv``: Conv2D, MaxPool2D, AvgPool2D, Dropout, LayerNorm
 """
+from .conv import AvgPool2D, Conv2D, Dropout, LayerNorm, MaxPool2D
 from .elementwise import (ELU, GELU, Abs, Add, Clip, Cos, Div, Exp, Expm1, LeakyReLU, Log, Log1p,
                           LogSigmoid, Maximum, Minimum, Mul, Neg, Pow, ReLU, Sigmoid, Sin, Softplus,
                           Sqrt, Square, StopGradient, Sub, Tanh, Where, erf, sigmoid)
@@ -31,4 +33,5 @@ __all__ = [
     "Where", "StopGradient", "Softplus", "LogSigmoid", "LeakyReLU", "ELU", "GELU", "erf",
     "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
     "Concat", "Stack", "Split", "SplitPart", "Pad", "Index", "Take",
+    "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm",
 ]

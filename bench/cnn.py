@@ -1,0 +1,221 @@
+"""CNN training-step benchmark: miniflow against PyTorch eager, same net, weights and batch.
+
+One step is forward + backward + SGD update (in place) of ``miniflow.models.cnn``
+(3x3 conv, ReLU, 2x2 max pool per block, then dense, ReLU, dropout, dense; float32,
+softmax cross-entropy) on a fixed synthetic MNIST-sized batch, dropout active.
+Contenders, all in this process, timed in interleaved rounds (as bench/step.py):
+
+  torch:cpu          PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD (the reference)
+  miniflow:BACKEND   miniflow.run with training=True on numpy, torch, array_api_strict
+                     (and cupy, torch:cuda where a GPU is usable)
+
+Ratios are to torch:cpu in the same rounds. The split of miniflow:numpy's step
+between convolution, pooling and the rest comes from miniflow's profiler.
+
+  python bench/cnn.py                        # batch 128, the issue's net, ~2 minutes
+  python bench/cnn.py --quick                # smoke run, seconds
+  python bench/cnn.py --channels 16,32 --blas-threads 1
+"""
+from __future__ import annotations
+
+import sys
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as c  # noqa: E402
+
+REFERENCE = "torch:cpu"
+TARGET = 1.5  # miniflow:numpy / torch:cpu per step at batch 128 (the issue's; stretch 1.0)
+LEARNING_RATE = 0.01
+
+
+class MiniflowCNN:
+    """The step through miniflow: value_and_grad in a training run, then SGD in place."""
+
+    def __init__(self, backend: str, model, lr: float = LEARNING_RATE, seed: int = 0):
+        from miniflow.backends import get_backend
+
+        self.backend = get_backend(backend)
+        self.name = self.backend.name
+        self.model = model
+        self.nodes = list(model.params)
+        self.params = [self.backend.asarray(np.array(v, copy=True))
+                       for v in model.params.values()]
+        self.rng = self.backend.make_rng(seed)
+        self.lr = lr
+
+    def feed(self, x, y):
+        return {self.model.images: x, self.model.labels: y,
+                **dict(zip(self.nodes, self.params))}
+
+    def step(self, x, y):
+        from miniflow import run
+
+        step = run(self.model.loss, self.feed(x, y), self.nodes, backend=self.name,
+                   training=True, rng=self.rng)
+        loss, grads = step.value, step.grads
+        for i, grad in enumerate(grads):
+            p = self.params[i]
+            p -= self.lr * grad  # in place where arrays are writable
+            self.params[i] = p
+        return loss
+
+    def sync(self):
+        self.backend.synchronize(*self.params)
+
+
+class TorchCNN:
+    """The same net in PyTorch eager, as its users write it, starting from the same weights."""
+
+    def __init__(self, device: str, model, lr: float = LEARNING_RATE):
+        import torch
+
+        nn = torch.nn
+        self.torch, self.device = torch, device
+        arch = model.architecture
+        layers, in_channels = [], arch["image_shape"][0]
+        for out_channels in arch["channels"]:
+            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            in_channels = out_channels
+        side = arch["image_shape"][1] >> len(arch["channels"])
+        layers += [nn.Flatten(), nn.Linear(in_channels * side * side, arch["hidden"]),
+                   nn.ReLU(), nn.Dropout(arch["dropout"]),
+                   nn.Linear(arch["hidden"], arch["n_classes"])]
+        self.net = nn.Sequential(*layers).to(device)
+        with torch.no_grad():
+            values = iter(model.params.values())
+            for layer in self.net:
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    w, b = next(values), next(values)
+                    # miniflow's Linear stores (in, out); nn.Linear (out, in).
+                    w = w.T if isinstance(layer, nn.Linear) else w
+                    layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+                    layer.bias.copy_(torch.from_numpy(b))
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=lr)
+
+    def asarray(self, a):
+        return self.torch.as_tensor(a, device=self.device)
+
+    def step(self, x, y):
+        self.optimizer.zero_grad()
+        loss = self.loss_fn(self.net(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def sync(self):
+        if self.device.startswith("cuda"):
+            self.torch.cuda.synchronize()
+
+
+def synthetic_batch(batch: int, shape=(1, 28, 28), seed: int = 1):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *shape)).astype(np.float32)
+    return x, rng.integers(0, 10, batch).astype(np.int64)
+
+
+def make_contenders(model, batch, wanted) -> list[c.Contender]:
+    x, y = synthetic_batch(batch, tuple(model.input_shape))
+    found = []
+    for device in c.torch_devices(lambda name: name == REFERENCE or wanted(name)):
+        net = TorchCNN(device, model)
+        found.append(c.Contender(f"torch:{device}", partial(net.step, net.asarray(x),
+                                                            net.asarray(y)), net.sync))
+    for name in c.miniflow_backends(wanted):
+        if name == "jax.numpy":
+            continue  # a functional backend: its eager per-op dispatch is not what JAX is for
+        engine = MiniflowCNN(name, model)
+        bx, by = engine.backend.asarray(x), engine.backend.asarray(y)
+        found.append(c.Contender(f"miniflow:{engine.name}", partial(engine.step, bx, by),
+                                 engine.sync))
+    return found
+
+
+def split(model, batch: int, repeat: int) -> dict:
+    """miniflow:numpy's node time by kind, in ms per step, from the profiler (dropout off)."""
+    from miniflow.profile import profile
+
+    x, y = synthetic_batch(batch, tuple(model.input_shape))
+    feed = {**model.params, model.images: x, model.labels: y}
+    prof = profile(model.loss, feed, wrt=list(model.params), backend="numpy", repeat=repeat)
+    groups = {"convolution": 0.0, "pooling": 0.0, "rest": 0.0}
+    for row in prof.rows:
+        kind = type(row.node).__name__
+        group = ("convolution" if kind == "Conv2D" else
+                 "pooling" if kind.endswith("Pool2D") else "rest")
+        groups[group] += row.total_ms
+    return groups
+
+
+COLUMNS = [("contender", "contender", ""), ("median_ms", "median ms", ".1f"),
+           ("min_ms", "min ms", ".1f"), ("ratio_paired", "x torch:cpu (paired)", ".2f"),
+           ("ratio_min", "x torch:cpu (min)", ".2f"), ("n", "steps", "d")]
+
+
+def main(argv=None) -> int:
+    p = c.parser(__doc__, "cnn")
+    p.add_argument("--batch", type=int, default=128, help="default: %(default)s")
+    p.add_argument("--channels", default="32,64",
+                   help="output channels of the convolutions (default: %(default)s, the "
+                        "issue's reference net)")
+    p.add_argument("--hidden", type=int, default=128, help="default: %(default)s")
+    p.add_argument("--only", type=lambda s: s.split(","), metavar="PREFIX,...",
+                   help="contenders whose name starts with these (torch:cpu always runs)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 8; quick 2)")
+    p.add_argument("--block", type=float, help="seconds per contender per round (default 0.5)")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per contender (default 1)")
+    args = p.parse_args(argv)
+    from miniflow.models import cnn
+
+    malloc = c.set_malloc_policy(args.malloc)
+    channels = tuple(int(v) for v in args.channels.split(","))
+    batch = 8 if args.quick else args.batch
+    if args.quick:
+        channels, args.hidden, args.pause = (4, 8), 16, min(args.pause, 0.02)
+    args.rounds = args.rounds or (2 if args.quick else 8)
+    args.block = args.block or (0.02 if args.quick else 0.5)
+    args.warmup = args.warmup or (0.05 if args.quick else 1.0)
+    model = cnn(channels, args.hidden)
+
+    contenders = make_contenders(model, batch, c.wanted_by(args.only, REFERENCE))
+    samples = c.interleaved(contenders, rounds=args.rounds, block_s=args.block,
+                            warmup_s=args.warmup, **c.timing_options(args))
+    rows = []
+    reference = samples[REFERENCE].summary()
+    for name, s in samples.items():
+        summary = s.summary()
+        rows.append({"contender": name, **summary, "median_ms": summary["median_s"] * 1e3,
+                     "min_ms": summary["min_s"] * 1e3,
+                     "ratio_paired": c.paired_ratio(s, samples[REFERENCE]),
+                     "ratio_min": summary["min_s"] / reference["min_s"]})
+    print(f"\n{model!r}, batch {batch}, float32, one SGD step")
+    print(c.table(rows, COLUMNS))
+    with c.blas_limit(args.blas_threads):
+        groups = split(model, batch, repeat=3 if args.quick else 10)
+    total = sum(groups.values())
+    print("\nminiflow:numpy step by node kind (profiler): " + ", ".join(
+        f"{name} {ms:.1f} ms ({ms / total:.0%})" for name, ms in groups.items()))
+    machine = c.machine_info(malloc, args.blas_threads)
+    engine = next((r for r in rows if r["contender"] == "miniflow:numpy"), None)
+    checks = [] if engine is None else [{
+        "check": f"miniflow:numpy / torch:cpu at batch {batch}",
+        "value": engine["ratio_paired"], "target": f"<= {TARGET:.2f}",
+        "met": engine["ratio_paired"] <= TARGET}]
+    print("\n" + c.describe(machine))
+    c.print_checks(checks)
+    c.write_json(args.json, {"benchmark": "cnn", "machine": machine, "quick": args.quick,
+                             "settings": {**c.timing_options(args), "rounds": args.rounds,
+                                          "block_s": args.block, "warmup_s": args.warmup,
+                                          "batch": batch, "channels": list(channels),
+                                          "hidden": args.hidden, "lr": LEARNING_RATE},
+                             "split_ms": groups, "targets": checks, "results": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

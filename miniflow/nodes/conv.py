@@ -1,0 +1,438 @@
+"""Convolutional-network layers on NCHW images: convolution, pooling, dropout, normalisation.
+
+Convolution and pooling are lowered to sliding *windows*: for each of the
+``kh * kw`` kernel offsets, one strided slice of the (padded) input gives the
+pixel every output position sees at that offset. Stacked, they form the
+"columns" ``(N, OH, OW, kh*kw, C)``; a convolution is then one matrix product
+with the kernel, a pooling a reduction over the offset axis. The backward
+pass "folds" gradient columns back, adding each offset's slice into the
+input's gradient. Everything is Array-API slicing, stacking and matmul: no
+Python loop over images or pixels, only over kernel offsets (9 for 3x3).
+
+A backend may offer faster versions of the two window primitives (NumPy's
+strided views, in-place slice adds) as ``backend.windows`` and
+``backend.fold_windows``; they must give the same results as the ones here.
+"""
+from __future__ import annotations
+
+import math
+
+from ..errors import GraphError, ShapeError
+from ..graph import Node
+
+
+# -- argument normalisation (at construction, on Python values only) ---------------------
+
+def _pair(value, what: str, low: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < low
+                             for v in pair):
+        raise GraphError(f"{what} must be an integer >= {low} or a pair of them, got {value!r}")
+    return pair
+
+
+def _padding(padding) -> tuple[tuple[int, int], tuple[int, int]] | str:
+    """0, 2, (1, 2) or "same"/"valid" -> ((top, bottom), (left, right)), or "same"."""
+    if padding == "valid":
+        return ((0, 0), (0, 0))
+    if padding == "same":
+        return "same"
+    if isinstance(padding, str):
+        raise GraphError(f"padding must be an integer, a pair, 'same' or 'valid', "
+                         f"got {padding!r}")
+    ph, pw = _pair(padding, "padding", 0)
+    return ((ph, ph), (pw, pw))
+
+
+def _same_padding(kernel, dilation):
+    """The padding that keeps the size at stride 1; the odd pixel goes after (as PyTorch)."""
+    pads = []
+    for k, d in zip(kernel, dilation):
+        total = d * (k - 1)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def _output_size(size, pads, k, s, d) -> int:
+    return (size + pads[0] + pads[1] - d * (k - 1) - 1) // s + 1
+
+
+# -- the window primitives (Array API; backends may override them) -------------------------
+#
+# They work on channels-last images (N, H, W, C): then a window's C*kh*kw values
+# are contiguous, the columns of a batch form one (N*OH*OW, C*kh*kw) matrix, and a
+# convolution is a single matrix product. Nodes take and give NCHW; the
+# transpositions are views on NumPy, and consecutive layers undo each other's.
+
+def pad2d(xp, x, pads, value=0.0):
+    """Pad axes 1 and 2 of ``x`` (N, H, W, C) by ``((top, bottom), (left, right))``."""
+    for axis, (before, after) in ((1, pads[0]), (2, pads[1])):
+        if before or after:
+            parts = []
+            for size in (before, after):
+                shape = list(x.shape)
+                shape[axis] = size
+                parts.append(xp.full(tuple(shape), value, dtype=x.dtype))
+            x = xp.concat([p for p in (parts[0], x, parts[1]) if p.shape[axis]], axis=axis)
+    return x
+
+
+def window_slices(x, kernel, stride, dilation, out_size):
+    """For each kernel offset ``(i, j)``, in row order, the (N, OH, OW, C) slice of padded
+    ``x`` (N, H, W, C) holding the pixel each output position sees at that offset."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
+    return [x[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+
+
+def windows(xp, x, kernel, stride, dilation, out_size):
+    """The columns of padded ``x`` (N, H, W, C): (N, OH, OW, kh*kw, C).
+
+    ``[n, p, q, i*kw + j, c]`` is the pixel that output ``(p, q)`` sees in
+    channel ``c`` at kernel offset ``(i, j)``. Offsets before channels: each
+    slice is then copied in contiguous runs of C values (10x faster on NumPy
+    than channels before offsets).
+    """
+    return xp.stack(window_slices(x, kernel, stride, dilation, out_size), axis=3)
+
+
+def _spread(xp, piece, axis, step, length):
+    """Put ``piece``'s entries ``step`` apart along ``axis`` (zeros between), ``length`` long."""
+    if step > 1:
+        shape = piece.shape
+        piece = xp.expand_dims(piece, axis=axis + 1)
+        zeros = xp.zeros((*shape[:axis + 1], step - 1, *shape[axis + 1:]), dtype=piece.dtype)
+        piece = xp.concat([piece, zeros], axis=axis + 1)
+        piece = xp.reshape(piece, (*shape[:axis], shape[axis] * step, *shape[axis + 1:]))
+    if piece.shape[axis] > length:
+        piece = piece[(slice(None),) * axis + (slice(0, length), ...)]
+    return piece
+
+
+def fold_windows(xp, pieces, shape, kernel, stride, dilation):
+    """The adjoint of :func:`window_slices`: add each offset's piece back where it came from.
+
+    ``pieces``, one (N, OH, OW, C) array per kernel offset -> an array of the
+    padded input's ``shape`` (N, H, W, C).
+    """
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    height, width = shape[1:3]
+    oh, ow = pieces[0].shape[1:3]
+    total = None
+    for i in range(kh):
+        for j in range(kw):
+            piece = pieces[i * kw + j]
+            # Spread the offset's values to the pixels they came from, then pad into place.
+            piece = _spread(xp, piece, 1, sh, sh * (oh - 1) + 1 if oh else 0)
+            piece = _spread(xp, piece, 2, sw, sw * (ow - 1) + 1 if ow else 0)
+            top, left = i * dh, j * dw
+            piece = pad2d(xp, piece, ((top, height - top - piece.shape[1]),
+                                      (left, width - left - piece.shape[2])))
+            total = piece if total is None else total + piece
+    return total
+
+
+def _windows(ctx, x, kernel, stride, dilation, out_size):
+    fast = getattr(ctx.backend, "windows", None)
+    if fast is not None:
+        return fast(x, kernel, stride, dilation, out_size)
+    return windows(ctx.xp, x, kernel, stride, dilation, out_size)
+
+
+def _fold(ctx, pieces, shape, kernel, stride, dilation):
+    fast = getattr(ctx.backend, "fold_windows", None)
+    if fast is not None:
+        return fast(pieces, shape, kernel, stride, dilation)
+    return fold_windows(ctx.xp, pieces, shape, kernel, stride, dilation)
+
+
+def _unpad(x, pads):
+    (top, bottom), (left, right) = pads
+    if not (top or bottom or left or right):
+        return x
+    return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right, :]
+
+
+def _channels_last(xp, x):
+    return xp.permute_dims(x, (0, 2, 3, 1))
+
+
+def _channels_first(xp, x):
+    return xp.permute_dims(x, (0, 3, 1, 2))
+
+
+def _check_images(x, what="x"):
+    if x.ndim != 4:
+        raise ShapeError(f"{what} must be a batch of images (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+
+
+# -- the nodes ---------------------------------------------------------------------------
+
+def _weight_rows(xp, w):
+    """Kernels (O, C, kh, kw) as rows (O, kh*kw*C), in the order of the columns."""
+    return xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (w.shape[0], math.prod(w.shape[1:])))
+
+
+class _Windowed(Node):
+    """Shared by convolution and pooling: kernel geometry and the padded output size."""
+
+    def _geometry(self, x_shape, kernel):
+        pads = (_same_padding(kernel, self.dilation) if self.padding == "same"
+                else self.padding)
+        out = tuple(_output_size(size, p, k, s, d) for size, p, k, s, d in
+                    zip(x_shape[2:], pads, kernel, self.stride, self.dilation))
+        if min(out) < 1:
+            raise ShapeError(
+                f"the {kernel[0]}x{kernel[1]} window (dilation {self.dilation}) does not fit "
+                f"images of size {tuple(x_shape[2:])} padded by {pads}")
+        return pads, out
+
+
+class Conv2D(_Windowed):
+    """2-D convolution (cross-correlation, as in PyTorch) of NCHW images.
+
+    ``y[n, o] = b[o] + sum_c sum_ij w[o, c, i, j] * x[n, c, s*p + d*i, s*q + d*j]``
+    over the padded input. Computed as one matrix product
+    ``columns (N*OH*OW, kh*kw*C) @ w_rows.T (kh*kw*C, O)``.
+
+    Parameters
+    ----------
+    x : Node
+        Images (N, C, H, W).
+    w : Node
+        Kernels (O, C, kh, kw), PyTorch's layout.
+    b : Node, optional
+        Biases (O,).
+    stride, dilation : int or (int, int)
+        >= 1.
+    padding : int, (int, int), "same" or "valid"
+        Zeros added on each side; "same" keeps the size at stride 1.
+    """
+
+    arity = (2, 3)
+
+    def __init__(self, x, w, b=None, *, stride=1, padding=0, dilation=1, name=None):
+        inputs = (x, w) if b is None else (x, w, b)
+        super().__init__(*inputs, name=name)
+        self.stride = _pair(stride, "stride", 1)
+        self.dilation = _pair(dilation, "dilation", 1)
+        self.padding = _padding(padding)
+        if self.padding == "same" and self.stride != (1, 1):
+            raise GraphError("padding='same' needs stride 1 (as in PyTorch)")
+
+    def forward(self, ctx, x, w, b=None):
+        xp = ctx.xp
+        _check_images(x)
+        if w.ndim != 4 or w.shape[1] != x.shape[1]:
+            raise ShapeError(f"w must have shape (out_channels, {x.shape[1]}, kh, kw) for x of "
+                             f"shape {tuple(x.shape)}, got {tuple(w.shape)}")
+        if b is not None and tuple(b.shape) != (w.shape[0],):
+            raise ShapeError(f"b must have shape ({w.shape[0]},), got {tuple(b.shape)}")
+        kernel = tuple(w.shape[2:])
+        pads, (oh, ow) = self._geometry(x.shape, kernel)
+        if x.shape[0] == 0:
+            # An empty batch: nothing to compute (and Dask fails to reshape some empty arrays).
+            ctx.save(None)
+            return xp.zeros((0, w.shape[0], oh, ow), dtype=x.dtype)
+        padded = pad2d(xp, _channels_last(xp, x), pads)
+        cols = _windows(ctx, padded, kernel, self.stride, self.dilation, (oh, ow))
+        n, o = x.shape[0], w.shape[0]
+        # Sizes spelled out, not -1: -1 is ambiguous when the batch is empty.
+        rows = xp.reshape(cols, (n * oh * ow, cols.shape[3] * cols.shape[4]))  # a row per pixel
+        ctx.save(rows, cols.shape, padded.shape, pads)
+        y = rows @ xp.matrix_transpose(_weight_rows(xp, w))
+        if b is not None:
+            y = y + b
+        return _channels_first(xp, xp.reshape(y, (n, oh, ow, o)))
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        x, w = ctx.inputs[:2]
+        if ctx.saved[0] is None:  # the empty batch: no pixel contributes to anything
+            return (xp.zeros_like(x), xp.zeros_like(w),
+                    xp.zeros_like(ctx.inputs[2]) if len(ctx.inputs) > 2 else None)
+        rows, cols_shape, padded_shape, pads = ctx.saved
+        needs = ctx.needs_input_grad
+        o = w.shape[0]
+        grad_rows = xp.reshape(_channels_last(xp, grad), (math.prod(cols_shape[:3]), o))
+        grad_x = grad_w = grad_b = None
+        if needs[1]:
+            # rows.T @ grad_rows, transposed, rather than grad_rows.T @ rows: the same
+            # numbers, but OpenBLAS splits this long-inner-axis product badly across
+            # threads the other way round (measured 40x slower on two busy cores).
+            grad_w_rows = xp.matrix_transpose(xp.matrix_transpose(rows) @ grad_rows)
+            o, c, kh, kw = w.shape
+            grad_w = xp.permute_dims(xp.reshape(grad_w_rows, (o, kh, kw, c)), (0, 3, 1, 2))
+        if len(needs) > 2 and needs[2]:
+            grad_b = xp.sum(grad_rows, axis=0)
+        if needs[0]:
+            grad_cols = xp.reshape(grad_rows @ _weight_rows(xp, w), cols_shape)
+            pieces = [grad_cols[:, :, :, k, :] for k in range(cols_shape[3])]
+            grad_padded = _fold(ctx, pieces, padded_shape, tuple(w.shape[2:]), self.stride,
+                                self.dilation)
+            grad_x = _channels_first(xp, _unpad(grad_padded, pads))
+        return grad_x, grad_w, grad_b
+
+
+class _Pool2D(_Windowed):
+    def __init__(self, x, kernel, stride=None, padding=0, *, name=None):
+        super().__init__(x, name=name)
+        self.kernel = _pair(kernel, "kernel", 1)
+        self.stride = self.kernel if stride is None else _pair(stride, "stride", 1)
+        self.dilation = (1, 1)
+        self.padding = _padding(padding)
+        if self.padding == "same":
+            raise GraphError(f"{type(self).__name__} takes a number of pixels as padding, "
+                             "not 'same'")
+        if any(2 * p[0] > k for p, k in zip(self.padding, self.kernel)):
+            raise GraphError(f"padding {self.padding} must be at most half the kernel "
+                             f"{self.kernel} (as in PyTorch)")
+
+    arity = 1
+
+    def _slices(self, ctx, x, fill):
+        """The window slices of x, channels last (see :func:`window_slices`)."""
+        _check_images(x)
+        pads, out = self._geometry(x.shape, self.kernel)
+        padded = pad2d(ctx.xp, _channels_last(ctx.xp, x), pads, fill)
+        return window_slices(padded, self.kernel, self.stride, self.dilation, out), \
+            padded.shape, pads
+
+    def _fold_back(self, ctx, pieces, padded_shape, pads):
+        """Gradient pieces, one per kernel offset -> the gradient of x (N, C, H, W)."""
+        grad = _fold(ctx, pieces, padded_shape, self.kernel, self.stride, self.dilation)
+        return _channels_first(ctx.xp, _unpad(grad, pads))
+
+
+class MaxPool2D(_Pool2D):
+    """The largest value of each ``kernel`` window, moving by ``stride`` (default: kernel).
+
+    Padding adds -inf, so it is never chosen. The gradient goes to the first
+    largest value of each window (in row order), as in PyTorch.
+    """
+
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        slices, padded_shape, pads = self._slices(ctx, x, -math.inf)
+        # A running maximum over the kernel offsets: no (…, kh*kw) copy of the windows.
+        largest = slices[0]
+        for piece in slices[1:]:
+            largest = xp.maximum(largest, piece)
+        ctx.save(slices, largest, padded_shape, pads)
+        return _channels_first(xp, largest)
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        slices, largest, padded_shape, pads = ctx.saved
+        grad = _channels_last(xp, grad)
+        zero = xp.zeros((), dtype=grad.dtype)
+        pieces, taken = [], None
+        for piece in slices:
+            hit = piece == largest
+            if taken is not None:  # a tie goes to the first offset only
+                hit = xp.logical_and(hit, xp.logical_not(taken))
+            taken = hit if taken is None else xp.logical_or(taken, hit)
+            pieces.append(xp.where(hit, grad, zero))
+        return (self._fold_back(ctx, pieces, padded_shape, pads),)
+
+
+class AvgPool2D(_Pool2D):
+    """The mean of each ``kernel`` window; padded zeros count (PyTorch's default)."""
+
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        slices, padded_shape, pads = self._slices(ctx, x, 0.0)
+        total = slices[0]
+        for piece in slices[1:]:
+            total = total + piece
+        ctx.save(padded_shape, pads, len(slices))
+        return _channels_first(xp, total / len(slices))
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        padded_shape, pads, count = ctx.saved
+        share = _channels_last(xp, grad) / count
+        return (self._fold_back(ctx, [share] * count, padded_shape, pads),)
+
+
+class Dropout(Node):
+    """Zero each value with probability ``rate`` in training runs, scaling the rest by 1/(1-rate).
+
+    Outside training (``miniflow.run(..., training=False)``, the default, and
+    always in ``value_and_grad`` and ``evaluate``) it passes its input through,
+    so predictions need no change.
+    The mask is drawn from the run's generator (``ctx.rng``) by the backend,
+    on the device: a run seeded the same way drops the same values.
+    """
+
+    arity = 1
+
+    def __init__(self, x, rate: float = 0.5, *, name=None):
+        super().__init__(x, name=name)
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+            raise GraphError(f"Dropout rate must lie in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def forward(self, ctx, x):
+        if not ctx.training or self.rate == 0:
+            ctx.save(None)
+            return x
+        xp = ctx.xp
+        uniform = ctx.random_uniform(x.shape, x.dtype)
+        keep = xp.astype(uniform >= self.rate, x.dtype) * (1.0 / (1.0 - self.rate))
+        ctx.save(keep)
+        return x * keep
+
+    def backward(self, ctx, grad):
+        keep, = ctx.saved
+        return (grad if keep is None else grad * keep,)
+
+
+class LayerNorm(Node):
+    """Normalise each example over its last ``weight.ndim`` axes, then scale and shift.
+
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, as
+    ``torch.nn.functional.layer_norm(x, weight.shape, weight, bias, eps)``. The
+    statistics are the example's own, so the node keeps no state between runs
+    (unlike batch normalisation, whose running averages would have to be an
+    output of the run).
+    """
+
+    arity = 3
+
+    def __init__(self, x, weight, bias, *, eps: float = 1e-5, name=None):
+        super().__init__(x, weight, bias, name=name)
+        if not eps > 0:
+            raise GraphError(f"LayerNorm eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+
+    def forward(self, ctx, x, weight, bias):
+        xp = ctx.xp
+        k = weight.ndim
+        if tuple(x.shape[x.ndim - k:]) != tuple(weight.shape) or bias.shape != weight.shape:
+            raise ShapeError(f"weight and bias must both have the shape of x's last axes: x "
+                             f"{tuple(x.shape)}, weight {tuple(weight.shape)}, bias "
+                             f"{tuple(bias.shape)}")
+        axes = tuple(range(x.ndim - k, x.ndim))
+        centred = x - xp.mean(x, axis=axes, keepdims=True)
+        inv_std = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=axes, keepdims=True) + self.eps)
+        normalised = centred * inv_std
+        ctx.save(normalised, inv_std, axes)
+        return normalised * weight + bias
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        weight = ctx.inputs[1]
+        normalised, inv_std, axes = ctx.saved
+        lead = tuple(range(grad.ndim - weight.ndim))
+        need_x, need_w, need_b = ctx.needs_input_grad
+        grad_x = None
+        if need_x:
+            g = grad * weight
+            grad_x = inv_std * (g - xp.mean(g, axis=axes, keepdims=True)
+                                - normalised * xp.mean(g * normalised, axis=axes,
+                                                       keepdims=True))
+        grad_w = xp.sum(grad * normalised, axis=lead) if need_w else None
+        grad_b = xp.sum(grad, axis=lead) if need_b else None
+        return grad_x, grad_w, grad_b

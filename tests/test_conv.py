@@ -1,0 +1,191 @@
+"""Convolutional layers: central differences on every backend, the NumPy fast path against the
+Array-API lowering, pooling ties, Dropout's seeded masks, and the errors a user can make.
+
+The comparison with PyTorch on random shapes lives in tests/specs_conv.py (run by
+tests/test_differential.py).
+"""
+import numpy as np
+import pytest
+
+import miniflow
+
+from miniflow import (AvgPool2D, Conv2D, Dropout, DummyGrad, Flatten, GraphError, Input,
+                      LayerNorm, MaxPool2D, ShapeError, Sum, evaluate, gradcheck, value_and_grad)
+from miniflow.backends import get_backend
+from miniflow.nodes import conv
+
+rng = np.random.default_rng(0)
+
+
+def _float64_or_skip(backend):
+    if not backend.xp.isdtype(backend.asarray(np.zeros(1)).dtype, backend.xp.float64):
+        pytest.skip(f"{backend.name} cannot hold float64 here")
+
+
+GRADCHECKS = {
+    "conv strided, padded": (lambda x, w, b: Conv2D(x, w, b, stride=2, padding=1),
+                             lambda: (rng.standard_normal((1, 2, 5, 4)),
+                                      rng.standard_normal((2, 2, 3, 3)), rng.standard_normal(2))),
+    "conv same, dilated": (lambda x, w: Conv2D(x, w, padding="same", dilation=2),
+                           lambda: (rng.standard_normal((1, 1, 4, 5)),
+                                    rng.standard_normal((2, 1, 2, 3)))),
+    # Distinct values, far apart: a finite difference never changes which one is largest.
+    "max pool overlapping": (lambda x: MaxPool2D(x, 3, stride=2, padding=1),
+                             lambda: (rng.permutation(2 * 5 * 5).reshape(1, 2, 5, 5) * 0.1,)),
+    "avg pool": (lambda x: AvgPool2D(x, (2, 3), stride=(1, 2), padding=(1, 0)),
+                 lambda: (rng.standard_normal((1, 2, 3, 5)),)),
+    "layer norm": (LayerNorm, lambda: (rng.standard_normal((2, 2, 3)), rng.standard_normal((2, 3)),
+                                       rng.standard_normal((2, 3)))),
+    "flatten": (lambda x: Flatten(x, 2), lambda: (rng.standard_normal((2, 3, 2, 2)),)),
+}
+
+
+@pytest.mark.parametrize("case", GRADCHECKS, ids=list(GRADCHECKS))
+def test_central_differences(case, backend):
+    _float64_or_skip(backend)
+    build, make = GRADCHECKS[case]
+    assert gradcheck(build, *make(), backend=backend.name)
+
+
+@pytest.mark.parametrize("stride,dilation", [((1, 1), (1, 1)), ((2, 3), (1, 1)),
+                                             ((1, 2), (2, 1)), ((3, 3), (2, 2))])
+def test_numpy_fold_equals_the_array_api_fold_exactly(stride, dilation):
+    kernel, out = (3, 2), (4, 5)
+    shape = (2, dilation[0] * (kernel[0] - 1) + stride[0] * (out[0] - 1) + 1 + 1,
+             dilation[1] * (kernel[1] - 1) + stride[1] * (out[1] - 1) + 1, 3)
+    pieces = [rng.standard_normal((2, *out, 3)).astype(np.float32) for _ in range(6)]
+    numpy_backend = get_backend("numpy")
+    fast = numpy_backend.fold_windows(pieces, shape, kernel, stride, dilation)
+    generic = conv.fold_windows(numpy_backend.xp, pieces, shape, kernel, stride, dilation)
+    np.testing.assert_array_equal(fast, generic)
+
+
+def test_windows_and_fold_are_adjoint():
+    """<windows(x), c> == <x, fold(c)>: fold is exactly the transpose of the windowing."""
+    xp = get_backend("numpy").xp
+    kernel, stride, dilation, out = (2, 3), (2, 1), (1, 2), (3, 2)
+    x = rng.standard_normal((2, 7, 6, 3))
+    cols = conv.windows(xp, x, kernel, stride, dilation, out)
+    c = rng.standard_normal(cols.shape)
+    folded = conv.fold_windows(xp, [c[:, :, :, k, :] for k in range(6)], x.shape, kernel,
+                               stride, dilation)
+    assert np.isclose(np.sum(cols * c), np.sum(x * folded))
+
+
+def test_max_pool_gives_a_tie_to_the_first_largest_value_as_pytorch_does():
+    torch = pytest.importorskip("torch")
+    x = np.array([[[[1.0, 3.0, 3.0], [3.0, 0.0, 3.0], [2.0, 3.0, 1.0]]]])
+    upstream = np.array([[[[1.0, 10.0], [100.0, 1000.0]]]])
+    node = Input()
+    head = DummyGrad(MaxPool2D(node, 2, stride=1))
+    _, grad = value_and_grad(head, {node: x, head: upstream}, node)
+    tensor = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(tensor, 2, 1).backward(torch.tensor(upstream))
+    np.testing.assert_array_equal(grad, tensor.grad.numpy())
+
+
+# -- Dropout ----------------------------------------------------------------------------
+
+def _dropout_run(backend, x, rate, **settings):
+    node = Input()
+    head = DummyGrad(Dropout(node, rate))
+    upstream = np.ones_like(x)
+    result = miniflow.run(head, {node: backend.asarray(x), head: backend.asarray(upstream)},
+                          node, backend=backend.name, **settings)
+    return np.asarray(backend.to_numpy(result.value)), np.asarray(backend.to_numpy(result.grads))
+
+
+def test_dropout_passes_values_through_outside_training(backend):
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    value, grad = _dropout_run(backend, x, 0.5)
+    np.testing.assert_array_equal(value, x)
+    np.testing.assert_array_equal(grad, np.ones_like(x))
+    node = Input()
+    np.testing.assert_array_equal(
+        backend.to_numpy(evaluate(Dropout(node, 0.5), {node: backend.asarray(x)})), x)
+
+
+def test_dropout_in_training_drops_at_its_rate_and_rescales(backend):
+    x = rng.uniform(1, 2, (200, 100)).astype(np.float32)
+    value, grad = _dropout_run(backend, x, 0.3, training=True, rng=7)
+    kept = value != 0
+    assert abs(1 - kept.mean() - 0.3) < 0.02
+    np.testing.assert_allclose(value[kept], x[kept] / 0.7, rtol=1e-6)
+    # The gradient is the same mask and scale: d(x * keep) / dx = keep.
+    np.testing.assert_allclose(grad, kept / 0.7, rtol=1e-6)
+    assert backend.owns(backend.random_uniform(backend.make_rng(0), (2,), backend.xp.float32))
+
+
+def test_dropout_masks_are_reproducible_from_the_seed(backend):
+    x = np.ones((50, 40), np.float32)
+    first, _ = _dropout_run(backend, x, 0.5, training=True, rng=3)
+    again, _ = _dropout_run(backend, x, 0.5, training=True, rng=3)
+    other, _ = _dropout_run(backend, x, 0.5, training=True, rng=4)
+    np.testing.assert_array_equal(first, again)
+    assert (first != other).any()
+    # One generator for a whole run advances: consecutive steps draw new masks.
+    generator = backend.make_rng(3)
+    step1, _ = _dropout_run(backend, x, 0.5, training=True, rng=generator)
+    step2, _ = _dropout_run(backend, x, 0.5, training=True, rng=generator)
+    np.testing.assert_array_equal(step1, first)
+    assert (step1 != step2).any()
+
+
+def test_dropout_rate_must_lie_in_0_1():
+    for rate in (-0.1, 1.0, True, "half"):
+        with pytest.raises(GraphError, match="Dropout rate must lie in"):
+            Dropout(Input(), rate)
+
+
+# -- errors --------------------------------------------------------------------------------
+
+def test_conv_names_the_node_and_shapes_when_channels_disagree():
+    x, w = Input("x"), Input("w")
+    with pytest.raises(ShapeError, match=r"Conv2D 'c1': w must have shape \(out_channels, 3, "
+                                         r"kh, kw\) for x of shape \(2, 3, 8, 8\), "
+                                         r"got \(4, 2, 3, 3\)"):
+        evaluate(Conv2D(x, w, name="c1"), {x: np.zeros((2, 3, 8, 8)), w: np.zeros((4, 2, 3, 3))})
+
+
+def test_a_kernel_larger_than_the_padded_image_is_a_shape_error():
+    x, w = Input("x"), Input("w")
+    with pytest.raises(ShapeError, match=r"the 5x5 window .* does not fit images of size \(3, 3\)"):
+        evaluate(Conv2D(x, w), {x: np.zeros((1, 1, 3, 3)), w: np.zeros((1, 1, 5, 5))})
+
+
+def test_images_must_be_four_dimensional():
+    x = Input("x")
+    with pytest.raises(ShapeError, match=r"batch of images \(N, C, H, W\), got shape \(3, 8, 8\)"):
+        evaluate(MaxPool2D(x, 2), {x: np.zeros((3, 8, 8))})
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda x: Conv2D(x, Input(), stride=0), "stride must be an integer >= 1"),
+    (lambda x: Conv2D(x, Input(), padding=-1), "padding must be an integer >= 0"),
+    (lambda x: Conv2D(x, Input(), padding="full"), "padding must be an integer, a pair, 'same'"),
+    (lambda x: Conv2D(x, Input(), stride=2, padding="same"), "padding='same' needs stride 1"),
+    (lambda x: MaxPool2D(x, 2, padding=2), "padding .* must be at most half the kernel"),
+    (lambda x: AvgPool2D(x, (2, 2, 2)), "kernel must be an integer >= 1 or a pair"),
+    (lambda x: Flatten(x, -1), "start_axis must be a non-negative integer"),
+    (lambda x: LayerNorm(x, Input(), Input(), eps=0), "eps must be positive"),
+])
+def test_bad_layer_settings_are_refused_when_the_graph_is_built(build, message):
+    with pytest.raises(GraphError, match=message):
+        build(Input())
+
+
+def test_layer_norm_names_mismatched_shapes():
+    x, w, b = Input(), Input(), Input()
+    with pytest.raises(ShapeError, match="weight and bias must both have the shape of x's last"):
+        evaluate(LayerNorm(x, w, b), {x: np.zeros((2, 3)), w: np.zeros(4), b: np.zeros(4)})
+
+
+def test_conv_on_float32_stays_float32_and_matches_float64():
+    x = rng.standard_normal((2, 3, 7, 7))
+    w = rng.standard_normal((4, 3, 3, 3))
+    X, W = Input(), Input()
+    graph = Sum(Conv2D(X, W, padding=1) * Conv2D(X, W, padding=1))
+    low = evaluate(graph, {X: x.astype(np.float32), W: w.astype(np.float32)})
+    high = evaluate(graph, {X: x, W: w})
+    assert low.dtype == np.float32
+    np.testing.assert_allclose(low, high, rtol=1e-5)

@@ -43,7 +43,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .errors import MiniflowError
+from .errors import ClusterError
 from .executor import value_and_grad
 from .models import mlp
 
@@ -62,10 +62,6 @@ WORKER_WAIT_S = 30.0
 INLINE_PARAMS_BYTES = 8 * 2**20
 #: How many times one step is retried after losing workers before the run stops.
 MAX_RETRIES = 3
-
-
-class ClusterError(MiniflowError, RuntimeError):
-    """The cluster cannot be reached, or lost its workers and cannot finish the run."""
 
 
 def _distributed():

@@ -110,3 +110,11 @@ class UsageError(MiniflowError):
 
 class CompileError(MiniflowError, RuntimeError):
     """A graph cannot be compiled for this backend (no compiler, or it failed)."""
+
+
+class ThreadsError(MiniflowError, ValueError):
+    """A thread count is not a positive integer, or cannot be applied here."""
+
+
+class ClusterError(MiniflowError, RuntimeError):
+    """The cluster cannot be reached, or lost its workers and cannot finish the run."""

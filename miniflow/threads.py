@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from .errors import MiniflowError
+from .errors import ThreadsError
 
 __all__ = ["ThreadPolicy", "ThreadsError", "available_cores", "parse_threads"]
 
@@ -37,10 +37,6 @@ PROBE_SECONDS = 0.1
 #: A core counts as taken when other processes use more than this share of it:
 #: a little background work (a shell, an editor) should not halve our threads.
 BUSY_SHARE = 0.5
-
-
-class ThreadsError(MiniflowError, ValueError):
-    """A thread count is not a positive integer, or cannot be applied here."""
 
 
 def available_cores() -> int:

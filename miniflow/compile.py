@@ -34,7 +34,7 @@ from collections import OrderedDict
 
 from .backends import get_backend
 from .errors import CompileError, FeedError, GraphError, NodeError
-from .executor import Context, unbroadcast, value_and_grad
+from .executor import Context, _convert_weak_numbers, unbroadcast, value_and_grad
 from .graph import Node, Plan
 
 #: How many input signatures (shapes and dtypes) a compiled step keeps; the last
@@ -57,10 +57,14 @@ class _Program:
         plan = Plan.for_(output, wrt)
         self.output, self.wrt_nodes = output, wrt
         self.nodes = plan.nodes
-        self.feeds = list(plan.feeds)
-        self.forward = list(plan.compute_steps)
-        self.backward = list(plan.backward_steps)
-        self.wrt = list(plan.wrt_positions)
+        # A plan leaves its output's node out of the output's own step (no reference cycle).
+        self.feeds = [(s.index, s.node or output, s.integer) for s in plan.feeds]
+        self.forward = [(s.index, s.node or output, s.inputs, s.needs_input_grad)
+                        for s in plan.forward_steps]
+        self.backward = [(s.index, s.node or output, s.grad_targets) for s in plan.backward_steps]
+        self.wrt = [plan.position(node) for node in wrt]
+        # Steps with weak Python numbers among their inputs, converted as the executor does.
+        self.weak = {s.index: s for s in plan.forward_steps if s.weak}
         self.gradient_is_fed = output.gradient_is_fed
         # Integer inputs are class labels indexing the last axis of their node's first
         # input (CrossEntropyWithSoftmax's convention): (feed position, node number
@@ -91,6 +95,8 @@ def _run_rules(program: _Program, fed, backend, seed_scale=None, context=_Tracin
     contexts = [None] * len(program.nodes)
     for i, node, positions, needs in program.forward:
         args = [values[j] for j in positions]
+        if i in program.weak:
+            _convert_weak_numbers(program.weak[i], args, values, backend)
         ctx = contexts[i] = context(backend, xp, args, needs)
         values[i] = node.forward(ctx, *args)
     out = values[-1]
@@ -496,8 +502,10 @@ class PlannedNumpyStep(CompiledStep):
                 steps.append((k, j, shape, total))
             backward.append((i, kernels[i].backward, steps))
         out = values[-1]
+        # Weak numbers, converted once for this signature (their dtype follows it).
+        constants = [(j, values[j]) for step in program.weak.values() for _, j, _ in step.weak]
         return {"forward": forward, "backward": backward, "count": len(program.nodes),
-                "seed": np.empty_like(out)}
+                "seed": np.empty_like(out), "constants": constants}
 
     def _run(self, entry, fed, seed_scale=1):
         import numpy as np
@@ -506,6 +514,8 @@ class PlannedNumpyStep(CompiledStep):
         values = [None] * entry["count"]
         for (i, _, _), value in zip(program.feeds, fed):
             values[i] = value
+        for j, value in entry["constants"]:
+            values[j] = value
         for i, forward, positions in entry["forward"]:
             values[i] = forward([values[j] for j in positions])
         seed = entry["seed"]

@@ -77,9 +77,10 @@ def test_every_node_compiles_to_the_same_values(spec, compiled_backend):
     @NODE_EXAMPLES
     @given(drawn=spec.inputs)
     def check(drawn):
-        arrays = [np.asarray(a) for a in as_case(drawn).arrays]
+        case = as_case(drawn)
+        arrays = [np.asarray(a) for a in case.arrays]
         nodes = [Input(name=f"x{k}") for k in range(len(arrays))]
-        head = DummyGrad(spec.build(*nodes))
+        head = DummyGrad(spec.build(*nodes, **case.kwargs))
         feed = {node: backend.asarray(a) for node, a in zip(nodes, arrays)}
         wrt = [node for node, a in zip(nodes, arrays) if a.dtype.kind == "f"]
         shape = tuple(miniflow.evaluate(head.inputs[0], feed, backend=backend).shape)

@@ -238,6 +238,8 @@ def _cnn_parameter_shapes(record: dict) -> dict:
     image_shape = [_positive(size, "image_shape") for size in record["image_shape"]]
     if not channels or len(image_shape) != 3:
         raise ValueError(f"channels {channels} and image_shape {image_shape} describe no CNN")
+    if not 0 <= record["dropout"] < 1:
+        raise ValueError(f"dropout must lie in [0, 1), got {record['dropout']!r}")
     (in_channels, height, width), shapes = image_shape, {}
     for k, out_channels in enumerate(channels, start=1):
         shapes[f"conv{k}.w"], shapes[f"conv{k}.b"] = (out_channels, in_channels, 3, 3), \

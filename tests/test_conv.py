@@ -166,7 +166,6 @@ def test_images_must_be_four_dimensional():
     (lambda x: Conv2D(x, Input(), stride=2, padding="same"), "padding='same' needs stride 1"),
     (lambda x: MaxPool2D(x, 2, padding=2), "padding .* must be at most half the kernel"),
     (lambda x: AvgPool2D(x, (2, 2, 2)), "kernel must be an integer >= 1 or a pair"),
-    (lambda x: Flatten(x, -1), "start_axis must be a non-negative integer"),
     (lambda x: LayerNorm(x, Input(), Input(), eps=0), "eps must be positive"),
 ])
 def test_bad_layer_settings_are_refused_when_the_graph_is_built(build, message):

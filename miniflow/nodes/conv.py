@@ -272,7 +272,7 @@ class Conv2D(_Windowed):
             grad_padded = _fold(ctx, pieces, padded_shape, tuple(w.shape[2:]), self.stride,
                                 self.dilation)
             grad_x = _channels_first(xp, _unpad(grad_padded, pads))
-        return grad_x, grad_w, grad_b
+        return (grad_x, grad_w, grad_b)[:len(needs)]  # no bias input, no bias gradient
 
 
 class _Pool2D(_Windowed):

@@ -250,8 +250,7 @@ class Conv2D(_Windowed):
         xp = ctx.xp
         x, w = ctx.inputs[:2]
         if ctx.saved[0] is None:  # the empty batch: no pixel contributes to anything
-            return (xp.zeros_like(x), xp.zeros_like(w),
-                    xp.zeros_like(ctx.inputs[2]) if len(ctx.inputs) > 2 else None)
+            return tuple(xp.zeros_like(value) for value in ctx.inputs)
         rows, cols_shape, padded_shape, pads = ctx.saved
         needs = ctx.needs_input_grad
         o = w.shape[0]

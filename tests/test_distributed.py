@@ -210,7 +210,7 @@ def _killer(client, after_step):
     victim = sorted(pids)[0]
     state = {"steps": 0, "killed": None}
 
-    def on_step():
+    def on_step(loss):
         state["steps"] += 1
         if state["steps"] == after_step:
             os.kill(pids[victim], signal.SIGKILL)
@@ -243,7 +243,7 @@ def test_losing_every_worker_stops_with_an_error_naming_it(monkeypatch):
         (address,) = md._workers(client)
         calls = {"n": 0}
 
-        def stop_the_only_worker():
+        def stop_the_only_worker(loss):
             calls["n"] += 1
             if calls["n"] == 2:
                 client.cluster.scale(0)

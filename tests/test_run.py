@@ -482,6 +482,10 @@ def test_the_generator_belongs_to_the_backend(backend):
         import torch
 
         assert isinstance(generator, torch.Generator)
+    elif backend.name == "jax.numpy":
+        import jax
+
+        assert isinstance(generator.key, jax.Array)  # keys are values: split per draw
     else:
         assert isinstance(generator, np.random.Generator)
     sample = backend.random_uniform(generator, (3, 2), backend.xp.float64)

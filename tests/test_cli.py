@@ -480,7 +480,7 @@ def test_train_cnn_saves_a_model_that_evaluate_rebuilds(fake_data, capsys, tmp_p
                  "--save", str(path), "--quiet"]) == 0
     out = capsys.readouterr().out
     accuracy = float(re.search(r"^test accuracy: (\d+\.\d\d)%$", out, re.MULTILINE).group(1))
-    assert "1 epochs on numpy" in out
+    assert "1 epoch on numpy" in out
     assert main(["evaluate", str(path), "--model", "cnn"]) == 0
     assert capsys.readouterr().out == f"test accuracy: {accuracy:.2f}%\n"
     err = one_error_line(capsys, main(["evaluate", str(path), "--model", "mlp"]), 1)

@@ -106,14 +106,15 @@ class Div(_Elementwise):
 def sigmoid(xp, x):
     """1 / (1 + exp(-x)), to a few ulp for every x, in float32 and float64.
 
-    Written as exp(min(x, 0)) / (exp(min(x, 0)) + exp(min(-x, 0))): for x >= 0
-    that is 1 / (1 + exp(-x)), for x < 0 it is exp(x) / (exp(x) + 1). No exp
-    overflows, and for x < 0 the result keeps its relative precision down to the
-    smallest subnormal (the tanh form 0.5 tanh(x/2) + 0.5 rounds to 0 below -17
-    in float32, so log(sigmoid(-20)) was -inf).
+    With e = exp(-|x|), which never overflows: 1 / (1 + e) for x >= 0 and
+    e / (1 + e) for x < 0, so the result keeps its relative precision down to
+    the smallest subnormal (the tanh form 0.5 tanh(x/2) + 0.5 rounds to 0 below
+    -17 in float32, so log(sigmoid(-20)) was -inf). The numerator, 1 or e, is
+    max(e, [x >= 0]) (e <= 1): a select without a branch per element, one exp
+    in all, as fast as the tanh form.
     """
-    numerator = xp.exp(xp.minimum(x, 0))
-    return numerator / (numerator + xp.exp(xp.minimum(-x, 0)))
+    e = xp.exp(-xp.abs(x))
+    return xp.maximum(e, xp.astype(x >= 0, e.dtype)) / (1 + e)
 
 
 class Sigmoid(Node):

@@ -218,6 +218,18 @@ def _per_model(setting) -> str:
     return ", ".join(f"{MODEL_DEFAULTS[m][setting]} for the {m}" for m in MODELS)
 
 
+def _channels(text):
+    """'16,32' -> (16, 32)."""
+    try:
+        channels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected channel counts such as 32,64, got {text!r}") from None
+    if any(count < 1 for count in channels):
+        raise argparse.ArgumentTypeError(f"channel counts must be positive, got {text!r}")
+    return channels
+
+
 def _add_architecture_options(parser):
     parser.add_argument("--model", choices=MODELS, default="mlp",
                         help="mlp: fully connected layers; cnn: two 3x3 convolutions with "
@@ -226,6 +238,9 @@ def _add_architecture_options(parser):
                         help="hidden layer sizes, e.g. 256 or 512,256; 0 for softmax "
                         "regression; one size for the cnn's dense layer (default: 256 for "
                         "the mlp, 128 for the cnn)")
+    parser.add_argument("--channels", type=_channels, default=None,
+                        help="the cnn's convolution channels, one per conv-ReLU-pool block "
+                        f"(default: {','.join(map(str, MODEL_DEFAULTS['cnn']['channels']))})")
     parser.add_argument("--activation", choices=list(ACTIVATIONS),
                         default=TrainConfig.activation,
                         help="(default: %(default)s)")
@@ -258,8 +273,8 @@ def _compilable_or_notice(backend: str) -> bool:
 
 def _train_command(args) -> None:
     started = time.perf_counter()
-    config = TrainConfig(model=args.model, hidden=args.hidden, activation=args.activation,
-                         optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
+    config = TrainConfig(model=args.model, hidden=args.hidden, channels=args.channels,
+                         activation=args.activation, optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
                          momentum=args.momentum, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, backend=args.backend,
                          validation_size=args.validation_size,
@@ -331,10 +346,11 @@ def _evaluate_command(args) -> None:
 def _graph_command(args) -> None:
     from .viz import draw  # graphviz, if at all, is needed only here
 
-    config = TrainConfig(model=args.model, hidden=args.hidden, activation=args.activation)
+    config = TrainConfig(model=args.model, hidden=args.hidden, channels=args.channels,
+                         activation=args.activation)
     out = args.out or f"{args.model}.svg"
     if args.model == "cnn":
-        model = cnn(hidden=config.hidden[0])
+        model = cnn(config.channels, config.hidden[0])
         what = f"CNN ({describe(model.architecture)})"
     else:
         model = mlp(config.hidden, config.activation)

@@ -48,8 +48,8 @@ MODELS = ("mlp", "cnn")
 MODEL_DEFAULTS = {
     "mlp": {"hidden": (256,), "optimizer": "nesterov", "schedule": "cosine", "epochs": 10,
             "lr": None},
-    "cnn": {"hidden": (128,), "optimizer": "adam", "schedule": "onecycle", "epochs": 3,
-            "lr": 0.003},
+    "cnn": {"channels": (32, 64), "hidden": (128,), "optimizer": "adam", "schedule": "onecycle",
+            "epochs": 3, "lr": 0.003},
 }
 #: Rows per forward pass when measuring accuracy: large batches amortise the
 #: per-call overhead, and 10,000 rows of 784 float32 take only 31 MB.
@@ -73,6 +73,9 @@ class TrainConfig:
     hidden : int or tuple of int
         Hidden layer sizes; ``0`` or ``()`` for softmax regression. For the
         CNN, one size: its dense layer.
+    channels : int or tuple of int
+        The CNN's convolutions' output channels, one per conv-ReLU-pool block
+        (the MLP has none: leave it None).
     activation : {"relu", "sigmoid", "tanh"}
         The MLP's nonlinearity (the CNN uses ReLU).
     optimizer : {"sgd", "momentum", "nesterov", "adam", "rmsprop"}
@@ -105,6 +108,7 @@ class TrainConfig:
     """
 
     hidden: tuple | None = None
+    channels: tuple | None = None
     activation: str = "relu"
     optimizer: str | None = None
     lr: float | None = None
@@ -148,6 +152,7 @@ class TrainConfig:
         if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
                 or not 0 <= self.weight_decay < math.inf:
             raise ConfigError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        self._check_channels()
         if self.model == "cnn" and len(self.hidden) != 1:
             raise ConfigError(f"the cnn has one dense hidden layer: give one size, "
                               f"got {self.hidden!r}")
@@ -157,6 +162,23 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
         if not _is_int(self.seed) or self.seed < 0:  # what NumPy's generators accept
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+
+    def _check_channels(self):
+        if self.model != "cnn":
+            if self.channels not in (None, ()):
+                raise ConfigError(f"channels apply to the cnn only, not the {self.model}")
+            object.__setattr__(self, "channels", ())
+            return
+        channels = self.channels
+        if channels is None:
+            channels = MODEL_DEFAULTS["cnn"]["channels"]
+        elif _is_int(channels):
+            channels = (channels,)
+        if not isinstance(channels, (tuple, list)) or not channels \
+                or not all(_is_int(c) and c >= 1 for c in channels):
+            raise ConfigError(f"channels must be one or more integers >= 1, got "
+                              f"{self.channels!r}")
+        object.__setattr__(self, "channels", tuple(int(c) for c in channels))
 
 
 @dataclass(frozen=True)
@@ -289,8 +311,8 @@ def build_model(config: TrainConfig, n_inputs: int, n_classes: int) -> Model:
         if side * side != n_inputs:
             raise DataError(f"the cnn takes square one-channel images, but the data has "
                             f"{n_inputs} features per example")
-        return cnn(hidden=config.hidden[0], image_shape=(1, side, side), n_classes=n_classes,
-                   seed=config.seed)
+        return cnn(config.channels, config.hidden[0], image_shape=(1, side, side),
+                   n_classes=n_classes, seed=config.seed)
     return mlp(config.hidden, config.activation, n_inputs=n_inputs, n_classes=n_classes,
                seed=config.seed)
 

@@ -14,7 +14,7 @@ import miniflow.datasets.mnist as mnist_module
 from miniflow.cli import main
 from miniflow.datasets import MNIST, load_mnist
 from miniflow.models import mlp
-from miniflow.serialize import save_model
+from miniflow.serialize import load_model, save_model
 from miniflow.train import TrainConfig, evaluate_model, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -495,6 +495,19 @@ def test_graph_draws_the_cnn(capsys, tmp_path):
     dot = path.read_text()
     for name in ("conv1", "pool1", "conv2", "pool2", "flatten", "dropout", "fc2"):
         assert name in dot
+
+
+def test_cnn_channels_choose_its_convolutions(fake_data, capsys, tmp_path):
+    path = tmp_path / "cnn.npz"
+    assert main(["train", "--model", "cnn", "--channels", "4,6,8", "--hidden", "16",
+                 "--epochs", "1", "--save", str(path), "--quiet"]) == 0
+    capsys.readouterr()
+    shapes = {node.name: value.shape for node, value in load_model(path).params.items()}
+    assert shapes["conv2.w"] == (6, 4, 3, 3) and shapes["conv3.w"] == (8, 6, 3, 3)
+    err = one_error_line(capsys, main(["train", "--model", "cnn", "--channels", "16,0"]), 2)
+    assert "channel counts must be positive, got '16,0'" in err
+    err = one_error_line(capsys, main(["train", "--channels", "16"]), 1)
+    assert "channels apply to the cnn only, not the mlp" in err
 
 
 def test_the_cnn_takes_one_dense_size(no_work, capsys):

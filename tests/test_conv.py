@@ -72,16 +72,32 @@ def test_windows_and_fold_are_adjoint():
     assert np.isclose(np.sum(cols * c), np.sum(x * folded))
 
 
-def test_max_pool_gives_a_tie_to_the_first_largest_value_as_pytorch_does():
+NAN, INF = np.nan, np.inf
+POOL_EDGE_CASES = {
+    "ties": np.array([[1.0, 3.0, 3.0], [3.0, 0.0, 3.0], [2.0, 3.0, 1.0]]),
+    "nan": np.array([[1.0, NAN, 3.0], [NAN, 0.0, 3.0], [2.0, NAN, 1.0]]),
+    "inf": np.array([[-INF, -INF, INF], [-INF, -INF, INF], [INF, 0.0, -INF]]),
+    "zeros after relu": np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]]),
+}
+
+
+@pytest.mark.parametrize("case", POOL_EDGE_CASES)
+def test_max_pool_gives_ties_and_nans_their_gradient_as_pytorch_does(backend, to_numpy, case):
+    # PyTorch's CPU kernel: a window's gradient goes to its first largest value,
+    # or to its last NaN (the NaN is the window's maximum).
     torch = pytest.importorskip("torch")
-    x = np.array([[[[1.0, 3.0, 3.0], [3.0, 0.0, 3.0], [2.0, 3.0, 1.0]]]])
+    _float64_or_skip(backend)
+    x = POOL_EDGE_CASES[case][None, None]
     upstream = np.array([[[[1.0, 10.0], [100.0, 1000.0]]]])
     node = Input()
     head = DummyGrad(MaxPool2D(node, 2, stride=1))
-    _, grad = value_and_grad(head, {node: x, head: upstream}, node)
+    value, grad = value_and_grad(head, {node: backend.asarray(x), head: backend.asarray(upstream)},
+                                 node, backend=backend.name)
     tensor = torch.tensor(x, requires_grad=True)
-    torch.nn.functional.max_pool2d(tensor, 2, 1).backward(torch.tensor(upstream))
-    np.testing.assert_array_equal(grad, tensor.grad.numpy())
+    expected = torch.nn.functional.max_pool2d(tensor, 2, 1)
+    expected.backward(torch.tensor(upstream))
+    np.testing.assert_array_equal(to_numpy(value), expected.detach().numpy())
+    np.testing.assert_array_equal(to_numpy(grad), tensor.grad.numpy())
 
 
 # -- Dropout ----------------------------------------------------------------------------

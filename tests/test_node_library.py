@@ -291,8 +291,15 @@ def test_numpy_branch_free_where_equals_np_where_bit_for_bit():
         x = rng.standard_normal((40, 50)).astype(dtype)
         x.flat[:4] = [np.nan, -np.inf, -0.0, np.inf]
         cond = rng.random((40, 50)) < 0.5
+        images = rng.standard_normal((3, 5, 6, 7)).astype(dtype).transpose(0, 3, 1, 2)
+        image_cond = images > 0.3
+        # Any memory layout, either operand: transposed, reversed, strided, mixed.
         for args in [(cond, x, 0), (cond, x, 0.0), (cond, x, -0.0), (cond, x.T.copy().T, 0),
+                     (cond.T.copy().T, x.T.copy().T, 0), (cond[::-1], x[:, ::-1], 0),
+                     (image_cond, images, 0), (np.ascontiguousarray(image_cond), images, 0),
+                     (image_cond[:, :, ::2], images[:, :, ::2], 0),
                      (cond[:1], x, 0), (cond, x, 1.5), (cond, 0, x)]:
             got, want = xp.where(*args), np.where(*args)
             assert got.dtype == want.dtype
-            np.testing.assert_array_equal(got.view(np.uint8), np.ascontiguousarray(want).view(np.uint8))
+            np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint8),
+                                          np.ascontiguousarray(want).view(np.uint8))

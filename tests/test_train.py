@@ -4,8 +4,8 @@ import pytest
 
 from miniflow import evaluate
 
-from miniflow.train import (ConfigError, DataError, TrainConfig, TrainingDivergedError,
-                            check_data, evaluate_model, train)
+from miniflow.train import (MODEL_DEFAULTS, ConfigError, DataError, TrainConfig,
+                            TrainingDivergedError, check_data, evaluate_model, train)
 
 N_FEATURES, N_CLASSES = 20, 3
 
@@ -177,6 +177,10 @@ def test_empty_training_data_is_refused():
     ({"hidden": (256, -1)}, r"hidden layer sizes must be positive"),
     ({"seed": -1}, r"seed must be an integer >= 0, got -1"),
     ({"seed": 1.0}, r"seed must be an integer >= 0, got 1.0"),
+    ({"model": "cnn", "channels": (16, 0)}, r"channels must be one or more integers >= 1"),
+    ({"model": "cnn", "channels": ()}, r"channels must be one or more integers >= 1"),
+    ({"model": "cnn", "channels": "16"}, r"channels must be one or more integers >= 1"),
+    ({"channels": (16,)}, r"channels apply to the cnn only, not the mlp"),
 ])
 def test_bad_config_values_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -185,6 +189,10 @@ def test_bad_config_values_are_refused(change, message):
 
 
 def test_config_defaults_and_normalisation():
+    assert TrainConfig(model="cnn").channels == MODEL_DEFAULTS["cnn"]["channels"]
+    assert TrainConfig(model="cnn", channels=8).channels == (8,)
+    assert TrainConfig(model="cnn", channels=[8, np.int64(16)]).channels == (8, 16)
+    assert TrainConfig().channels == ()
     config = TrainConfig(hidden=0)
     assert config.hidden == () and config.lr == 0.1
     assert TrainConfig(optimizer="adam").lr == 0.001

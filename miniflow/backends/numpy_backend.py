@@ -45,11 +45,18 @@ class NumpyBackend(Backend):
     def fold_windows(self, pieces, shape, kernel, stride, dilation):
         (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
         oh, ow = pieces[0].shape[1:3]
-        total = np.zeros(shape, dtype=pieces[0].dtype)
+        # Windows that tile the image exactly (2x2 pooling by 2 of an even image)
+        # each own their pixels: copy them in, with nothing to zero or add.
+        tiles = (dilation == (1, 1) and stride == kernel and (oh * kh, ow * kw) == shape[1:3])
+        total = (np.empty if tiles else np.zeros)(shape, dtype=pieces[0].dtype)
         for i in range(kh):
             for j in range(kw):
-                total[:, i * dh:i * dh + sh * (oh - 1) + 1:sh,
-                      j * dw:j * dw + sw * (ow - 1) + 1:sw, :] += pieces[i * kw + j]
+                where = (slice(None), slice(i * dh, i * dh + sh * (oh - 1) + 1, sh),
+                         slice(j * dw, j * dw + sw * (ow - 1) + 1, sw), slice(None))
+                if tiles:
+                    total[where] = pieces[i * kw + j]
+                else:
+                    total[where] += pieces[i * kw + j]
         return total
 
 
@@ -91,14 +98,16 @@ def _fast_namespace():
         # np.where branches per element: on a random mask (ReLU's backward) it
         # mispredicts half the time, 10x slower than a multiply at 512x1024. A
         # float array against the scalar 0 is instead selected by ANDing its bits
-        # with an all-ones or all-zeros mask: the same result, branch-free.
+        # with an all-ones (-1) or all-zeros int8 mask, widened inside the ufunc:
+        # the same result, branch-free, and for any memory layout (a transposed
+        # NCHW view of channels-last images selects 9x faster than np.where).
         ints = _SAME_WIDTH_INTS.get(getattr(x1, "dtype", None))
         if (ints is not None and type(x2) in (int, float) and x2 == 0 and str(x2)[0] != "-"
                 and type(condition) is np.ndarray and condition.dtype == np.bool_
-                and condition.shape == x1.shape and x1.size >= 1024
-                and condition.flags.c_contiguous and x1.flags.c_contiguous):
-            mask = np.negative(condition.view(np.int8)).astype(ints)
-            return np.bitwise_and(mask, x1.view(ints), out=mask).view(x1.dtype)
+                and type(x1) is np.ndarray and condition.shape == x1.shape
+                and x1.size >= 1024):
+            mask = np.negative(condition.view(np.int8))
+            return np.bitwise_and(mask, x1.view(ints)).view(x1.dtype)
         return compat.where(condition, x1, x2)
 
     xp.sum, xp.max, xp.ones_like, xp.arange, xp.astype = sum, max, ones_like, arange, astype

@@ -308,31 +308,34 @@ class MaxPool2D(_Pool2D):
     """The largest value of each ``kernel`` window, moving by ``stride`` (default: kernel).
 
     Padding adds -inf, so it is never chosen. The gradient goes to the first
-    largest value of each window (in row order), as in PyTorch.
+    largest value of each window (in row order), or to its last NaN, exactly as
+    in PyTorch's CPU kernel.
     """
 
     def forward(self, ctx, x):
         xp = ctx.xp
         slices, padded_shape, pads = self._slices(ctx, x, -math.inf)
-        # A running maximum over the kernel offsets: no (…, kh*kw) copy of the windows.
+        # A running maximum over the kernel offsets (no (..., kh*kw) copy of the
+        # windows) and, when a gradient will flow back, the offset of each window's
+        # winner, following PyTorch's scan: an offset wins when it beats the largest
+        # value before it or is NaN. The winner is the largest k that won (k only grows).
+        track = ctx.needs_input_grad[0]
+        index_type = xp.int8 if len(slices) <= 127 else xp.int32
         largest = slices[0]
-        for piece in slices[1:]:
+        winner = xp.zeros(largest.shape, dtype=index_type) if track else None
+        for k, piece in enumerate(slices[1:], start=1):
+            if track:
+                beats = xp.logical_or(piece > largest, xp.isnan(piece))
+                winner = xp.maximum(winner, xp.astype(beats, index_type) * k)
             largest = xp.maximum(largest, piece)
-        ctx.save(slices, largest, padded_shape, pads)
+        ctx.save(winner, len(slices), padded_shape, pads)
         return _channels_first(xp, largest)
 
     def backward(self, ctx, grad):
         xp = ctx.xp
-        slices, largest, padded_shape, pads = ctx.saved
+        winner, count, padded_shape, pads = ctx.saved
         grad = _channels_last(xp, grad)
-        zero = xp.zeros((), dtype=grad.dtype)
-        pieces, taken = [], None
-        for piece in slices:
-            hit = piece == largest
-            if taken is not None:  # a tie goes to the first offset only
-                hit = xp.logical_and(hit, xp.logical_not(taken))
-            taken = hit if taken is None else xp.logical_or(taken, hit)
-            pieces.append(xp.where(hit, grad, zero))
+        pieces = [xp.where(winner == k, grad, 0.0) for k in range(count)]
         return (self._fold_back(ctx, pieces, padded_shape, pads),)
 
 

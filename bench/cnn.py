@@ -1,7 +1,7 @@
 """CNN training-step benchmark: miniflow against PyTorch eager, same net, weights and batch.
 
 One step is forward + backward + SGD update (in place) of ``miniflow.models.cnn``
-(3x3 conv, ReLU, 2x2 max pool per block, then dense, ReLU, dropout, dense; float32,
+(3x3 conv, 2x2 max pool, ReLU per block, then dense, ReLU, dropout, dense; float32,
 softmax cross-entropy) on a fixed synthetic MNIST-sized batch, dropout active.
 Contenders, all in this process, timed in interleaved rounds (as bench/step.py):
 
@@ -78,8 +78,8 @@ class TorchCNN:
         arch = model.architecture
         layers, in_channels = [], arch["image_shape"][0]
         for out_channels in arch["channels"]:
-            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(),
-                       nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.MaxPool2d(2),
+                       nn.ReLU()]  # miniflow's order
             in_channels = out_channels
         side = arch["image_shape"][1] >> len(arch["channels"])
         layers += [nn.Flatten(), nn.Linear(in_channels * side * side, arch["hidden"]),

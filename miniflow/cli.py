@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--validation-size", type=_int_at_least(0),
                      default=defaults.validation_size,
                      help="training images held out for validation (default: %(default)s)")
+    run.add_argument("--shards", type=_int_at_least(1), default=None,
+                     help="split each batch into N row shards computed in parallel threads "
+                     f"(default: {_per_model('shards')})")
     run.add_argument("--cluster", metavar="SPEC",
                      help="train data-parallel on Dask: local:N starts N one-thread workers, "
                      "tcp://HOST:PORT joins a running scheduler (needs miniflow[dask])")
@@ -239,7 +242,7 @@ def _add_architecture_options(parser):
                         "regression; one size for the cnn's dense layer (default: 256 for "
                         "the mlp, 128 for the cnn)")
     parser.add_argument("--channels", type=_channels, default=None,
-                        help="the cnn's convolution channels, one per conv-ReLU-pool block "
+                        help="the cnn's convolution channels, one per conv-pool-ReLU block "
                         f"(default: {','.join(map(str, MODEL_DEFAULTS['cnn']['channels']))})")
     parser.add_argument("--activation", choices=list(ACTIVATIONS),
                         default=TrainConfig.activation,
@@ -279,7 +282,7 @@ def _train_command(args) -> None:
                          batch_size=args.batch_size, seed=args.seed, backend=args.backend,
                          validation_size=args.validation_size,
                          compile=args.compile and _compilable_or_notice(args.backend),
-                         weight_decay=args.weight_decay)
+                         weight_decay=args.weight_decay, shards=args.shards)
     # Everything that can fail fast does, before any time goes into training.
     if args.save:
         check_writable(args.save, "model")
@@ -312,7 +315,7 @@ def _train_command(args) -> None:
     where = backend.name if client is None else f"{args.cluster} ({backend.name} per worker)"
     print(f"wall time: {time.perf_counter() - started:.2f} s "
           f"(training {result.seconds:.2f} s, {plural(config.epochs, 'epoch')} on "
-          f"{where}{_threads_used(result.history)})")
+          f"{where}{_threads_used(result.history, config.shards)})")
     warning = diagnose(result.history, 10, accuracy=test_accuracy)
     if warning:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
@@ -322,12 +325,18 @@ def _train_command(args) -> None:
         print(f"saved the plot to {args.plot}")
 
 
-def _threads_used(history) -> str:
-    """", 2 BLAS threads" (or "1-2", when "auto" changed the count), or "" if not limited."""
+def _threads_used(history, shards: int = 1) -> str:
+    """", 2 BLAS threads" (or "1-2", when "auto" changed the count), or "" if not limited.
+
+    With batch shards: ", 2 threads (2 shards a batch)", the threads shared by
+    the shards and their BLAS calls.
+    """
     counts = sorted({stats.threads for stats in history if stats.threads is not None})
     if not counts:
         return ""
     span = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    if shards > 1:
+        return f", {span} thread{'' if span == '1' else 's'} ({shards} shards a batch)"
     return f", {span} BLAS thread{'' if span == '1' else 's'}"
 
 

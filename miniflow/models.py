@@ -201,7 +201,7 @@ def mlp(hidden=(256,), activation: str = "relu", *, n_inputs: int = 784, n_class
 
 def cnn(channels=(32, 64), hidden: int = 128, dropout: float = 0.25, *,
         image_shape=(1, 28, 28), n_classes: int = 10, seed: int = 0) -> Model:
-    """Build a convolutional classifier: (3x3 conv, ReLU, 2x2 max pool) per entry of
+    """Build a convolutional classifier: (3x3 conv, 2x2 max pool, ReLU) per entry of
     ``channels``, then a dense ReLU layer, dropout, and a dense layer to the classes.
 
     Parameters
@@ -256,7 +256,9 @@ def cnn(channels=(32, 64), hidden: int = 128, dropout: float = 0.25, *,
                      * math.sqrt(2.0 / fan_in)).astype(np.float32)
         params[b] = np.zeros(out_channels, dtype=np.float32)
         x = Conv2D(x, w, b, padding="same", name=f"conv{k}")
-        x = MaxPool2D(ReLU(x, name=f"relu{k}"), 2, name=f"pool{k}")
+        # Pool, then ReLU: the same function as ReLU then pool (max commutes with a
+        # rising function), with the ReLU on a quarter of the values.
+        x = ReLU(MaxPool2D(x, 2, name=f"pool{k}"), name=f"relu{k}")
         in_channels, height, width = out_channels, height // 2, width // 2
     x = Flatten(x, name="flatten")
     widths = (in_channels * height * width, hidden, n_classes)

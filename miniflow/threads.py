@@ -106,11 +106,19 @@ class ThreadPolicy:
         at each :meth:`adapt`.
         Where neither threadpoolctl nor PyTorch is loaded, "auto" leaves the
         pools as they are.
+    shards : int
+        Batch shards the caller computes in threads of its own (see
+        ``TrainConfig.shards``): of ``threads``, up to ``shards`` run shards
+        at once, and each shard's BLAS calls get an equal part of the rest.
 
     Attributes
     ----------
     threads : int or None
         The count in force now; None where nothing could be limited.
+    workers : int or None
+        How many shards run at once now (``min(shards, threads)``); None where
+        nothing could be limited (then one at a time: the pools may already
+        use every core).
 
     Raises
     ------
@@ -119,10 +127,11 @@ class ThreadPolicy:
         PyTorch not loaded, so nothing could apply it.
     """
 
-    def __init__(self, threads="auto"):
+    def __init__(self, threads="auto", *, shards: int = 1):
         self.requested = parse_threads(threads)
+        self.shards = shards
         self.cores = available_cores()
-        self.threads = None
+        self.threads = self.workers = None
         self._controller = None
         self._limiter = None
         self._torch_threads = None
@@ -186,13 +195,15 @@ class ThreadPolicy:
         return max(1, self.cores - taken)
 
     def _apply(self, count: int) -> None:
+        workers = min(self.shards, count)
+        per_worker = max(1, count // workers)
         if self._controller is not None:
             if self._limiter is not None:
                 self._limiter.restore_original_limits()
-            self._limiter = self._controller.limit(limits=count, user_api="blas")
+            self._limiter = self._controller.limit(limits=per_worker, user_api="blas")
         if self._torch_threads is not None:
-            self._torch.set_num_threads(count)
-        self.threads = count
+            self._torch.set_num_threads(per_worker)
+        self.threads, self.workers = count, workers
 
     def __exit__(self, *exc_info):
         if self._limiter is not None:

@@ -47,9 +47,9 @@ MODELS = ("mlp", "cnn")
 #: (Adam with a one-cycle schedule, 3 epochs) reach 99.2% test accuracy on MNIST.
 MODEL_DEFAULTS = {
     "mlp": {"hidden": (256,), "optimizer": "nesterov", "schedule": "cosine", "epochs": 10,
-            "lr": None},
+            "lr": None, "shards": 1},
     "cnn": {"channels": (32, 64), "hidden": (128,), "optimizer": "adam", "schedule": "onecycle",
-            "epochs": 3, "lr": 0.003},
+            "epochs": 3, "lr": 0.003, "shards": 2},
 }
 #: Rows per forward pass when measuring accuracy: large batches amortise the
 #: per-call overhead, and 10,000 rows of 784 float32 take only 31 MB.
@@ -74,7 +74,7 @@ class TrainConfig:
         Hidden layer sizes; ``0`` or ``()`` for softmax regression. For the
         CNN, one size: its dense layer.
     channels : int or tuple of int
-        The CNN's convolutions' output channels, one per conv-ReLU-pool block
+        The CNN's convolutions' output channels, one per conv-pool-ReLU block
         (the MLP has none: leave it None).
     activation : {"relu", "sigmoid", "tanh"}
         The MLP's nonlinearity (the CNN uses ReLU).
@@ -99,6 +99,15 @@ class TrainConfig:
     validation_size : int
         Training examples held out for validation (used by the command line
         when it loads MNIST), >= 0.
+    shards : int
+        Split each batch into this many row shards, computed at once in
+        threads of their own (NumPy and BLAS release the GIL), each with its
+        share of the BLAS threads; the step's loss and gradients are the
+        shards' weighted by their rows. The loss must be a mean over the rows
+        (the ready-made models' is). The result does not depend on how many
+        threads run (one computes the shards in turn); Dropout draws each
+        shard's masks from a generator of its own. >= 1; None takes the
+        model's default.
 
     Raises
     ------
@@ -122,13 +131,14 @@ class TrainConfig:
     compile: bool = False  # run each step through miniflow.compile (see compile.py)
     model: str = "mlp"
     weight_decay: float = 0.0
+    shards: int | None = None
 
     def __post_init__(self):
         # Frozen: normalised values are set through object.__setattr__.
         if self.model not in MODELS:
             raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         defaults = MODEL_DEFAULTS[self.model]
-        for name in ("hidden", "optimizer", "schedule", "epochs"):
+        for name in ("hidden", "optimizer", "schedule", "epochs", "shards"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults[name])
         if self.lr is None and self.optimizer == defaults["optimizer"]:
@@ -156,7 +166,8 @@ class TrainConfig:
         if self.model == "cnn" and len(self.hidden) != 1:
             raise ConfigError(f"the cnn has one dense hidden layer: give one size, "
                               f"got {self.hidden!r}")
-        for name, low in (("epochs", 0), ("batch_size", 1), ("validation_size", 0)):
+        for name, low in (("epochs", 0), ("batch_size", 1), ("validation_size", 0),
+                          ("shards", 1)):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -411,7 +422,7 @@ def train(config: TrainConfig, train_images, train_labels, val_images=None, val_
                                     val_labels, n_classes=n_classes,
                                     on_epoch=_chain(progress.epoch, on_epoch),
                                     on_step=_chain(progress.step, on_step))
-    with ThreadPolicy(threads) as policy, \
+    with ThreadPolicy(threads, shards=config.shards) as policy, \
             Progress(bar=None if verbose else False, lines=verbose) as progress:
         result = _train(config, train_images, train_labels, val_images, val_labels,
                         model=model, n_classes=n_classes,
@@ -481,43 +492,45 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, model,
         compiled = compile_step(model.loss, optimizer.nodes, backend)
     result = TrainResult(model=model, config=config)
     rng = np.random.default_rng(config.seed)
-    # Dropout's masks: drawn on the device, from a generator of their own, so the
-    # shuffling above stays what it was for graphs without dropout.
-    draws = backend.make_rng(config.seed)
+    step = _Step(model, optimizer.nodes, backend, config.shards, config.seed, compiled, policy)
     policy.ready()  # the thread count, from how busy the machine was while the data moved
     progress.start(config.epochs * steps_per_epoch)
     started = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        lr = optimizer.lr
-        # A diverging run is caught below, once per epoch, and explained; NumPy's
-        # overflow warnings from every operation on the way would only bury that.
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = _train_epoch(model, optimizer, backend, x_train, y_train,
-                                 backend.asarray(rng.permutation(n)), config.batch_size,
-                                 on_step, compiled, draws)
-        # The epoch's one trip to the host for the loss.
-        loss = float(total) / n
-        if not math.isfinite(loss):
-            raise TrainingDivergedError(
-                f"the training loss became {loss} in epoch {epoch}: the learning rate "
-                f"{config.lr:g} is probably too high; try a lower one, e.g. {config.lr / 10:g}")
-        val_accuracy = val_loss = train_accuracy = None
-        if has_val:
-            correct, val_total = _count_correct(model, optimizer.params, x_val, y_val,
-                                                backend, with_loss=True)
-            val_accuracy = int(correct) / len(val_labels)
-            val_loss = float(val_total) / len(val_labels)
-        else:  # the one accuracy there is to show
-            train_accuracy = int(_count_correct(model, optimizer.params, x_train, y_train,
-                                                backend)) / n
-        stats = EpochStats(epoch, config.epochs, loss, val_accuracy,
-                           time.perf_counter() - epoch_start, lr, val_loss=val_loss,
-                           train_accuracy=train_accuracy, threads=policy.threads)
-        policy.adapt()  # the next epoch takes the cores that are free now
-        result.history.append(stats)
-        if on_epoch is not None:
-            on_epoch(stats)
+    try:
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            lr = optimizer.lr
+            # A diverging run is caught below, once per epoch, and explained; NumPy's
+            # overflow warnings from every operation on the way would only bury that.
+            with np.errstate(over="ignore", invalid="ignore"):
+                total = _train_epoch(step, optimizer, backend, x_train, y_train,
+                                     backend.asarray(rng.permutation(n)), config.batch_size,
+                                     on_step)
+            # The epoch's one trip to the host for the loss.
+            loss = float(total) / n
+            if not math.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"the training loss became {loss} in epoch {epoch}: the learning rate "
+                    f"{config.lr:g} is probably too high; try a lower one, e.g. "
+                    f"{config.lr / 10:g}")
+            val_accuracy = val_loss = train_accuracy = None
+            if has_val:
+                correct, val_total = _count_correct(model, optimizer.params, x_val, y_val,
+                                                    backend, with_loss=True)
+                val_accuracy = int(correct) / len(val_labels)
+                val_loss = float(val_total) / len(val_labels)
+            else:  # the one accuracy there is to show
+                train_accuracy = int(_count_correct(model, optimizer.params, x_train, y_train,
+                                                    backend)) / n
+            stats = EpochStats(epoch, config.epochs, loss, val_accuracy,
+                               time.perf_counter() - epoch_start, lr, val_loss=val_loss,
+                               train_accuracy=train_accuracy, threads=policy.threads)
+            policy.adapt()  # the next epoch takes the cores that are free now
+            result.history.append(stats)
+            if on_epoch is not None:
+                on_epoch(stats)
+    finally:
+        step.close()
     result.seconds = time.perf_counter() - started
 
     trained = {node: np.asarray(backend.to_numpy(value), dtype=np.float32)
@@ -526,8 +539,59 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, model,
     return result
 
 
-def _train_epoch(model, optimizer, backend, x, y, order, batch_size, on_step, compiled=None,
-                 draws=None):
+class _Step:
+    """The loss and gradients of one training batch: whole, or in row shards run in threads.
+
+    Dropout's masks are drawn on the device from generators of their own (one
+    per shard), so the shuffling stays what it is for graphs without dropout.
+    """
+
+    def __init__(self, model, wrt, backend, shards, seed, compiled, policy):
+        self.model, self.wrt, self.backend = model, wrt, backend
+        self.shards, self.compiled, self.policy = shards, compiled, policy
+        if shards == 1:
+            self.draws = [backend.make_rng(seed)]
+        else:
+            seeds = np.random.SeedSequence(seed).spawn(shards)
+            self.draws = [backend.make_rng(int(s.generate_state(1)[0])) for s in seeds]
+        self.pool = None
+        if shards > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(shards, thread_name_prefix="miniflow-shard")
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def _one(self, params, images, labels, draws):
+        feed = {**params, self.model.images: images, self.model.labels: labels}
+        if self.compiled is not None:
+            return self.compiled(feed)
+        result = run(self.model.loss, feed, self.wrt, backend=self.backend, training=True,
+                     rng=draws)
+        return result.value, result.grads
+
+    def __call__(self, params, images, labels):
+        rows = images.shape[0]
+        if self.shards == 1:
+            return self._one(params, images, labels, self.draws[0])
+        bounds = [rows * k // self.shards for k in range(self.shards + 1)]
+        jobs = [(params, images[a:b, ...], labels[a:b], draws)
+                for a, b, draws in zip(bounds, bounds[1:], self.draws) if b > a]
+        if (self.policy.workers or 1) > 1:
+            parts = list(self.pool.map(lambda job: self._one(*job), jobs))
+        else:
+            parts = [self._one(*job) for job in jobs]
+        # The loss is a mean over rows: the batch's is the shards' weighted by their rows.
+        shares = [job[1].shape[0] / rows for job in jobs]
+        loss = sum(share * value for share, (value, _) in zip(shares, parts))
+        grads = [sum(share * grads[i] for share, (_, grads) in zip(shares, parts))
+                 for i in range(len(self.wrt))]
+        return loss, grads
+
+
+def _train_epoch(step, optimizer, backend, x, y, order, batch_size, on_step):
     """One pass over (x, y) in ``order`` (a device array of indices); return the summed loss.
 
     Each batch is gathered with ``take``: on NumPy this measured ~2x faster
@@ -537,18 +601,12 @@ def _train_epoch(model, optimizer, backend, x, y, order, batch_size, on_step, co
     the device every step.
     """
     xp = backend.xp
-    images, labels, wrt = model.images, model.labels, optimizer.nodes
     n, total = order.shape[0], 0.0
     for start in range(0, n, batch_size):
         # Slices must stop inside the array: the standard leaves longer ones unspecified.
         batch = order[start:min(start + batch_size, n)]
-        feed = {**optimizer.params, images: xp.take(x, batch, axis=0),
-                labels: xp.take(y, batch, axis=0)}
-        if compiled is not None:
-            loss, grads = compiled(feed)
-        else:
-            step = run(model.loss, feed, wrt, backend=backend, training=True, rng=draws)
-            loss, grads = step.value, step.grads
+        loss, grads = step(optimizer.params, xp.take(x, batch, axis=0),
+                           xp.take(y, batch, axis=0))
         optimizer.step(grads)
         total = total + loss * batch.shape[0]
         if on_step is not None:

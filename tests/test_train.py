@@ -181,6 +181,7 @@ def test_empty_training_data_is_refused():
     ({"model": "cnn", "channels": ()}, r"channels must be one or more integers >= 1"),
     ({"model": "cnn", "channels": "16"}, r"channels must be one or more integers >= 1"),
     ({"channels": (16,)}, r"channels apply to the cnn only, not the mlp"),
+    ({"shards": 0}, r"shards must be an integer >= 1, got 0"),
 ])
 def test_bad_config_values_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -204,3 +205,40 @@ def test_evaluate_model_checks_the_data_against_the_model():
     with pytest.raises(DataError, match=r"test_images has shape \(200, 4\): 4 features per "
                                         r"example, but the model takes 20"):
         evaluate_model(result.model, VAL[0][:, :4], VAL[1])
+
+
+# -- batch shards -------------------------------------------------------------------------
+
+def test_shards_give_the_whole_batch_gradient(backend):
+    # Without dropout a sharded step is the whole batch's, up to float32 rounding:
+    # shard losses weighted by their rows (610 rows: uneven last batches included).
+    whole = run(TrainConfig(**SMALL, backend=backend.name, shards=1))
+    for shards in (2, 3):
+        sharded = run(TrainConfig(**SMALL, backend=backend.name, shards=shards))
+        for (node, value), got in zip(whole.model.params.items(),
+                                      sharded.model.params.values()):
+            np.testing.assert_allclose(got, value, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{shards} shards, {node.name}")
+        np.testing.assert_allclose([s.loss for s in sharded.history],
+                                   [s.loss for s in whole.history], rtol=1e-5)
+
+
+def test_shards_repeat_exactly_whatever_the_thread_count():
+    pytest.importorskip("threadpoolctl")
+    from miniflow.models import cnn
+    from test_cnn_model import digits
+
+    images, labels = digits(200)
+    config = TrainConfig(model="cnn", epochs=2, batch_size=40, lr=0.01, shards=2)
+    runs = [train(config, images, labels, model=cnn((4,), 8, image_shape=(1, 8, 8),
+                                                   n_classes=2, seed=1),
+                  n_classes=2, threads=threads) for threads in (1, 2, 2)]
+    for other in runs[1:]:  # dropout on: each shard draws its own masks, reproducibly
+        for value, got in zip(runs[0].model.params.values(), other.model.params.values()):
+            np.testing.assert_array_equal(got, value)
+    assert [s.threads for s in runs[1].history] == [2, 2]
+
+
+def test_one_row_batches_leave_extra_shards_empty():
+    result = run(TrainConfig(hidden=(4,), epochs=1, batch_size=1, shards=3))
+    assert np.isfinite(result.history[0].loss)

@@ -8,6 +8,9 @@ Contenders, all in this process, timed in interleaved rounds (as bench/step.py):
   torch:cpu          PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD (the reference)
   miniflow:BACKEND   miniflow.run with training=True on numpy, torch, array_api_strict
                      (and cupy, torch:cuda where a GPU is usable)
+  miniflow:numpy/2 shards
+                     the step as `miniflow train` runs the CNN: the batch in two row
+                     shards computed at once in two threads, one BLAS thread each
 
 Ratios are to torch:cpu in the same rounds. The split of miniflow:numpy's step
 between convolution, pooling and the rest comes from miniflow's profiler.
@@ -67,6 +70,33 @@ class MiniflowCNN:
         self.backend.synchronize(*self.params)
 
 
+class ShardedMiniflowCNN(MiniflowCNN):
+    """The step as ``miniflow train`` runs the CNN: the batch in row shards computed at once
+    in threads, one BLAS thread each (the trainer's own step object, miniflow.train._Step)."""
+
+    def __init__(self, backend: str, model, shards: int, **kwargs):
+        from types import SimpleNamespace
+
+        from threadpoolctl import ThreadpoolController
+
+        from miniflow.train import _Step
+
+        super().__init__(backend, model, **kwargs)
+        self.name = f"{self.backend.name}/{shards} shards"
+        self.controller = ThreadpoolController()
+        self.sharded = _Step(model, self.nodes, self.backend, shards, 0, None,
+                             SimpleNamespace(workers=shards))
+
+    def step(self, x, y):
+        with self.controller.limit(limits=1, user_api="blas"):
+            loss, grads = self.sharded(dict(zip(self.nodes, self.params)), x, y)
+        for i, grad in enumerate(grads):
+            p = self.params[i]
+            p -= self.lr * grad
+            self.params[i] = p
+        return loss
+
+
 class TorchCNN:
     """The same net in PyTorch eager, as its users write it, starting from the same weights."""
 
@@ -119,7 +149,7 @@ def synthetic_batch(batch: int, shape=(1, 28, 28), seed: int = 1):
     return x, rng.integers(0, 10, batch).astype(np.int64)
 
 
-def make_contenders(model, batch, wanted) -> list[c.Contender]:
+def make_contenders(model, batch, wanted, shards=2) -> list[c.Contender]:
     x, y = synthetic_batch(batch, tuple(model.input_shape))
     found = []
     for device in c.torch_devices(lambda name: name == REFERENCE or wanted(name)):
@@ -129,10 +159,13 @@ def make_contenders(model, batch, wanted) -> list[c.Contender]:
     for name in c.miniflow_backends(wanted):
         if name == "jax.numpy":
             continue  # a functional backend: its eager per-op dispatch is not what JAX is for
-        engine = MiniflowCNN(name, model)
-        bx, by = engine.backend.asarray(x), engine.backend.asarray(y)
-        found.append(c.Contender(f"miniflow:{engine.name}", partial(engine.step, bx, by),
-                                 engine.sync))
+        engines = [MiniflowCNN(name, model)]
+        if name == "numpy" and shards > 1 and wanted(f"miniflow:numpy/{shards} shards"):
+            engines.append(ShardedMiniflowCNN(name, model, shards))
+        for engine in engines:
+            bx, by = engine.backend.asarray(x), engine.backend.asarray(y)
+            found.append(c.Contender(f"miniflow:{engine.name}", partial(engine.step, bx, by),
+                                     engine.sync))
     return found
 
 
@@ -164,6 +197,10 @@ def main(argv=None) -> int:
                    help="output channels of the convolutions (default: %(default)s, the "
                         "issue's reference net)")
     p.add_argument("--hidden", type=int, default=128, help="default: %(default)s")
+    p.add_argument("--shards", type=int, default=2,
+                   help="also time miniflow:numpy with the batch in this many row shards on "
+                        "as many threads, as `miniflow train` runs the CNN (default: "
+                        "%(default)s; 1: not)")
     p.add_argument("--only", type=lambda s: s.split(","), metavar="PREFIX,...",
                    help="contenders whose name starts with these (torch:cpu always runs)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 8; quick 2)")
@@ -182,7 +219,7 @@ def main(argv=None) -> int:
     args.warmup = args.warmup or (0.05 if args.quick else 1.0)
     model = cnn(channels, args.hidden)
 
-    contenders = make_contenders(model, batch, c.wanted_by(args.only, REFERENCE))
+    contenders = make_contenders(model, batch, c.wanted_by(args.only, REFERENCE), args.shards)
     samples = c.interleaved(contenders, rounds=args.rounds, block_s=args.block,
                             warmup_s=args.warmup, **c.timing_options(args))
     rows = []

@@ -160,8 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="momentum, or Adam's first beta (default: %(default)s)")
     run.add_argument("--epochs", type=_int_at_least(0), default=None,
                      help=f"(default: {_per_model('epochs')})")
-    run.add_argument("--batch-size", type=_int_at_least(1), default=defaults.batch_size,
-                     help="(default: %(default)s)")
+    run.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                     help=f"(default: {_per_model('batch_size')})")
     run.add_argument("--seed", type=_int_at_least(0), default=defaults.seed,
                      help="seeds the initial weights and the shuffling (default: %(default)s)")
     _add_data_option(run)

@@ -176,6 +176,7 @@ def test_cnn_quick_compares_miniflow_with_pytorch_from_the_same_weights(tmp_path
     assert proc.returncode == 0, proc.stderr
     result = read(out)
     check_machine(result["machine"])
-    assert {r["contender"] for r in result["results"]} == {"torch:cpu", "miniflow:numpy"}
+    assert {r["contender"] for r in result["results"]} == {
+        "torch:cpu", "miniflow:numpy", "miniflow:numpy/2 shards"}
     assert set(result["split_ms"]) == {"convolution", "pooling", "rest"}
     assert result["targets"][0]["check"].startswith("miniflow:numpy / torch:cpu")

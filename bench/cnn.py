@@ -238,11 +238,12 @@ def main(argv=None) -> int:
     print("\nminiflow:numpy step by node kind (profiler): " + ", ".join(
         f"{name} {ms:.1f} ms ({ms / total:.0%})" for name, ms in groups.items()))
     machine = c.machine_info(malloc, args.blas_threads)
-    engine = next((r for r in rows if r["contender"] == "miniflow:numpy"), None)
-    checks = [] if engine is None else [{
-        "check": f"miniflow:numpy / torch:cpu at batch {batch}",
-        "value": engine["ratio_paired"], "target": f"<= {TARGET:.2f}",
-        "met": engine["ratio_paired"] <= TARGET}]
+    # The target applies to the step as `miniflow train` runs the CNN (sharded when
+    # --shards > 1); the one-batch step is checked too, for the record.
+    checks = [{"check": f"{r['contender']} / torch:cpu at batch {batch}",
+               "value": r["ratio_paired"], "target": f"<= {TARGET:.2f}",
+               "met": r["ratio_paired"] <= TARGET}
+              for r in rows if r["contender"].startswith("miniflow:numpy")]
     print("\n" + c.describe(machine))
     c.print_checks(checks)
     c.write_json(args.json, {"benchmark": "cnn", "machine": machine, "quick": args.quick,

@@ -106,8 +106,9 @@ class TrainConfig:
         threads of their own (NumPy and BLAS release the GIL), each with its
         share of the BLAS threads; the step's loss and gradients are the
         shards' weighted by their rows. The loss must be a mean over the rows
-        (the ready-made models' is). The result does not depend on how many
-        threads run (one computes the shards in turn); Dropout draws each
+        (the ready-made models' is). With up to ``shards`` threads the result
+        does not depend on their count (one computes the shards in turn, each
+        shard's BLAS has one thread); Dropout draws each
         shard's masks from a generator of its own. >= 1; None takes the
         model's default.
 

@@ -199,7 +199,7 @@ def mlp(hidden=(256,), activation: str = "relu", *, n_inputs: int = 784, n_class
                  params=params, architecture=architecture)
 
 
-def cnn(channels=(32, 64), hidden: int = 128, dropout: float = 0.25, *,
+def cnn(channels=(32, 64), hidden: int = 128, dropout: float = 0.1, *,
         image_shape=(1, 28, 28), n_classes: int = 10, seed: int = 0) -> Model:
     """Build a convolutional classifier: (3x3 conv, 2x2 max pool, ReLU) per entry of
     ``channels``, then a dense ReLU layer, dropout, and a dense layer to the classes.

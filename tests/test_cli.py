@@ -529,7 +529,7 @@ def test_default_cnn_learns_mnist_and_its_file_evaluates(capsys, tmp_path):
     result = train(TrainConfig(model="cnn", epochs=1, seed=0), mnist.train_images[:12000],
                    mnist.train_labels[:12000], threads=1)
     accuracy = evaluate_model(result.model, mnist.test_images, mnist.test_labels, threads=1)
-    assert accuracy >= 0.95  # 95.66% on this project's machines
+    assert accuracy >= 0.96  # 97.00% on this project's machines
     path = save_model(result.model, tmp_path / "cnn.npz")
     assert main(["evaluate", str(path), "--model", "cnn", "--data-dir", str(folder),
                  "--threads", "1"]) == 0

@@ -242,3 +242,26 @@ def test_shards_repeat_exactly_whatever_the_thread_count():
 def test_one_row_batches_leave_extra_shards_empty():
     result = run(TrainConfig(hidden=(4,), epochs=1, batch_size=1, shards=3))
     assert np.isfinite(result.history[0].loss)
+
+
+def test_evaluation_batches_and_threads_do_not_change_the_counts():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from miniflow.backends import get_backend
+    from miniflow.models import cnn, mlp
+    from miniflow.train import _count_correct, eval_batch_size
+
+    assert eval_batch_size(mlp((8,), n_inputs=20)) == 10_000
+    assert eval_batch_size(cnn((4,), 8, image_shape=(1, 8, 8))) == 1_000
+    rng = np.random.default_rng(3)
+    model = cnn((4,), 8, image_shape=(1, 8, 8), n_classes=3, seed=2)
+    x = rng.standard_normal((53, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 53)
+    backend = get_backend("numpy")
+    whole = _count_correct(model, model.params, x, y, backend, with_loss=True)
+    with ThreadPoolExecutor(2) as pool:
+        for batch_size, map_ in [(7, map), (7, pool.map), (None, pool.map)]:
+            correct, loss = _count_correct(model, model.params, x, y, backend, batch_size,
+                                           with_loss=True, map=map_)
+            assert int(correct) == int(whole[0])
+            assert float(loss) == pytest.approx(float(whole[1]), rel=1e-5)

@@ -14,7 +14,7 @@ def spread_out(array, axes, margin=1e-3):
 
     Std has a kink where a slice is flat (all elements equal): its rule gives the
     gradient 0 there, but PyTorch reaches its rule only when its own mean of the
-    slice comes out exact (never for 0.1 * ones(12), say), and near flat the
+    slice comes out exact (not for 0.1 * ones(12), say), and near flat the
     gradient (x - mean) / (n std) is ill-conditioned. So its oracle steers clear,
     as ReLU's does of 0; flat slices are checked against the rule itself in
     test_reductions.py, and here with small integers, whose means are exact.

@@ -100,6 +100,4 @@ class DaskBackend(ArrayAPIBackend):
         return da.from_array(np.array(value, dtype=dtype, copy=True), name=False)
 
     def to_numpy(self, array):
-        import numpy as np
-
         return np.asarray(array.compute())

@@ -10,6 +10,8 @@ Family modules are ``tests/specs_<family>.py``, each with a ``SPECS`` list.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
@@ -125,22 +127,52 @@ def check_spec(spec: OpSpec, drawn, backend, seed=0):
                        case.arrays, backend, rtol=spec.rtol, atol=spec.atol, seed=seed)
 
 
+@functools.lru_cache(maxsize=None)
+def flushes_subnormals(backend) -> bool:
+    """Whether ``backend``'s arithmetic takes subnormal floats (below ~2.2e-308) as zeros.
+
+    JAX on CPU does, by design: XLA runs with the processor's flush-to-zero and
+    denormals-are-zero modes (jax-ml/jax#16200, "sharp bits"), so there
+    5e-324 > 0 is False and ReLU's gradient at 5e-324 is 0. No node can compute
+    otherwise on such a backend.
+    """
+    smallest = np.array([np.nextafter(0.0, 1.0)])
+    return bool(np.asarray(backend.to_numpy(backend.asarray(smallest) * 1.0))[0] == 0)
+
+
+@contextlib.contextmanager
+def _arithmetic_of(backend):
+    """PyTorch computing with ``backend``'s floating-point mode (flushing subnormals or not)."""
+    if not flushes_subnormals(backend):
+        yield
+        return
+    if not torch.set_flush_denormal(True):
+        __import__("pytest").skip(f"{backend.name} flushes subnormals to zero, and PyTorch "
+                                  "cannot on this processor")
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def compare_with_torch(build, torch_fn, arrays, backend, rtol=1e-7, atol=1e-9, seed=0):
     """Assert that miniflow's value and gradients equal PyTorch's (float64) on ``backend``.
 
     The output is checked through ``sum(output * upstream)`` with a random
-    upstream gradient, so every element of every gradient matters.
+    upstream gradient, so every element of every gradient matters. Where the
+    backend flushes subnormals to zero (JAX on CPU), PyTorch computes so too.
     """
     arrays = [np.asarray(a) for a in arrays]
     tensors = _torch_inputs(arrays)
-    expected = torch_fn(*tensors)
-    upstream = np.random.default_rng(seed).standard_normal(tuple(expected.shape))
-    differentiable = [t for t in tensors if t.requires_grad]
-    if differentiable and expected.requires_grad:
-        torch_grads = torch.autograd.grad(expected, differentiable, torch.tensor(upstream),
-                                          allow_unused=True)
-    else:
-        torch_grads = [None] * len(differentiable)
+    with _arithmetic_of(backend):
+        expected = torch_fn(*tensors)
+        upstream = np.random.default_rng(seed).standard_normal(tuple(expected.shape))
+        differentiable = [t for t in tensors if t.requires_grad]
+        if differentiable and expected.requires_grad:
+            torch_grads = torch.autograd.grad(expected, differentiable, torch.tensor(upstream),
+                                              allow_unused=True)
+        else:
+            torch_grads = [None] * len(differentiable)
 
     nodes = [Input(name=f"x{k}") for k in range(len(arrays))]
     head = DummyGrad(build(*nodes))

@@ -5,6 +5,8 @@ Values and gradients against PyTorch for random shapes are in test_differential.
 """
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from miniflow import (MSE, BinaryCrossEntropyWithLogits, CrossEntropyWithSoftmax, GraphError,
                       Input, LogSoftmax, MeanSquaredError, NodeError, ShapeError, Softmax,
@@ -79,6 +81,35 @@ def test_an_ignored_label_may_lie_outside_the_classes(backend, to_numpy):
     got = evaluate(CrossEntropyWithSoftmax(x, y, ignore_index=-100), feed, backend=backend.name)
     want = F.cross_entropy(torch.tensor(logits), torch.tensor(labels), ignore_index=-100)
     np.testing.assert_allclose(to_numpy(got), want.numpy(), rtol=1e-12)
+
+
+@st.composite
+def every_label_ignored(draw):
+    """Logits (classes,), (batch, classes) or (batch, classes, d1, ...), every label ignored."""
+    classes = draw(st.integers(1, 4))
+    positions = draw(st.sampled_from([(), (draw(st.integers(1, 4)),),
+                                      (draw(st.integers(1, 3)), draw(st.integers(1, 3)))]))
+    ignore = draw(st.sampled_from([-100, 0, classes]))
+    options = {"ignore_index": ignore, "label_smoothing": draw(st.sampled_from([0.0, 0.1, 1.0]))}
+    logits = draw(oracle.values(positions[:1] + (classes,) + positions[1:], -10, 10))
+    return logits, np.full(positions, ignore, dtype=np.int64), options
+
+
+def test_mean_over_every_label_ignored_is_nan_with_a_zero_gradient(backend):
+    """No logit moves a loss whose every label is ignored: its gradient is 0, as in PyTorch.
+
+    The mean itself is 0/0 = nan; its gradient was (probs * 0 - 0) * (grad / 0), also nan.
+    """
+    @settings(max_examples=30, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(case=every_label_ignored())
+    def check(case):
+        logits, labels, options = case
+        oracle.compare_with_torch(
+            lambda x, y: CrossEntropyWithSoftmax(x, y, **options),
+            lambda x, y: F.cross_entropy(x, y, **options), [logits, labels], backend)
+
+    check()
 
 
 def test_soft_targets_must_match_the_logits(backend):

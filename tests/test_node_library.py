@@ -6,6 +6,9 @@ Values and gradients against PyTorch for random shapes are in test_differential.
 """
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import miniflow as mf
 from miniflow import (ELU, GELU, Abs, Add, Clip, Concat, Constant, Cos, DummyGrad, ExpandDims,
@@ -262,6 +265,31 @@ def test_take_gradient_sums_repeated_indices(backend, to_numpy):
                                  backend=backend.name)
     np.testing.assert_array_equal(to_numpy(value), table[indices].sum())
     np.testing.assert_array_equal(to_numpy(grad), [[0] * 3, [3] * 3, [0] * 3, [1] * 3])
+
+
+def test_take_at_index_zero_matches_pytorch(backend):
+    """Indices [0] into any table along any axis, among other all-zero index shapes.
+
+    On Dask, an index array fed as [0] took the name Dask hashes for the chunk offsets
+    of a one-chunk table, so x[indices] took the table's shape and Take's reshape
+    failed (dask/dask#6709); the Dask backend now names fed arrays at random.
+    """
+    _float64(backend)
+    oracle = pytest.importorskip("oracle")
+    from specs_shape import torch_take
+
+    @settings(max_examples=25, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(table=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4)
+           .flatmap(oracle.values),
+           index_shape=st.sampled_from([(1,), (), (2,), (1, 1)]), data=st.data())
+    def check(table, index_shape, data):
+        axis = data.draw(st.integers(-table.ndim, table.ndim - 1))
+        oracle.compare_with_torch(lambda w, i: Take(w, i, axis=axis),
+                                  lambda w, i: torch_take(w, i, axis),
+                                  [table, np.zeros(index_shape, np.int64)], backend)
+
+    check()
 
 
 def test_clip_needs_a_bound_and_gelu_a_known_form():

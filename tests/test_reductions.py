@@ -3,10 +3,15 @@
 Values and gradients against PyTorch for random shapes are in test_differential.py
 (specs in specs_reductions.py); these are the cases worth naming.
 """
+import math
 import re
+from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from miniflow import (CumSum, GraphError, Input, LogSumExp, Max, Mean, Min, ShapeError, Std,
                       Sum, Var, evaluate, gradcheck, value_and_grad)
@@ -94,6 +99,78 @@ def test_std_of_equal_elements_has_zero_gradient(backend, to_numpy):
                                  x, backend=backend.name)
     assert to_numpy(value) == 0
     np.testing.assert_array_equal(to_numpy(grad), np.zeros((2, 3)))
+
+
+EXAMPLES = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def std_case(draw):
+    """A shape without empty axes, an axis for it (None, int or tuple) and a correction < n."""
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4))
+    ndim = len(shape)
+    axis = draw(st.one_of(st.none(), *([st.integers(-ndim, ndim - 1), st.lists(
+        st.integers(0, ndim - 1), min_size=1, unique=True).map(tuple)] if ndim else [])))
+    axes = tuple(range(ndim)) if axis is None else (axis % ndim,) if isinstance(axis, int) \
+        else tuple(axis)
+    count = math.prod(shape[a] for a in axes)
+    correction = draw(st.sampled_from([c for c in (0, 1, 0.5) if c < count]))
+    return shape, axis, axes, correction
+
+
+def test_std_of_flat_slices_is_exactly_zero_with_a_zero_gradient(backend, to_numpy):
+    """Any equal values (0.1, 1e-300, 1e300...): y = 0 exactly and the rule's gradient 0.
+
+    sum / n of equal values is rarely that value, so x - mean(x) left a rounding residue
+    e and the gradient sign(e) / n: noise on every backend (the differential test found it).
+    """
+    @EXAMPLES
+    @given(case=std_case(), data=st.data())
+    def check(case, data):
+        shape, axis, axes, correction = case
+        kept = tuple(1 if k in axes else n for k, n in enumerate(shape))
+        levels = data.draw(hnp.arrays(np.float64, kept, elements=st.floats(
+            allow_nan=False, allow_infinity=False, min_value=-1e300, max_value=1e300)))
+        x, flat = Input(), np.broadcast_to(levels, shape).copy()
+        value, grad = value_and_grad(Sum(Std(x, axis=axis, correction=correction)),
+                                     {x: backend.asarray(flat)}, x, backend=backend.name)
+        assert to_numpy(value) == 0
+        np.testing.assert_array_equal(to_numpy(grad), np.zeros(shape))
+
+    check()
+
+
+def _exact_std_gradient(x, axes, correction):
+    """d sum(Std(x)) / dx from exact rational arithmetic: (x - mean) / ((n - c) y), 0 where flat."""
+    exact = np.vectorize(Fraction, otypes=[object])(x)
+    dof = Fraction(math.prod(x.shape[a] for a in axes)) - Fraction(correction)
+    centered = exact - np.sum(exact, axis=axes, keepdims=True) / math.prod(x.shape[a] for a in axes)
+    var = np.sum(centered * centered, axis=axes, keepdims=True) / dof
+    std = np.vectorize(lambda v: math.sqrt(float(v)) if v else math.inf, otypes=[float])(var)
+    return np.vectorize(float, otypes=[float])(centered / dof) / std
+
+
+def test_std_of_nearly_flat_slices_matches_exact_arithmetic(backend, to_numpy):
+    """Elements a few ulp apart: the gradient is still right to rounding (Std's shift by x0).
+
+    Centred on a mean rounded to the ulp of the values, their differences were lost.
+    """
+    @EXAMPLES
+    @given(case=std_case(), data=st.data())
+    def check(case, data):
+        shape, axis, axes, correction = case
+        base = data.draw(st.floats(0.5, 3.0) | st.floats(-3.0, -0.5))
+        step = np.spacing(base) * 2.0 ** data.draw(st.integers(0, 30))
+        offsets = data.draw(hnp.arrays(np.int64, shape, elements=st.integers(-3, 3)))
+        values = base + offsets * step
+        x = Input()
+        _, grad = value_and_grad(Sum(Std(x, axis=axis, correction=correction)),
+                                 {x: backend.asarray(values)}, x, backend=backend.name)
+        np.testing.assert_allclose(to_numpy(grad), _exact_std_gradient(values, axes, correction),
+                                   rtol=1e-9, atol=1e-12)
+
+    check()
 
 
 NONFINITE = [

@@ -1,4 +1,6 @@
 """Any other Array-API library, through array-api-compat: torch, JAX, Dask, array-api-strict."""
+import numpy as np
+
 from .base import Backend
 
 
@@ -82,7 +84,20 @@ class DaskBackend(ArrayAPIBackend):
     def __init__(self):
         super().__init__("dask.array", "dask.array", "pip install 'miniflow[dask]'")
 
-    def to_numpy(self, array):
-        import numpy as np
+    def asarray(self, value, dtype=None):
+        """Host data -> a Dask array under a random name, not one hashed from the data.
 
+        Dask names an array made from NumPy data by hashing it, and names the chunk
+        offsets it builds to index with an integer array the same way: indices that
+        equal those offsets (``[0]`` for a one-chunk array) share their name, and
+        ``x[indices]`` then takes x's shape (dask/dask#6709), so Take's reshape
+        failed. A random name never collides, and spares a pass over each fed batch.
+        """
+        import dask.array as da
+
+        if isinstance(value, da.Array):
+            return self.xp.asarray(value, dtype=dtype)
+        return da.from_array(np.array(value, dtype=dtype, copy=True), name=False)
+
+    def to_numpy(self, array):
         return np.asarray(array.compute())

@@ -273,6 +273,11 @@ class CrossEntropyWithSoftmax(Node):
         xp = ctx.xp
         probs, targets, log_probs, count = ctx.saved
         axis = self._class_axis(probs)
+        if self.reduction == "mean" and self.ignore_index is not None:
+            # With every label ignored the mean is 0/0 = nan, but the loss then depends on
+            # no logit: its gradient is 0, as in PyTorch. The targets are all 0 there, and
+            # dividing by at least 1 keeps 0 * (grad / 0) from turning that 0 into nan.
+            count = xp.maximum(count, 1)
         upstream = _upstream(grad, self.reduction, count)
         if self.reduction == "none":
             upstream = xp.expand_dims(upstream, axis=axis)

@@ -187,14 +187,16 @@ class Std(Var):
     """y = sqrt(Var(x, axis, correction)); dy/dx = (x - mean(x)) / ((n - correction) y).
 
     Where y = 0 (all elements equal) the gradient is 0, as PyTorch defines it,
-    rather than the 0/0 of the formula.
+    rather than the 0/0 of the formula; each slice is shifted by its first element
+    first, so that an equal slice gives exactly y = 0 whatever its value.
     """
 
     def forward(self, ctx, x):
         xp = ctx.xp
         axes = reduction_axes(self.axis, x.shape)
         # sqrt of var, not xp.std: PyTorch's std takes no fractional correction.
-        kept = xp.sqrt(xp.var(x, axis=axes, correction=self.correction, keepdims=True))
+        kept = xp.sqrt(xp.var(_shifted_by_first(x, axes), axis=axes, correction=self.correction,
+                              keepdims=True))
         ctx.save(kept)
         return self._output(xp, kept, x.shape, axes)
 
@@ -205,7 +207,22 @@ class Std(Var):
         flat = std == 0
         grad_over_std = xp.where(flat, 0.0, self._spread(xp, grad, x.shape, axes)
                                  / xp.where(flat, 1.0, std))
-        return (self._centered_over_dof(xp, x, axes) * grad_over_std,)
+        # Shifted as in forward: a nearly flat slice keeps its small differences.
+        return (self._centered_over_dof(xp, _shifted_by_first(x, axes), axes) * grad_over_std,)
+
+
+def _shifted_by_first(x, axes):
+    """x minus the first element of each slice over ``axes``: the same spread, exactly 0 if flat.
+
+    The mean of n equal values, sum / n, is rarely exactly that value, so x - mean(x)
+    of a flat slice is a rounding residue e, the variance e**2 instead of 0 and Std's
+    gradient (x - mean) / (n std) = sign(e) / n: noise instead of the 0 of the rule
+    where y = 0 (on NumPy, JAX and Dask alike). Shifted first, a flat slice is all
+    zeros, and a nearly flat one keeps its small differences exactly (x - x0 is exact
+    when x and x0 are within a factor 2, Sterbenz).
+    """
+    first = tuple(slice(0, 1) if k in axes else slice(None) for k in range(x.ndim))
+    return x - x[first]
 
 
 class LogSumExp(_Reduction):

@@ -509,7 +509,10 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, model,
             raise ConfigError("--compile cannot train a graph with Dropout yet (a compiled "
                               "step has no per-run generator for its masks); train it "
                               "without --compile")
-        compiled = compile_step(model.loss, optimizer.nodes, backend)
+        # One program per shard: a compiled NumPy step fills buffers of its own and
+        # returns them, so two shards must never share one.
+        compiled = [compile_step(model.loss, optimizer.nodes, backend)
+                    for _ in range(config.shards)]
     result = TrainResult(model=model, config=config)
     rng = np.random.default_rng(config.seed)
     step = _Step(model, optimizer.nodes, backend, config.shards, config.seed, compiled, policy)
@@ -590,21 +593,21 @@ class _Step:
             return self.pool.map(function, items)
         return map(function, items)
 
-    def _one(self, params, images, labels, draws):
+    def _one(self, params, images, labels, shard):
         feed = {**params, self.model.images: images, self.model.labels: labels}
         if self.compiled is not None:
-            return self.compiled(feed)
+            return self.compiled[shard](feed)
         result = run(self.model.loss, feed, self.wrt, backend=self.backend, training=True,
-                     rng=draws)
+                     rng=self.draws[shard])
         return result.value, result.grads
 
     def __call__(self, params, images, labels):
         rows = images.shape[0]
         if self.shards == 1:
-            return self._one(params, images, labels, self.draws[0])
+            return self._one(params, images, labels, 0)
         bounds = [rows * k // self.shards for k in range(self.shards + 1)]
-        jobs = [(params, images[a:b, ...], labels[a:b], draws)
-                for a, b, draws in zip(bounds, bounds[1:], self.draws) if b > a]
+        jobs = [(params, images[a:b, ...], labels[a:b], shard)
+                for shard, (a, b) in enumerate(zip(bounds, bounds[1:])) if b > a]
         parts = list(self.map(lambda job: self._one(*job), jobs))
         # The loss is a mean over rows: the batch's is the shards' weighted by their rows.
         shares = [job[1].shape[0] / rows for job in jobs]

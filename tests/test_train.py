@@ -265,3 +265,13 @@ def test_evaluation_batches_and_threads_do_not_change_the_counts():
                                            with_loss=True, map=map_)
             assert int(correct) == int(whole[0])
             assert float(loss) == pytest.approx(float(whole[1]), rel=1e-5)
+
+
+def test_compiled_shards_each_get_a_program_of_their_own():
+    # A compiled NumPy step returns buffers it fills again on its next call: shards
+    # sharing one program would overwrite each other's gradients.
+    plain = run(TrainConfig(**SMALL, shards=2))
+    for threads in (1, 2):
+        compiled = run(TrainConfig(**SMALL, shards=2, compile=True), threads=threads)
+        for want, got in zip(plain.model.params.values(), compiled.model.params.values()):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

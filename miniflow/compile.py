@@ -8,114 +8,39 @@ run many times::
     value, grads = step(feed_dict)          # what value_and_grad returns
     value, params = step.sgd(feed_dict, lr)  # one SGD step: param -= lr * grad
 
-Each backend compiles the same thing, the nodes' own ``forward``/``backward``
-rules run in plan order:
+Nothing here interprets a graph: every backend compiles the executor's own
+interpreter (``forward_pass`` and ``backward_pass`` over the cached plan), so a
+compiled step computes what :func:`value_and_grad` computes.
 
-* ``jax.numpy``: the whole forward and backward (and the SGD update) traced
-  once per input shapes and dtypes by ``jax.jit``.
+* ``jax.numpy``: the interpreter traced once per input shapes and dtypes by
+  ``jax.jit``, forward, backward and the SGD update.
 * ``torch``: the same, handed to ``torch.compile``.
-* ``numpy``: a *planned* executor. The first call runs the graph once to learn
-  every shape, then gives each node a kernel that writes into buffers allocated
-  once (``out=``), so later steps allocate no array the size of the batch. Nodes
-  without a planned kernel (see ``PLANNED_KERNELS``) run their own rules.
-* ``cupy``: the step captured once as a CUDA graph and replayed with one launch.
+* ``numpy``: the interpreter with *planned kernels* plugged in. The first call
+  learns every shape; then each node whose exact options a kernel implements
+  (see ``PLANNED_KERNELS``) runs that kernel, which writes into buffers
+  allocated once (``out=``), and gradients gathered from several consumers are
+  summed into a buffer per node; every other node runs its own rules.
+* ``cupy``: the interpreter captured once as a CUDA graph and replayed with one
+  launch.
 
 Every compiled step first runs a new input signature through the ordinary
 executor, so a bad feed fails with the same clear error as ``value_and_grad``.
-Checks that need the host (labels in range) run outside the compiled code.
-
-This module reaches the executor only through ``_Program`` (the plan, in the
-order a run needs it) and ``_run_rules`` (nodes' rules in plan order): the two
-places to change when the executor's plan changes.
+Checks that need the host (labels in range) run outside the compiled code,
+against the limits each node states (``Node.index_limits``).
 """
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 
 from .backends import get_backend
 from .errors import CompileError, FeedError, GraphError, NodeError
-from .executor import Context, _convert_weak_numbers, unbroadcast, value_and_grad
-from .graph import Node, Plan
+from .executor import backward_pass, forward_pass, seed_gradient, value_and_grad
+from .graph import Context, Node, Plan, TracingContext
 
 #: How many input signatures (shapes and dtypes) a compiled step keeps; the last
 #: short batch of an epoch is the usual second one.
 MAX_SIGNATURES = 8
-
-
-# -- the adapter: what compiling needs from the executor's plan -----------------------
-
-class _Program:
-    """The plan of ``(output, wrt)`` as compile.py reads it.
-
-    ``feeds``: ``(node number, Input, integer)``; ``forward``: ``(node number, node,
-    input numbers, needs_input_grad)`` in topological order; ``backward``: ``(node
-    number, node, ((argument position, input number), ...))`` in reverse order;
-    ``wrt``: the node numbers of the ``wrt`` nodes.
-    """
-
-    def __init__(self, output: Node, wrt: tuple[Node, ...]):
-        plan = Plan.for_(output, wrt)
-        self.output, self.wrt_nodes = output, wrt
-        self.nodes = plan.nodes
-        # A plan leaves its output's node out of the output's own step (no reference cycle).
-        self.feeds = [(s.index, s.node or output, s.integer) for s in plan.feeds]
-        self.forward = [(s.index, s.node or output, s.inputs, s.needs_input_grad)
-                        for s in plan.forward_steps]
-        self.backward = [(s.index, s.node or output, s.grad_targets) for s in plan.backward_steps]
-        self.wrt = [plan.position(node) for node in wrt]
-        # Steps with weak Python numbers among their inputs, converted as the executor does.
-        self.weak = {s.index: s for s in plan.forward_steps if s.weak}
-        self.gradient_is_fed = output.gradient_is_fed
-        # Integer inputs are class labels indexing the last axis of their node's first
-        # input (CrossEntropyWithSoftmax's convention): (feed position, node number
-        # of the node, number of that first input) for each, checked on the host.
-        position = {i: k for k, (i, _, _) in enumerate(self.feeds)}
-        self.labels = [(position[plan.index[node.inputs[k]]], i, plan.index[node.inputs[0]])
-                       for i, node, _, _ in self.forward for k in node.integer_inputs
-                       if plan.index[node.inputs[k]] in position]
-
-
-class _TracingContext(Context):
-    """A Context that tells a node it is being traced: no value may go to the host."""
-
-    tracing = True
-
-
-def _run_rules(program: _Program, fed, backend, seed_scale=None, context=_TracingContext):
-    """Every node's rules in plan order on ``fed`` (values in ``program.feeds`` order).
-
-    Returns ``(output value, [gradient per wrt node], values)``. Traceable: no value
-    goes to the host. ``seed_scale`` multiplies d output / d output (SGD folds the
-    learning rate in there); with a fed gradient, ``fed[-1]`` is that gradient.
-    """
-    xp = backend.xp
-    values = [None] * len(program.nodes)
-    for (i, _, _), value in zip(program.feeds, fed):
-        values[i] = value
-    contexts = [None] * len(program.nodes)
-    for i, node, positions, needs in program.forward:
-        args = [values[j] for j in positions]
-        if i in program.weak:
-            _convert_weak_numbers(program.weak[i], args, values, backend)
-        ctx = contexts[i] = context(backend, xp, args, needs)
-        values[i] = node.forward(ctx, *args)
-    out = values[-1]
-    if program.gradient_is_fed:
-        seed = xp.broadcast_to(xp.astype(fed[-1], out.dtype), out.shape)
-    else:
-        seed = xp.ones_like(out)
-    if seed_scale is not None:
-        seed = seed * seed_scale
-    grads = [None] * len(program.nodes)
-    grads[-1] = seed
-    for i, node, targets in program.backward:
-        input_grads = node.backward(contexts[i], grads[i])
-        for k, j in targets:
-            g = input_grads[k]
-            if g.shape != values[j].shape:
-                g = unbroadcast(xp, g, values[j].shape)
-            grads[j] = g if grads[j] is None else grads[j] + g
-    return out, [grads[i] for i in program.wrt], values
 
 
 # -- the public entry point -----------------------------------------------------------
@@ -158,7 +83,7 @@ def compile(output: Node, wrt, backend=None, *, check_labels: bool = True,
                            f"{', '.join(_COMPILERS)}; use value_and_grad instead")
     single = isinstance(wrt, Node)
     wrt = (wrt,) if single else tuple(wrt)
-    return factory(_Program(output, wrt), backend, single, check_labels, options or {})
+    return factory(output, wrt, backend, single, check_labels, options or {})
 
 
 def compilable(backend) -> str | None:
@@ -191,11 +116,14 @@ class CompiledStep:
     #: host's label check then overlaps the step instead of delaying its start.
     check_after_dispatch = False
 
-    def __init__(self, program: _Program, backend, single: bool, check_labels: bool,
+    def __init__(self, output: Node, wrt: tuple, backend, single: bool, check_labels: bool,
                  options: dict):
-        self.program, self.backend, self.single = program, backend, single
+        self.output, self.wrt_nodes = output, wrt
+        self.plan = Plan.for_(output, wrt)
+        self.wrt_positions = [self.plan.position(node) for node in wrt]
+        self.backend, self.single = backend, single
         self.check_labels, self.options = check_labels, options
-        self._compiled: OrderedDict = OrderedDict()  # signature -> (compiled, label bounds)
+        self._compiled: OrderedDict = OrderedDict()  # signature -> (compiled, label limits)
         self._param_feeds = None  # feed positions of the wrt nodes, found on first sgd
 
     @property
@@ -203,22 +131,47 @@ class CompiledStep:
         """The input signatures compiled so far (shapes and dtypes of the feeds)."""
         return list(self._compiled)
 
+    def interpret(self, fed, *, seed_scale=None, kernels=None, accumulate=None,
+                  context=TracingContext):
+        """The executor's interpreter on ``fed`` (values in ``plan.feeds`` order, then a
+        DummyGrad's gradient): ``(output value, [gradient per wrt node], values)``.
+
+        With the default ``context`` no value goes to the host, so a compiler can
+        trace it. ``seed_scale`` multiplies d output / d output (SGD folds the
+        learning rate in there, so every gradient comes out scaled).
+        """
+        plan, output, backend = self.plan, self.output, self.backend
+        values = [None] * plan.size
+        for step, value in zip(plan.feeds, fed):
+            values[step.index] = value
+        contexts = forward_pass(plan, output, values, backend, kernels=kernels, context=context)
+        out = values[plan.output_index]
+        seed = seed_gradient(output, out, fed[-1] if output.gradient_is_fed else None,
+                             backend.xp)
+        if seed_scale is not None:
+            # A number stays weak (a float32 seed stays float32, whatever lr's type).
+            seed = seed * (float(seed_scale) if isinstance(seed_scale, numbers.Real)
+                           else seed_scale)
+        grads = backward_pass(plan, output, values, contexts, seed, backend.xp,
+                              kernels=kernels, accumulate=accumulate)
+        return out, [grads[i] for i in self.wrt_positions], values
+
     def _fed(self, feed_dict) -> list:
         if not isinstance(feed_dict, dict):
             raise FeedError(f"feed_dict must be a dict {{Input: value}}, "
                             f"not {type(feed_dict).__name__}")
         fed = []
-        for _, node, integer in self.program.feeds:
+        for step in self.plan.feeds:
+            node = step.node or self.output
             try:
                 value = feed_dict[node]
             except KeyError:
                 raise GraphError(f"{node.label} is missing from feed_dict") from None
-            fed.append(self.backend.accept(value, integer=integer, what=node))
-        if self.program.gradient_is_fed:
-            output = self.program.output
-            if output not in feed_dict:
-                raise GraphError(f"{output.label} needs its upstream gradient in feed_dict")
-            fed.append(self.backend.accept(feed_dict[output], what=output))
+            fed.append(self.backend.accept(value, integer=step.integer, what=node))
+        if self.output.gradient_is_fed:
+            if self.output not in feed_dict:
+                raise GraphError(f"{self.output.label} needs its upstream gradient in feed_dict")
+            fed.append(self.backend.accept(feed_dict[self.output], what=self.output))
         return fed
 
     def _entry(self, feed_dict, fed):
@@ -229,8 +182,7 @@ class CompiledStep:
         if found is None:
             # The ordinary executor first: a bad feed fails here with its clear error,
             # and every shape the compiler needs is then known.
-            value_and_grad(self.program.output, feed_dict, self.program.wrt_nodes,
-                           backend=self.backend)
+            value_and_grad(self.output, feed_dict, self.wrt_nodes, backend=self.backend)
             if len(self._compiled) >= MAX_SIGNATURES:
                 self._compiled.popitem(last=False)
             found = self._compiled[signature] = (self._compile(fed), self._label_bounds(fed))
@@ -248,23 +200,45 @@ class CompiledStep:
         return result
 
     def _label_bounds(self, fed):
-        """(feed position, number of classes) of each label feed, from a run of the rules."""
-        if not self.program.labels:
+        """``(feed position, n, also allowed)`` for each fed integer input that indexes,
+        from the limits its consumer states for these shapes (``Node.index_limits``)."""
+        plan = self.plan
+        feed_position = {step.index: k for k, step in enumerate(plan.feeds)}
+        consumers = [step for step in plan.forward_steps
+                     if any(j in feed_position and plan.steps[j].integer for j in step.inputs)]
+        if not consumers:
             return []
-        _, _, values = _run_rules(self.program, fed, self.backend, context=Context)
-        return [(feed, values[first].shape[-1]) for feed, _, first in self.program.labels]
+        # The shapes of every value, from one run of the rules (this signature's first).
+        _, _, values = self.interpret(fed, context=Context)
+        bounds = []
+        for step in consumers:
+            node = step.node or self.output
+            limits = node.index_limits(*(tuple(values[j].shape) for j in step.inputs))
+            for k, (n, also_allowed) in limits.items():
+                j = step.inputs[k]
+                if j in feed_position:
+                    bounds.append((feed_position[j], n, also_allowed, node))
+        return bounds
 
     def _check_labels(self, fed, bounds):
         import numpy as np
 
-        for feed, classes in bounds:
+        for feed, n, also_allowed, node in bounds:
             labels = self._host(fed[feed])
+            if not labels.size:
+                continue
             # Seen as unsigned, a negative label is huge: one reduction checks both ends.
             unsigned = labels.view(np.dtype(f"u{labels.itemsize}"))
-            if labels.size and np.maximum.reduce(unsigned, axis=None) >= classes:
-                node = self.program.feeds[feed][1]
-                raise NodeError(f"{node.label}: labels must lie in [0, {classes}); got values "
-                                f"from {labels.min()} to {labels.max()}")
+            if np.maximum.reduce(unsigned, axis=None) < n:
+                continue
+            bad = labels[(unsigned >= n) & (labels != also_allowed)] if also_allowed is not None \
+                else labels[unsigned >= n]
+            if bad.size:
+                fed_node = self.plan.feeds[feed].node or self.output
+                allowed = "" if also_allowed is None else f" (or {also_allowed}, ignored)"
+                raise NodeError(f"{node.label}: {fed_node.label} must lie in [0, {n}){allowed}; "
+                                f"got {bad.size} value(s) outside, from {bad.min()} to "
+                                f"{bad.max()}")
 
     def _host(self, array):
         """A host view of ``array`` for the label check."""
@@ -311,25 +285,24 @@ class CompiledStep:
     def _params(self, fed) -> list:
         """The fed arrays of the ``wrt`` nodes, which sgd updates."""
         if self._param_feeds is None:
-            fed_nodes = {i for i, _, _ in self.program.feeds}
-            not_fed = [self.program.nodes[i].label for i in self.program.wrt
-                       if i not in fed_nodes]
+            feed_position = {step.index: k for k, step in enumerate(self.plan.feeds)}
+            not_fed = [node.label for node, i in zip(self.wrt_nodes, self.wrt_positions)
+                       if i not in feed_position]
             if not_fed:
                 raise CompileError(f"sgd updates fed parameters only; {', '.join(not_fed)} "
                                    "is not an Input")
-            position = {i: k for k, (i, _, _) in enumerate(self.program.feeds)}
-            self._param_feeds = [position[i] for i in self.program.wrt]
+            self._param_feeds = [feed_position[i] for i in self.wrt_positions]
         return [fed[k] for k in self._param_feeds]
 
     def __repr__(self):
-        return (f"<compiled {self.program.output.label} on {self.backend.name} "
+        return (f"<compiled {self.output.label} on {self.backend.name} "
                 f"({self.kind}), {len(self._compiled)} signature(s)>")
 
 
 # -- JAX: jax.jit ------------------------------------------------------------------------
 
 class JaxStep(CompiledStep):
-    """Forward and backward (and the SGD update) traced by ``jax.jit``.
+    """The interpreter (and the SGD update) traced by ``jax.jit``.
 
     jax.jit keeps one compiled version per shapes and dtypes itself; the learning
     rate is an argument, so a new one (a schedule) does not recompile.
@@ -342,14 +315,12 @@ class JaxStep(CompiledStep):
         super().__init__(*args)
         import jax
 
-        program, backend = self.program, self.backend
-
         def value_and_grads(fed):
-            value, grads, _ = _run_rules(program, fed, backend)
+            value, grads, _ = self.interpret(fed)
             return value, grads
 
         def sgd(fed, lr):
-            value, grads, _ = _run_rules(program, fed, backend, seed_scale=lr)
+            value, grads, _ = self.interpret(fed, seed_scale=lr)
             return value, [fed[k] - g for k, g in zip(self._param_feeds, grads)]
 
         self._jit_vg = jax.jit(value_and_grads, **self.options)
@@ -369,54 +340,118 @@ class JaxStep(CompiledStep):
 
     def _sgd(self, entry, fed, lr):
         params = self._params(fed)  # checks every wrt node is fed
-        # A device scalar of the parameters' dtype, made once per learning rate: a
-        # Python float would be converted on every call (a third of a small step).
-        if self._lr is None or self._lr[0] != lr or self._lr[1].dtype != params[0].dtype:
-            self._lr = (lr, self.backend.xp.asarray(lr, dtype=params[0].dtype))
+        self._lr = _device_scalar(self.backend, self._lr, lr, params[0].dtype)
         return self._jit_sgd(fed, self._lr[1])
+
+
+def _device_scalar(backend, cached, lr, dtype):
+    """``(lr, lr as a 0-d array of dtype)``, reusing ``cached`` when it is the same.
+
+    A Python float would be converted on every call (JAX: a third of a small
+    step) or, to torch.compile, be a constant whose every new value recompiles.
+    """
+    if cached is None or cached[0] != lr or cached[1].dtype != dtype:
+        cached = (lr, backend.xp.asarray(lr, dtype=dtype))
+    return cached
 
 
 # -- PyTorch: torch.compile -----------------------------------------------------------
 
 class TorchStep(CompiledStep):
-    """Forward and backward (and the SGD update, in place) handed to ``torch.compile``."""
+    """The interpreter (and the SGD update, in place) handed to ``torch.compile``.
+
+    Dynamo keeps its compiled versions on the function's code object and, past
+    ``recompile_limit`` of them, silently runs the function uncompiled. Each step
+    therefore compiles functions with code objects of its own (compiling a
+    second graph must not eat into the first's versions), and runs with that
+    limit made an error: a step that claims to be compiled is compiled.
+    """
 
     kind = "torch.compile"
+    #: Dynamo's ``recompile_limit`` while this step runs (its default is 8).
+    recompile_limit = 64
 
     def __init__(self, *args):
         super().__init__(*args)
         import torch
 
-        program, backend = self.program, self.backend
-
         def value_and_grads(fed):
-            value, grads, _ = _run_rules(program, fed, backend)
+            value, grads, _ = self.interpret(fed)
             return value, grads
 
         def sgd(fed, lr):
-            value, grads, _ = _run_rules(program, fed, backend, seed_scale=lr)
+            value, grads, _ = self.interpret(fed, seed_scale=lr)
             for k, g in zip(self._param_feeds, grads):
                 fed[k].sub_(g)
             return value
 
-        self._vg = torch.compile(value_and_grads, **self.options)
-        self._sgd_compiled = torch.compile(sgd, **self.options)
+        # One graph, or an error saying where it breaks: a graph break compiles the
+        # frame it falls in on its own, in versions every step in the process shares.
+        options = {"fullgraph": True, **self.options}
+        self._vg = torch.compile(_own_code(value_and_grads), **options)
+        self._sgd_compiled = torch.compile(_own_code(sgd), **options)
+        self._lr = None
+        # Graph breaks make dynamo compile the frames they fall in (the interpreter's
+        # loops, nodes' rules) on their own, versions shared by every step in the
+        # process: hence room for many, and an error rather than silence at the end.
+        self._strict = torch._dynamo.config.patch(
+            fail_on_recompile_limit_hit=True, recompile_limit=self.recompile_limit,
+            accumulated_recompile_limit=4096)
 
     def _compile(self, fed):
         return None  # torch.compile compiles on the first call with these shapes
 
+    def _call(self, function, *args):
+        from torch._dynamo.exc import FailOnRecompileLimitHit, Unsupported, UserError
+
+        try:
+            with self._strict:
+                return function(*args)
+        except (Unsupported, UserError) as exc:
+            where = _miniflow_frame(exc)
+            raise CompileError(
+                f"torch.compile cannot trace {self.output.label}'s step as one graph"
+                f"{where}: {str(exc).splitlines()[0]}; compile(..., options="
+                "{'fullgraph': False}) compiles it in pieces") from None
+        except FailOnRecompileLimitHit as exc:
+            raise CompileError(
+                f"torch.compile reached its limit of compiled versions for {self.output.label}'s "
+                f"step and would run it uncompiled from now on ({exc}): new shapes, dtypes or "
+                "strides on every call? torch._dynamo.reset() forgets every compiled "
+                "version") from None
+
     def _value_and_grad(self, entry, fed):
-        return self._vg(fed)
+        return self._call(self._vg, fed)
 
     def _sgd(self, entry, fed, lr):
         params = self._params(fed)
-        return self._sgd_compiled(fed, lr), params
+        self._lr = _device_scalar(self.backend, self._lr, lr, params[0].dtype)
+        return self._call(self._sgd_compiled, fed, self._lr[1]), params
+
+
+def _miniflow_frame(exc) -> str:
+    """' (in file:line)' of the innermost miniflow frame where tracing stopped, if any."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "miniflow" in f.filename]
+    for line in reversed(str(exc).splitlines()):  # dynamo lists the user code it traced
+        if "miniflow" in line and "File" in line:
+            return f" (at {line.strip()})"
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _own_code(function):
+    """``function`` with a copy of its code object: a cache of dynamo's of its own."""
+    import types
+
+    return types.FunctionType(function.__code__.replace(), function.__globals__,
+                              function.__name__, function.__defaults__, function.__closure__)
 
 
 # -- CuPy: a CUDA graph -------------------------------------------------------------------
 
 class CudaGraphStep(CompiledStep):
-    """The step captured once per signature as a CUDA graph, then replayed.
+    """The interpreter captured once per signature as a CUDA graph, then replayed.
 
     Capture records kernel launches on fixed memory: the feeds are copied into
     buffers owned by the graph, every value the step computes stays allocated,
@@ -438,11 +473,11 @@ class CudaGraphStep(CompiledStep):
             # Twice eagerly first: kernels compile and the pool holds blocks of every
             # size the step needs, so capture neither compiles nor calls cudaMalloc.
             for _ in range(2):
-                _run_rules(self.program, static, self.backend)
+                self.interpret(static)
             stream.synchronize()
             stream.begin_capture()
             try:
-                value, grads, values = _run_rules(self.program, static, self.backend)
+                value, grads, values = self.interpret(static)
             finally:
                 graph = stream.end_capture()
         # ``values`` keeps every intermediate alive: the graph writes to their memory.
@@ -459,88 +494,54 @@ class CudaGraphStep(CompiledStep):
         return entry["out"]
 
 
-# -- NumPy: a planned executor with preallocated buffers -------------------------------
+# -- NumPy: the interpreter with planned kernels ----------------------------------------
 
 class PlannedNumpyStep(CompiledStep):
-    """Each node runs a kernel that writes into buffers allocated once per signature.
+    """The interpreter with kernels that write into buffers allocated once per signature.
 
-    Compiling walks the plan with the shapes the first run found and asks
-    ``PLANNED_KERNELS`` for a kernel per node type; a node without one runs its
-    own rules (correct, allocating as usual). Gradients reaching one node from
-    several consumers are summed into one buffer.
+    Compiling runs the graph once to learn every shape, then asks
+    ``PLANNED_KERNELS`` for a kernel per node; a factory returns one only for
+    the exact options its kernel implements, and every other node runs its own
+    rules (correct, allocating as usual). A node that several consumers use
+    gets their gradients summed into one buffer of its own.
     """
 
     kind = "planned"
 
     def _label_bounds(self, fed):
-        return []  # the kernels (and the nodes' own rules) check labels as they run
+        return []  # nothing is traced: the kernels and the nodes' rules check labels
 
     def _compile(self, fed):
         import numpy as np
 
-        program = self.program
-        _, _, values = _run_rules(program, fed, self.backend, context=Context)
-        forward = []
-        kernels = {}
-        for i, node, positions, needs in program.forward:
-            factory = PLANNED_KERNELS.get(type(node))
-            args = [values[j] for j in positions]
-            kernel = factory(node, args, needs) if factory else None
-            kernels[i] = kernel or _RuleKernel(node, self.backend, needs)
-            forward.append((i, kernels[i].forward, positions))
-        # How many gradients flow into each node: two or more are summed into a buffer.
-        arrivals = {}
-        for i, _, targets in program.backward:
-            for _, j in targets:
-                arrivals[j] = arrivals.get(j, 0) + 1
-        backward = []
-        for i, _, targets in program.backward:
-            steps = []
-            for k, j in targets:
-                shape = tuple(values[j].shape)
-                total = np.empty(shape, values[j].dtype) if arrivals[j] > 1 else None
-                steps.append((k, j, shape, total))
-            backward.append((i, kernels[i].backward, steps))
-        out = values[-1]
-        # Weak numbers, converted once for this signature (their dtype follows it).
-        constants = [(j, values[j]) for step in program.weak.values() for _, j, _ in step.weak]
-        return {"forward": forward, "backward": backward, "count": len(program.nodes),
-                "seed": np.empty_like(out), "constants": constants}
+        plan = self.plan
+        sums = {}  # node position -> (shape, dtype) of the sum of its gradients
 
-    def _run(self, entry, fed, seed_scale=1):
-        import numpy as np
+        def learn(j, total, grad):
+            result = total + grad
+            sums[j] = (result.shape, result.dtype)
+            return result
 
-        program = self.program
-        values = [None] * entry["count"]
-        for (i, _, _), value in zip(program.feeds, fed):
-            values[i] = value
-        for j, value in entry["constants"]:
-            values[j] = value
-        for i, forward, positions in entry["forward"]:
-            values[i] = forward([values[j] for j in positions])
-        seed = entry["seed"]
-        if program.gradient_is_fed:
-            np.multiply(fed[-1], seed_scale, out=seed, casting="unsafe")  # broadcasts
-        else:
-            seed.fill(seed_scale)
-        grads = [None] * entry["count"]
-        grads[-1] = seed
-        for i, backward, steps in entry["backward"]:
-            input_grads = backward(grads[i])
-            for k, j, shape, total in steps:
-                g = input_grads[k]
-                if g.shape != shape:
-                    g = unbroadcast(np, g, shape)
-                if total is None:
-                    grads[j] = g
-                elif grads[j] is None:  # the first of several gradients for node j
-                    np.copyto(total, g)
-                    grads[j] = total
-                else:
-                    np.add(total, g, out=total)
-        out = values[-1]
-        # A copy of the output: its buffer is overwritten by the next call.
-        return out.copy() if out.ndim else out[()], [grads[i] for i in program.wrt]
+        _, _, values = self.interpret(fed, accumulate=learn, context=Context)
+        kernels = [None] * plan.size
+        for step in plan.forward_steps:
+            factory = PLANNED_KERNELS.get(type(step.node or self.output))
+            if factory is not None:
+                kernels[step.index] = factory(step.node or self.output,
+                                              [values[j] for j in step.inputs],
+                                              step.needs_input_grad)
+        totals = {j: np.empty(shape, dtype) for j, (shape, dtype) in sums.items()}
+
+        def accumulate(j, total, grad):
+            return np.add(total, grad, out=totals[j])
+
+        return {"kernels": kernels, "accumulate": accumulate}
+
+    def _run(self, entry, fed, seed_scale=None):
+        value, grads, _ = self.interpret(fed, seed_scale=seed_scale, kernels=entry["kernels"],
+                                         accumulate=entry["accumulate"], context=Context)
+        # A copy of the output: a kernel's buffer is overwritten by the next call.
+        return (value.copy() if getattr(value, "ndim", 0) else value), grads
 
     def _value_and_grad(self, entry, fed):
         return self._run(entry, fed)
@@ -555,22 +556,6 @@ class PlannedNumpyStep(CompiledStep):
         for p, g in zip(params, grads):
             np.subtract(p, g, out=p)
         return value, params
-
-
-class _RuleKernel:
-    """The node's own forward and backward: the fallback for nodes without a kernel."""
-
-    __slots__ = ("node", "backend", "needs", "ctx")
-
-    def __init__(self, node, backend, needs):
-        self.node, self.backend, self.needs = node, backend, needs
-
-    def forward(self, args):
-        self.ctx = Context(self.backend, self.backend.xp, args, self.needs)
-        return self.node.forward(self.ctx, *args)
-
-    def backward(self, grad):
-        return self.node.backward(self.ctx, grad)
 
 
 _COMPILERS = {"numpy": PlannedNumpyStep, "jax.numpy": JaxStep, "torch": TorchStep,

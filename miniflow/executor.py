@@ -6,6 +6,11 @@ orders, calls, sums and unbroadcasts through the backend's ``xp``.
 :func:`run` is the one way in: the profiler and the drawings' ``trace`` call it,
 and :func:`value_and_grad`, :func:`evaluate` and :func:`accuracy` are shorthands
 sharing its engine (``_execute``) without building a :class:`RunResult`.
+
+The interpreter of a plan is :func:`forward_pass` and :func:`backward_pass`, and
+nothing else runs a graph: ``miniflow.compile`` runs the same two loops, traced by
+its backend's compiler or with per-node kernels plugged in (``kernels=``), so
+every path computes what ``value_and_grad`` computes.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from .errors import FeedError, GraphError, MiniflowError, NodeError, ShapeError
 from .graph import Context, Input, Node, Plan, PlanCache, RunSettings
 
 __all__ = ["run", "RunResult", "Hook", "value_and_grad", "evaluate", "accuracy", "Context",
-           "unbroadcast"]
+           "unbroadcast", "forward_pass", "backward_pass", "seed_gradient"]
 
 _NOTHING_FED = frozenset()
 
@@ -220,13 +225,14 @@ def _execute(output, feed_dict, wrt, backend, hooks=None, settings=None, extras=
     values = _feed(plan, output, feed_dict, backend)
     # Fed values are checked before anything runs; computed ones (rarely asked for) after.
     all_checked = _check_differentiable(wrt, wrt_positions, values, backend)
-    contexts = _forward(plan, output, values, backend, settings, hooks)
+    contexts = forward_pass(plan, output, values, backend, settings=settings, hooks=hooks)
     if not wrt:
         return backend, plan, values, None, []
     if not all_checked:
         _check_differentiable(wrt, wrt_positions, values, backend)
-    grads = _backward(plan, output, values, contexts, _seed(plan, output, values, feed_dict,
-                                                            backend), backend.xp, hooks)
+    seed = seed_gradient(output, values[plan.output_index], _fed_gradient(output, feed_dict,
+                                                                          backend), backend.xp)
+    grads = backward_pass(plan, output, values, contexts, seed, backend.xp, hooks=hooks)
     return backend, plan, values, grads, [grads[i] for i in wrt_positions]
 
 
@@ -325,22 +331,31 @@ def _feed(plan: Plan, output, feed_dict, backend) -> list:
     return values
 
 
-def _forward(plan: Plan, output, values, backend, settings=None, hooks=None) -> list:
-    """Compute every node's value into ``values``; return the nodes' contexts."""
+def forward_pass(plan: Plan, output, values, backend, *, settings=None, hooks=None,
+                 kernels=None, context=Context) -> list:
+    """Compute every node's value into ``values`` (the fed ones already set, by plan
+    position); return the nodes' contexts, which backward needs.
+
+    ``kernels``, a list by plan position, replaces a node's rules by an object
+    with the same ``forward(ctx, *args)`` and ``backward(ctx, grad)`` (None: the
+    node's own). ``context`` is the Context class the nodes see (a tracing one
+    tells them no value may go to the host).
+    """
     contexts = [None] * plan.size
     xp = backend.xp
     for step in plan.forward_steps:
         node = step.node or output
         i = step.index
+        rules = node if kernels is None or kernels[i] is None else kernels[i]
         args = [values[j] for j in step.inputs]  # a list: a generator into tuple() costs 2x
         if step.weak:
             _convert_weak_numbers(step, args, values, backend)
-        ctx = contexts[i] = Context(backend, xp, args, step.needs_input_grad, settings)
+        ctx = contexts[i] = context(backend, xp, args, step.needs_input_grad, settings)
         try:
             if hooks is None:
-                values[i] = node.forward(ctx, *args)
+                values[i] = rules.forward(ctx, *args)
             else:
-                values[i] = _hooked(hooks, "forward", node, ctx, args)
+                values[i] = _hooked(hooks, "forward", node, rules, ctx, args)
         except _HookFailed as failed:
             raise failed.error from None
         except Exception as exc:
@@ -355,7 +370,7 @@ class _HookFailed(Exception):
         self.error = error
 
 
-def _hooked(hooks, stage, node, ctx, arg):
+def _hooked(hooks, stage, node, rules, ctx, arg):
     """Run one rule with the hooks around it: ``arg`` is the inputs, or the gradient."""
     try:
         for hook in hooks:
@@ -365,7 +380,7 @@ def _hooked(hooks, stage, node, ctx, arg):
                 hook.backward_pre(node, ctx, arg)
     except Exception as exc:
         raise _HookFailed(exc) from exc
-    result = node.forward(ctx, *arg) if stage == "forward" else node.backward(ctx, arg)
+    result = rules.forward(ctx, *arg) if stage == "forward" else rules.backward(ctx, arg)
     try:
         for hook in hooks:
             if stage == "forward":
@@ -430,21 +445,25 @@ def unbroadcast(xp, grad, shape):
     return grad
 
 
-def _seed(plan: Plan, output, values, feed_dict, backend):
-    """d output / d output: 1 for a scalar, the fed value for a DummyGrad."""
-    value = values[plan.output_index]
-    xp = backend.xp
-    if output.gradient_is_fed:
-        if output not in feed_dict:
-            raise GraphError(f"{output.label} needs its upstream gradient in feed_dict "
-                             f"(e.g. feed_dict[{output.label}] = 1.0)")
-        seed = backend.accept(feed_dict[output], what=output)
+def _fed_gradient(output, feed_dict, backend):
+    """A DummyGrad output's upstream gradient, from ``feed_dict``; None for other outputs."""
+    if not output.gradient_is_fed:
+        return None
+    if output not in feed_dict:
+        raise GraphError(f"{output.label} needs its upstream gradient in feed_dict "
+                         f"(e.g. feed_dict[{output.label}] = 1.0)")
+    return backend.accept(feed_dict[output], what=output)
+
+
+def seed_gradient(output, value, fed_gradient, xp):
+    """d output / d output: 1 for a scalar, the fed gradient for a DummyGrad."""
+    if fed_gradient is not None:
         try:
-            return xp.broadcast_to(xp.astype(seed, value.dtype), value.shape)
+            return xp.broadcast_to(xp.astype(fed_gradient, value.dtype), value.shape)
         except Exception:
-            raise ShapeError(f"{output.label}: the fed gradient has shape {tuple(seed.shape)}, "
-                             f"which does not broadcast to the output's shape "
-                             f"{tuple(value.shape)}") from None
+            raise ShapeError(f"{output.label}: the fed gradient has shape "
+                             f"{tuple(fed_gradient.shape)}, which does not broadcast to the "
+                             f"output's shape {tuple(value.shape)}") from None
     if value.ndim != 0:
         raise GraphError(
             f"{output.label} has shape {tuple(value.shape)}, not a scalar: gradients need a "
@@ -453,22 +472,29 @@ def _seed(plan: Plan, output, values, feed_dict, backend):
     return xp.ones_like(value)
 
 
-def _backward(plan: Plan, output, values, contexts, seed, xp, hooks=None):
+def backward_pass(plan: Plan, output, values, contexts, seed, xp, *, hooks=None,
+                  kernels=None, accumulate=None) -> list:
     """Reverse-mode pass: the gradient of the output for each node (None if unneeded).
 
     Enforces the node contract: backward returns one entry per input, and each
     gradient it owes is an array of its input's shape (after undoing broadcasting).
+    A node used by several consumers gets the sum of their gradients, gathered
+    here per node, and only here: ``accumulate(position, total, gradient)``, when
+    given, replaces ``total + gradient`` (the planned NumPy step adds into a buffer).
+    ``kernels`` are as in :func:`forward_pass`.
     """
     grads = [None] * plan.size
     grads[plan.output_index] = seed
     for step in plan.backward_steps:
         node = step.node or output
-        ctx = contexts[step.index]
+        i = step.index
+        rules = node if kernels is None or kernels[i] is None else kernels[i]
+        ctx = contexts[i]
         try:
             if hooks is None:
-                input_grads = node.backward(ctx, grads[step.index])
+                input_grads = rules.backward(ctx, grads[i])
             else:
-                input_grads = _hooked(hooks, "backward", node, ctx, grads[step.index])
+                input_grads = _hooked(hooks, "backward", node, rules, ctx, grads[i])
         except _HookFailed as failed:
             raise failed.error from None
         except Exception as exc:
@@ -485,8 +511,12 @@ def _backward(plan: Plan, output, values, contexts, seed, xp, hooks=None):
                         raise _bad_gradient(node, k, input_grads[k], shape)
             except AttributeError:  # None, or a number: not an array
                 raise _bad_gradient(node, k, input_grad, shape) from None
-            # A node used twice gets the sum of its consumers' gradients.
-            grads[j] = input_grad if grads[j] is None else grads[j] + input_grad
+            if grads[j] is None:
+                grads[j] = input_grad
+            elif accumulate is None:
+                grads[j] = grads[j] + input_grad
+            else:
+                grads[j] = accumulate(j, grads[j], input_grad)
     return grads
 
 

@@ -80,6 +80,17 @@ class Node:
     def backward(self, ctx, grad):
         raise NotImplementedError(f"{type(self).__name__} has no backward rule")
 
+    def index_limits(self, *shapes) -> dict:
+        """``{input position: (n, also_allowed)}`` for each integer input that indexes.
+
+        Its values must lie in ``[0, n)`` or equal ``also_allowed`` (None: nothing
+        else), given the shapes of all the inputs. A compiled step checks its fed
+        integer inputs against these on the host, outside the traced code, where
+        the node's own forward cannot look at values. Nodes with
+        ``integer_inputs`` define it.
+        """
+        return {}
+
     def shape_problem(self, *shapes) -> str | None:
         """Explain why these input shapes cannot work, or None (used for error messages)."""
         return None
@@ -209,6 +220,11 @@ class Context:
 
     __slots__ = ("xp", "backend", "inputs", "needs_input_grad", "saved", "_run")
 
+    #: True while a compiler traces the run (``jax.jit``, ``torch.compile``, a CUDA
+    #: graph capture): no value may go to the host, so checks of values (labels in
+    #: range) are left to the compiled step, which makes them outside the trace.
+    tracing = False
+
     def __init__(self, backend, xp, inputs, needs_input_grad, run=None):
         self.backend = backend
         self.xp = xp
@@ -241,6 +257,13 @@ class Context:
         Drawn from :attr:`rng`, so a run given the same ``rng`` seed draws the same.
         """
         return self.backend.random_uniform(self.rng, tuple(shape), dtype)
+
+
+class TracingContext(Context):
+    """The Context of a traced run: nodes skip their checks of values (see ``tracing``)."""
+
+    __slots__ = ()
+    tracing = True
 
 
 class RunSettings:

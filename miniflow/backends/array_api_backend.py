@@ -14,6 +14,9 @@ class TorchBackend(ArrayAPIBackend):
     def __init__(self):
         super().__init__("torch", "torch", "pip install 'miniflow[torch]'")
 
+    def _load(self):
+        return _torch_namespace(super()._load())
+
     def to_numpy(self, array):
         return array.detach().cpu().numpy()
 
@@ -38,6 +41,51 @@ class TorchBackend(ArrayAPIBackend):
 
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.synchronize()
+
+
+def _torch_namespace(compat):
+    """array-api-compat's torch namespace, with Python numbers beside a tensor made
+    tensors without asking ``torch.result_type``.
+
+    For ``maximum(x, 0)`` and the other functions whose torch versions take no
+    Python number, array-api-compat asks ``torch.result_type`` for the number's
+    dtype; ``torch.compile`` cannot put a dtype in a graph, so every such call
+    broke a compiled step into pieces. A number of the tensor's kind (or an int
+    beside a float) takes the tensor's dtype, the Array API's rule for weak
+    scalars; anything else goes to array-api-compat as before.
+    """
+    import functools
+    import types
+
+    import torch
+
+    def weak(number, other):
+        if type(number) in (int, float) and isinstance(other, torch.Tensor) and (
+                other.dtype.is_floating_point
+                or (type(number) is int and other.dtype != torch.bool and not other.dtype.is_complex)):
+            return torch.asarray(number, dtype=other.dtype, device=other.device)
+        return number
+
+    def numbers_as_tensors(function):
+        @functools.wraps(function)
+        def call(x1, x2, /, **kwargs):
+            return function(weak(x1, x2), weak(x2, x1), **kwargs)
+        return call
+
+    def sign(x, /):
+        # array-api-compat writes nan into sign's result through a boolean mask, which
+        # torch.compile cannot trace; a select gives the same values.
+        signs = torch.sign(x)
+        return torch.where(torch.isnan(x), x, signs) if x.dtype.is_floating_point else signs
+
+    xp = types.ModuleType(compat.__name__)  # the same name: array-api-compat's checks hold
+    xp.__dict__.update(vars(compat))
+    xp.sign = sign
+    for name in ("maximum", "minimum", "atan2", "copysign", "hypot", "logaddexp", "nextafter",
+                 "equal", "not_equal", "less", "less_equal", "greater", "greater_equal"):
+        if hasattr(compat, name):
+            setattr(xp, name, numbers_as_tensors(getattr(compat, name)))
+    return xp
 
 
 class JaxBackend(ArrayAPIBackend):

@@ -2,10 +2,12 @@
 
 ``miniflow.compile`` on NumPy learns every shape from a first run, then asks
 ``PLANNED_KERNELS[type(node)](node, input_values, needs_input_grad)`` for a
-kernel: an object with ``forward(args) -> value`` and ``backward(grad) ->
-gradients``, computing the same math as the node with ``out=`` into arrays it
-owns. A factory returns None for inputs it does not handle (other ranks, mixed
-dtypes) and the node's own rules run instead.
+kernel: an object with the node's own ``forward(ctx, *args)`` and
+``backward(ctx, grad)``, computing the same math with ``out=`` into arrays it
+owns. The executor's interpreter runs it in the node's place. A factory returns
+None unless the kernel implements exactly what the node would compute for
+these inputs (its options, ranks and dtypes), and the node's own rules run
+instead: a kernel is a faster way to the same numbers, never other numbers.
 
 The contract a kernel keeps: it never writes to its inputs or to the gradient it
 is given (they belong to other kernels, or to the caller); what it returns is
@@ -14,8 +16,6 @@ valid until its next call.
 from __future__ import annotations
 
 import numpy as np
-
-from ..errors import NodeError
 
 
 def _same_float(*arrays) -> bool:
@@ -41,17 +41,17 @@ class LinearKernel:
         self.grad_w = np.empty_like(w) if need_w else None
         self.grad_b = np.empty_like(b) if need_b else None
 
-    def forward(self, args):
-        self.x, self.w, b = args
+    def forward(self, ctx, x, w, b):
         np.copyto(self.bias_rows, b)
-        np.matmul(self.x, self.w, out=self.out)
+        np.matmul(x, w, out=self.out)
         return np.add(self.out, self.bias_rows, out=self.out)
 
-    def backward(self, grad):
+    def backward(self, ctx, grad):
+        x, w, _ = ctx.inputs
         if self.grad_x is not None:
-            np.matmul(grad, self.w.T, out=self.grad_x)
+            np.matmul(grad, w.T, out=self.grad_x)
         if self.grad_w is not None:
-            np.matmul(self.x.T, grad, out=self.grad_w)
+            np.matmul(x.T, grad, out=self.grad_w)
         if self.grad_b is not None:
             np.matmul(self.ones, grad, out=self.grad_b)
         return self.grad_x, self.grad_w, self.grad_b
@@ -65,50 +65,59 @@ def _linear(node, args, needs):
     return None
 
 
-class ReLUKernel:
-    """max(x, 0); the gradient is g * (x > 0).
+_SAME_WIDTH_INTS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
-    The 0/1 mask is made as bool (fast) and copied to a float buffer: multiplying
-    by a bool array makes NumPy cast it through a buffer of its own on every call.
-    (x * mask would also beat np.maximum, but gives NaN for x = -inf.)
+
+class ReLUKernel:
+    """max(x, 0); the gradient is the upstream one where x > 0, else 0.
+
+    A select, as the node's rule, not a product with a 0/1 mask: an inf or nan
+    arriving where x <= 0 gives 0, as in PyTorch (inf * 0 would be nan). The
+    select is branch-free: the gradient's bits ANDed with an all-ones or
+    all-zeros integer mask made once in forward.
     """
 
     def __init__(self, x):
         self.out = np.empty_like(x)
         self.positive = np.empty(x.shape, bool)
-        self.mask = np.empty_like(x)
+        self.mask = np.empty(x.shape, _SAME_WIDTH_INTS[x.dtype])
         self.grad_x = np.empty_like(x)
 
-    def forward(self, args):
-        x, = args
+    def forward(self, ctx, x):
         np.greater(x, 0, out=self.positive)
-        np.copyto(self.mask, self.positive)
+        # True (1) -> -1, all bits set; False -> 0.
+        np.negative(self.positive.view(np.int8), out=self.mask, casting="unsafe")
         return np.maximum(x, 0, out=self.out)
 
-    def backward(self, grad):
-        return (np.multiply(grad, self.mask, out=self.grad_x),)
+    def backward(self, ctx, grad):
+        if grad.dtype != self.grad_x.dtype or grad.shape != self.grad_x.shape:
+            return (np.where(self.positive, grad, 0),)
+        np.bitwise_and(self.mask, grad.view(self.mask.dtype), out=self.grad_x.view(self.mask.dtype))
+        return (self.grad_x,)
 
 
 class SigmoidKernel:
-    """1 / (1 + exp(-x)); d/dx = g y (1 - y).
-
-    NumPy's float32 exp is vectorised and its tanh is not, so this form (2x
-    faster than the node's tanh form, equal to float rounding) is used here;
-    exp(-x) overflowing to inf gives the right limit, 0, without a warning.
-    """
+    """The node's sigmoid, max(e, [x >= 0]) / (1 + e) with e = exp(-|x|), into buffers;
+    d/dx = g y (1 - y). (The shorter 1 / (1 + exp(-x)) rounds to 0 below -88 in
+    float32, where the node keeps a few ulp: not the same numbers.)"""
 
     def __init__(self, x):
         self.out = np.empty_like(x)
+        self.e = np.empty_like(x)
+        self.nonnegative = np.empty(x.shape, bool)
         self.grad_x = np.empty_like(x)
 
-    def forward(self, args):
-        y = np.negative(args[0], out=self.out)
-        with np.errstate(over="ignore"):
-            np.exp(y, out=y)
-        np.add(y, 1, out=y)
-        return np.reciprocal(y, out=y)
+    def forward(self, ctx, x):
+        e, y = self.e, self.out
+        np.abs(x, out=e)
+        np.negative(e, out=e)
+        np.exp(e, out=e)
+        np.greater_equal(x, 0, out=self.nonnegative)
+        np.maximum(e, self.nonnegative, out=y)
+        np.add(e, 1, out=e)
+        return np.divide(y, e, out=y)
 
-    def backward(self, grad):
+    def backward(self, ctx, grad):
         y, g = self.out, self.grad_x
         np.subtract(1, y, out=g)
         np.multiply(g, y, out=g)
@@ -122,10 +131,10 @@ class TanhKernel:
         self.out = np.empty_like(x)
         self.grad_x = np.empty_like(x)
 
-    def forward(self, args):
-        return np.tanh(args[0], out=self.out)
+    def forward(self, ctx, x):
+        return np.tanh(x, out=self.out)
 
-    def backward(self, grad):
+    def backward(self, ctx, grad):
         y, g = self.out, self.grad_x
         np.multiply(y, y, out=g)
         np.subtract(1, g, out=g)
@@ -135,19 +144,20 @@ class TanhKernel:
 def _unary(kernel):
     def factory(node, args, needs):
         x, = args
-        return kernel(x) if x.dtype.kind == "f" else None
+        return kernel(x) if x.dtype in _SAME_WIDTH_INTS else None
     return factory
 
 
 class CrossEntropyKernel:
-    """Mean of -log softmax(logits)[label]; d/dlogits = (softmax - one_hot) g / batch.
+    """Mean of -log softmax(logits)[label] over a (batch, classes) batch: the node's
+    two-argument form. d/dlogits = (softmax - one_hot) g / batch.
 
     The one-hot is a float buffer written by index (after the range check: a
     negative index would wrap around), so no step casts a bool array.
     """
 
-    def __init__(self, node, logits, labels):
-        self.label = node.label
+    def __init__(self, node, logits):
+        self.node = node
         batch, classes = logits.shape
         self.batch, self.classes = batch, classes
         self.rows = np.arange(batch)
@@ -158,12 +168,9 @@ class CrossEntropyKernel:
         self.probs = np.empty_like(logits)
         self.grad_logits = np.empty_like(logits)
 
-    def forward(self, args):
-        logits, labels = args
-        low, high = labels.min(), labels.max()
-        if low < 0 or high >= self.classes:
-            raise NodeError(f"{self.label}: labels must lie in [0, {self.classes}); got values "
-                            f"from {low} to {high}")
+    def forward(self, ctx, logits, labels):
+        if labels.size and (labels.min() < 0 or labels.max() >= self.classes):
+            return self.node.forward(ctx, logits, labels)  # raises the node's own error
         one_hot = self.one_hot
         one_hot.fill(0)
         one_hot[self.rows, labels] = 1
@@ -177,16 +184,19 @@ class CrossEntropyKernel:
         np.divide(exp, self.total, out=self.probs)
         return loss / logits.dtype.type(self.batch)
 
-    def backward(self, grad):
+    def backward(self, ctx, grad):
         g = np.subtract(self.probs, self.one_hot, out=self.grad_logits)
         return np.multiply(g, grad / self.batch, out=g), None
 
 
 def _cross_entropy(node, args, needs):
     logits, labels = args
-    if logits.ndim == 2 and labels.ndim == 1 and logits.dtype.kind == "f" \
-            and labels.dtype.kind in "iu":
-        return CrossEntropyKernel(node, logits, labels)
+    # Only the lab's form: any reduction, smoothing, ignored label, probability
+    # target or class axis beyond the second runs the node's own rules.
+    if node._lab_form and logits.ndim == 2 and labels.ndim == 1 and logits.shape[0] \
+            and logits.shape[0] == labels.shape[0] and logits.dtype in _SAME_WIDTH_INTS \
+            and labels.dtype.kind in "iu" and not needs[1]:
+        return CrossEntropyKernel(node, logits)
     return None
 
 

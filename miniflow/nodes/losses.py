@@ -293,6 +293,12 @@ class CrossEntropyWithSoftmax(Node):
     def _class_axis(logits):
         return 1 if logits.ndim > 1 else 0
 
+    def index_limits(self, logits_shape, labels_shape):
+        if self.soft_targets or not logits_shape:
+            return {}
+        classes = logits_shape[1 if len(logits_shape) > 1 else 0]
+        return {1: (classes, self.ignore_index)}
+
     def _target_distribution(self, xp, logits, labels, axis, checked=True):
         """(q, count): the smoothed target distribution along ``axis`` and the mean's divisor."""
         if logits.ndim == 0:

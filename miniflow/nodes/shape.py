@@ -438,6 +438,11 @@ class Take(Node):
         return xp.reshape(taken, tuple(x.shape[:axis]) + tuple(indices.shape)
                           + tuple(x.shape[axis + 1:]))
 
+    def index_limits(self, x_shape, indices_shape):
+        if not -len(x_shape) <= self.axis < len(x_shape):
+            return {}  # forward names the bad axis
+        return {1: (x_shape[self.axis], None)}
+
     def backward(self, ctx, grad):
         xp, (x, _), (matches,) = ctx.xp, ctx.inputs, ctx.saved
         axis = self.axis % x.ndim

@@ -271,7 +271,11 @@ class _ProcessPolicy:
         self.policy = ThreadPolicy(requested)
         self.policy._process_wide = True
         self.policy._start()
-        # The first look is short, so that a busy machine is seen within the first runs.
+        if self.policy._meter is not None:
+            # Until the first look, one thread: on a busy machine it is many times faster
+            # than one per core, on a quiet one at most a little slower. The first look
+            # comes soon, so that a quiet machine gets its cores within the first runs.
+            self.policy._apply(1)
         self.next_look = time.monotonic() + PROBE_SECONDS
 
     def refresh(self) -> None:
@@ -329,9 +333,10 @@ def set_threads(threads) -> _Restore:
     Parameters
     ----------
     threads : "auto", int or None
-        ``"auto"``: the cores other processes leave free, looked at again as
-        runs start (at most every :data:`RECHECK_SECONDS`); an int: that many
-        threads; None: no policy, the pools back as they were before.
+        ``"auto"``: the cores other processes leave free, first looked at by a
+        run :data:`PROBE_SECONDS` after this call (one thread until then) and
+        again as runs start, at most every :data:`RECHECK_SECONDS`; an int:
+        that many threads; None: no policy, the pools back as they were before.
 
     Returns
     -------

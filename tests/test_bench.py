@@ -111,6 +111,20 @@ def test_contention_quick_times_each_policy_and_stops_its_competitors(tmp_path):
     assert "competing processes" in proc.stdout and "auto / 1" in proc.stdout
 
 
+def test_contention_loop_times_a_users_own_loop_under_set_threads(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    out = tmp_path / "contention.json"
+    proc = run_script("contention.py", "--quick", "--loop", "--competitors", "0",
+                      "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    assert result["settings"]["runner"] == "loop"
+    (row,) = result["results"]
+    assert all(row[policy] > 0 for policy in ("all cores", "1", "auto"))
+    assert set(row["auto_threads"].split("/")) <= {str(n) for n in range(1, 1025)}
+    assert "a loop of value_and_grad" in proc.stdout
+
+
 def test_plot_draws_a_png(step_json, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "step.png"

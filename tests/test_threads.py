@@ -220,17 +220,17 @@ def test_auto_gives_a_users_loop_fewer_threads_on_a_busy_machine(pools, busy, cl
     if not threads_module._CpuMeter.available():
         pytest.skip("'auto' measures other processes through /proc/stat (Linux)")
     set_threads("auto")
-    assert blas_threads() == {4}  # nothing measured yet: every core, as NumPy would
-    busy += [2.6]
-    one_run()  # the first look, PROBE_SECONDS (0 here) after set_threads
-    assert blas_threads() == {1} and busy == []
+    assert blas_threads() == {1}  # nothing measured yet: the choice that is never much worse
     busy += [0.0]
+    one_run()  # the first look, PROBE_SECONDS (0 here) after set_threads: a quiet machine
+    assert blas_threads() == {4} and busy == []
+    busy += [2.6]
     clock.now += threads_module.RECHECK_SECONDS / 2
     one_run()
-    assert blas_threads() == {1} and busy == [0.0]  # too soon to look again
+    assert blas_threads() == {4} and busy == [2.6]  # too soon to look again
     clock.now += threads_module.RECHECK_SECONDS / 2
     one_run()
-    assert blas_threads() == {4} and busy == []  # the others are gone
+    assert blas_threads() == {1} and busy == []  # others took 2.6 of the 4 cores
     set_threads(None)
     assert blas_threads() == {2}
 
@@ -263,9 +263,9 @@ def test_train_keeps_its_own_count_under_a_process_policy(pools, busy, clock):
     train(TrainConfig(hidden=4, epochs=1, batch_size=32), x, y, n_classes=3, threads=2,
           on_step=lambda loss: seen.append(blas_threads()))
     assert seen == [{2}, {2}] and busy == [3.0]
-    assert blas_threads() == {4}  # the process's policy again
+    assert blas_threads() == {1}  # the process's policy again
     one_run()
-    assert blas_threads() == {1}  # and it looks, now that train is done
+    assert busy == []  # and it looks, now that train is done
 
 
 def test_pytorch_imported_after_set_threads_is_limited_too(monkeypatch, pools):

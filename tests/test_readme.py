@@ -93,3 +93,9 @@ def test_threads_example_runs_and_leaves_no_policy_behind():
     assert namespace["grad"].shape == (784, 256)
     assert miniflow.threads._process_policy is None
 
+
+def test_ci_runs_the_readmes_set_up_and_test_commands():
+    set_up, _train, test = re.search(r"```bash\n(.*?)```", README, re.DOTALL)[1].splitlines()
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text().splitlines()
+    assert set_up.replace("pip install", "pip install -q") in ci
+    assert ci[-1] == test  # the last thing CI does, so its exit status is the suite's

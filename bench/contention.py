@@ -11,7 +11,9 @@ interleaved rounds, and stops them again:
   looked at before training and after every epoch.
 
 Each cell is the median wall time of one ``train()`` (all epochs, the thread
-probe included) over the rounds, per epoch. The last columns compare
+probe included) over the rounds, per epoch. With ``--loop``, a user's own
+loop (``value_and_grad`` and SGD by hand, batch 128) runs instead, under
+``miniflow.set_threads(policy)``. The last columns compare
 ``auto`` with the other two in the same scenario: the default must be no
 slower than ``1`` when the cores are busy, and no slower than ``all cores``
 on a quiet machine.
@@ -19,6 +21,7 @@ on a quiet machine.
   python bench/contention.py                 # ~2 minutes
   python bench/contention.py --competitors 0,1,2,4 --rounds 5
   python bench/contention.py --quick         # seconds; the numbers mean little
+  python bench/contention.py --loop          # a loop of your own with miniflow.set_threads
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from miniflow.threads import available_cores  # noqa: E402
+from miniflow.threads import available_cores, set_threads  # noqa: E402
 from miniflow.train import TrainConfig, train  # noqa: E402
 
 BUSY_LOOP = "while True: pass"
@@ -69,7 +72,25 @@ def policies(cores: int) -> dict:
     return {"all cores": cores, "1": 1, "auto": "auto"}
 
 
-def time_scenario(count, config, x, y, rounds, pause):
+def train_epochs(config, x, y, threads) -> list:
+    """train() with ``threads``; the count in force after each epoch."""
+    return [stats.threads for stats in train(config, x, y, threads=threads).history]
+
+
+def loop_epochs(config, x, y, threads) -> list:
+    """A loop of the user's own under ``set_threads(threads)``; the count after each epoch."""
+    hidden = config.hidden[0] if config.hidden else 256
+    model = c.MiniflowMLP("numpy", c.build_mlp(hidden, "relu"), c.init_params(hidden))
+    chosen = []
+    with set_threads(threads) as policy:
+        for _ in range(config.epochs):
+            for start in range(0, len(x), config.batch_size):
+                model.step(x[start:start + config.batch_size], y[start:start + config.batch_size])
+            chosen.append(policy.threads)
+    return chosen
+
+
+def time_scenario(count, config, x, y, rounds, pause, epochs=train_epochs):
     """With ``count`` competitors: {policy: [seconds per epoch, ...]}, the counts auto chose,
     the load average, and the competitors' process ids."""
     named = policies(available_cores())
@@ -84,10 +105,10 @@ def time_scenario(count, config, x, y, rounds, pause):
             for name in order:
                 time.sleep(pause)  # BLAS threads of the previous run stop spinning
                 start = time.perf_counter()
-                result = train(config, x, y, threads=named[name])
+                chosen = epochs(config, x, y, named[name])
                 seconds[name].append((time.perf_counter() - start) / config.epochs)
                 if name == "auto":
-                    auto_threads += [stats.threads for stats in result.history]
+                    auto_threads += chosen
     return seconds, auto_threads, load, pids
 
 
@@ -105,6 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, help="hidden units (default 256; quick 32)")
     p.add_argument("--epochs", type=int, help="epochs per run (default 2; quick 1)")
     p.add_argument("--rounds", type=int, help="runs per policy and scenario (default 3; quick 1)")
+    p.add_argument("--loop", action="store_true",
+                   help="time a loop of your own (value_and_grad, SGD by hand) under "
+                        "miniflow.set_threads instead of train()")
     args = p.parse_args(argv)
     # A plain `kill` must stop the competitors too: exit through Competitors.__exit__.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -121,7 +145,8 @@ def main(argv=None) -> int:
 
     rows = []
     for count in counts:
-        seconds, chosen, load, pids = time_scenario(count, config, x, y, rounds, args.pause)
+        seconds, chosen, load, pids = time_scenario(count, config, x, y, rounds, args.pause,
+                                                    loop_epochs if args.loop else train_epochs)
         median = {name: statistics.median(values) for name, values in seconds.items()}
         rows.append({"competitors": count, **median, "samples": seconds,
                      "auto_threads": "/".join(map(str, sorted(set(chosen)))),
@@ -130,7 +155,7 @@ def main(argv=None) -> int:
                      "load_average_1min": load, "competitor_pids": pids})
         print(f"{count} competing: " + ", ".join(f"{k} {v:.3f} s" for k, v in median.items()),
               flush=True)
-    print(f"\ntrain(): {rows_count} rows, 784-{config.hidden[0] if config.hidden else ''}-10 "
+    print(f"\n{'a loop of value_and_grad' if args.loop else 'train()'}: {rows_count} rows, 784-{config.hidden[0] if config.hidden else ''}-10 "
           f"{config.activation}, batch {config.batch_size}, {config.epochs} epoch(s) per run, "
           f"median of {rounds} run(s); {available_cores()} usable cores")
     print(c.table(rows, COLUMNS))
@@ -146,6 +171,7 @@ def main(argv=None) -> int:
     c.print_checks(checks)
     c.write_json(args.json, {"benchmark": "contention", "machine": machine, "quick": args.quick,
                              "settings": {"rows": rows_count, "rounds": rounds,
+                                          "runner": "loop" if args.loop else "train",
                                           "epochs": config.epochs, "hidden": config.hidden,
                                           "pause": args.pause, "competitors": counts},
                              "targets": checks, "results": rows})

@@ -19,6 +19,7 @@ from .nodes import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Re
                     Squeeze, Stack, Take, Transpose, permute_dims)
 from .nodes import AvgPool2D, Conv2D, Dropout, LayerNorm, MaxPool2D
 from .compile import CompiledStep, compilable, compile  # after the nodes it plans kernels for
+from .threads import set_threads
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,5 @@ __all__ = [
     "Concat", "Stack", "Split", "Pad", "Index", "Take",
     "compile", "compilable", "CompiledStep", "CompileError",
     "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm",
+    "set_threads",
 ]

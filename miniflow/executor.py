@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from .backends import get_backend, infer_backend
 from .errors import FeedError, GraphError, MiniflowError, NodeError, ShapeError
 from .graph import Context, Input, Node, Plan, PlanCache, RunSettings
+from .threads import apply_policy as _apply_thread_policy
 
 __all__ = ["run", "RunResult", "Hook", "value_and_grad", "evaluate", "accuracy", "Context",
            "unbroadcast", "forward_pass", "backward_pass", "seed_gradient"]
@@ -206,6 +207,7 @@ def accuracy(node: Node, feed_dict: dict, backend=None) -> float:
 
 def _execute(output, feed_dict, wrt, backend, hooks=None, settings=None, extras=()):
     """Forward, then backward if ``wrt``: ``(backend, plan, values, grads, wrt grads)``."""
+    _apply_thread_policy()  # miniflow.set_threads; without one, a global read
     if not isinstance(output, Node):
         raise GraphError(f"the output must be a Node, not {type(output).__name__} "
                          f"{output!r:.60}")

@@ -64,6 +64,22 @@ def test_overhead_quick(tmp_path):
     assert result["tiny_step"]["nodes"] == 10
 
 
+def test_claims_quick_reports_each_timing_claim(tmp_path):
+    out = tmp_path / "claims.json"
+    proc = run_script("claims.py", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    check_machine(result["machine"])
+    assert result["import"]["interpreters"] == 2 and result["import"]["heavy_modules"] == []
+    assert result["profile"]["nodes_ms"] > 0 and result["profile"]["step_ms"] > 0
+    assert all(row["refused"] for row in result["hostile"])
+    # Reported, never asserted: whether each target was met depends on the load.
+    assert [check["check"] for check in result["targets"]] == [
+        "import miniflow, median", "heavy modules imported by import miniflow",
+        "profile: nodes' sum / measured step", "profile: slowest node is fc1 (784x256)",
+        "hostile model files: slowest refusal (CPU)"]
+
+
 def test_epoch_quick(tmp_path):
     out = tmp_path / "epoch.json"
     # array_api_strict rejects what the standard leaves open (a slice past the end).
@@ -93,6 +109,20 @@ def test_contention_quick_times_each_policy_and_stops_its_competitors(tmp_path):
             with pytest.raises(ProcessLookupError):
                 os.kill(pid, 0)
     assert "competing processes" in proc.stdout and "auto / 1" in proc.stdout
+
+
+def test_contention_loop_times_a_users_own_loop_under_set_threads(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    out = tmp_path / "contention.json"
+    proc = run_script("contention.py", "--quick", "--loop", "--competitors", "0",
+                      "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    assert result["settings"]["runner"] == "loop"
+    (row,) = result["results"]
+    assert all(row[policy] > 0 for policy in ("all cores", "1", "auto"))
+    assert set(row["auto_threads"].split("/")) <= {str(n) for n in range(1, 1025)}
+    assert "a loop of value_and_grad" in proc.stdout
 
 
 def test_plot_draws_a_png(step_json, tmp_path):

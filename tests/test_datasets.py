@@ -13,7 +13,6 @@ import os
 import socket
 import sys
 import threading
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -471,22 +470,23 @@ def test_bad_download_leaves_nothing_behind(tmp_path, mirror, mode, reason):
 
 @needs_real_data
 def test_stalled_server_times_out_fast(tmp_path, mirror):
-    start = time.monotonic()
     with pytest.raises(MnistNotFoundError) as info:
         load_mnist(tmp_path / "data", mirrors=[mirror.url("stall")], timeout=0.5)
-    assert time.monotonic() - start < 3
+    # The server never sends the rest: reaching here at all means the timeout fired.
+    # One request, no retries: the time spent is one timeout, however busy the machine.
     assert "stall/train-images-idx3-ubyte.gz: timed out" in str(info.value)
+    assert mirror.requests == ["/stall/train-images-idx3-ubyte.gz"]
     assert not (tmp_path / "data").exists()
 
 
 @needs_real_data
 def test_trickling_server_hits_total_time_limit(monkeypatch, tmp_path, mirror):
     monkeypatch.setattr(mnist_module, "_TOTAL_TIME_FACTOR", 2)
-    start = time.monotonic()
     with pytest.raises(MnistNotFoundError) as info:
         load_mnist(tmp_path / "data", mirrors=[mirror.url("trickle")], timeout=0.3)
-    assert time.monotonic() - start < 3
+    # A byte every 20 ms never trips the per-read timeout: only the total limit ends it.
     assert "took more than 0.6 s in total" in str(info.value)
+    assert mirror.requests == ["/trickle/train-images-idx3-ubyte.gz"]
 
 
 @needs_real_data

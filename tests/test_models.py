@@ -226,12 +226,12 @@ def test_check_writable(tmp_path):
 def test_hostile_model_files_are_refused_cheaply(tmp_path, case):
     build, message = hostile.CASES[case]
     path = build(tmp_path / "model.npz")
-    seconds, peak, error = hostile.measure(path)
+    _, peak, error = hostile.measure(path)
     assert error is not None, f"{case}: the file loaded"
     assert re.search(message, error), error
     assert str(path) in error
-    # Generous bounds (the point is "not 40 GB"); CPU time, so a busy machine does not matter.
-    assert seconds < 1.0, f"{case}: {seconds:.2f} s"
+    # A generous bound (the point is "not 40 GB"); the time each refusal takes is
+    # bench/claims.py's to report: allocation does not depend on the machine's load.
     assert peak < 100 * 2**20, f"{case}: {peak / 2**20:.0f} MiB allocated"
 
 
@@ -244,7 +244,7 @@ def test_hostile_files_cost_little_resident_memory(tmp_path):
         done = subprocess.run([sys.executable, "-c", hostile.CHILD, str(path)], check=True,
                               capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(REPO)})
-        seconds, grown_mib, message = done.stdout.rstrip("\n").split("\t")
+        _, grown_mib, message = done.stdout.rstrip("\n").split("\t")
         assert float(grown_mib) < 100, (case, grown_mib, message)
         assert message != "(loaded)", case
 

@@ -82,3 +82,20 @@ def test_run_example_runs_after_the_gpu_example(backend, to_numpy):
     assert set(result.gradients) >= {namespace[n] for n in ("W1", "b1", "W2", "b2")}
     # The run infers NumPy from the feed; the example before ran on the fixture backend.
     np.testing.assert_allclose(np.asarray(result.value), to_numpy(namespace["value"]), rtol=1e-5)
+
+
+def test_threads_example_runs_and_leaves_no_policy_behind():
+    pytest.importorskip("threadpoolctl")
+    import miniflow.threads
+
+    namespace = {}
+    exec(block("miniflow.set_threads("), namespace)
+    assert namespace["grad"].shape == (784, 256)
+    assert miniflow.threads._process_policy is None
+
+
+def test_ci_runs_the_readmes_set_up_and_test_commands():
+    set_up, _train, test = re.search(r"```bash\n(.*?)```", README, re.DOTALL)[1].splitlines()
+    ci = (Path(__file__).parent.parent / ".ci" / "run").read_text().splitlines()
+    assert set_up.replace("pip install", "pip install -q") in ci
+    assert ci[-1] == test  # the last thing CI does, so its exit status is the suite's

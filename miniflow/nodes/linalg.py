@@ -21,6 +21,8 @@ class MatMul(Node):
     arity = 2
 
     def forward(self, ctx, x, w):
+        # PyTorch's matmul refuses float64 @ float32: one promotion rule everywhere.
+        x, w = ctx.inputs = ctx.backend.promote(x, w)
         return x @ w
 
     def backward(self, ctx, grad):
@@ -58,6 +60,7 @@ class Linear(Node):
     arity = 3
 
     def forward(self, ctx, x, w, b):
+        x, w, b = ctx.inputs = ctx.backend.promote(x, w, b)
         return x @ w + b
 
     def backward(self, ctx, grad):
@@ -146,6 +149,7 @@ class Tensordot(Node):
         return tuple(pairs)
 
     def forward(self, ctx, a, b):
+        a, b = ctx.inputs = ctx.backend.promote(a, b)
         return ctx.xp.tensordot(a, b, axes=self._pairs(a.shape, b.shape))
 
     def backward(self, ctx, grad):

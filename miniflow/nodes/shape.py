@@ -168,7 +168,7 @@ class Concat(Node):
         self.axis = axis
 
     def forward(self, ctx, *values):
-        return ctx.xp.concat(values, axis=self.axis)
+        return ctx.xp.concat(ctx.backend.promote(*values), axis=self.axis)
 
     def backward(self, ctx, grad):
         axis = self.axis % grad.ndim
@@ -190,7 +190,7 @@ class Stack(Node):
         self.axis = axis
 
     def forward(self, ctx, *values):
-        return ctx.xp.stack(values, axis=self.axis)
+        return ctx.xp.stack(ctx.backend.promote(*values), axis=self.axis)
 
     def backward(self, ctx, grad):
         axis = self.axis % grad.ndim
@@ -216,7 +216,9 @@ def _joining_problem(verb, shapes, axis, same_ndim_only):
         return f"cannot {verb} shapes {described} along axis {axis}: out of range"
     if same_ndim_only and len(set(shapes)) > 1:
         return f"cannot {verb} shapes {described}: they must all be equal"
-    return f"cannot {verb} shapes {described} along axis {axis}: the other axes differ"
+    if not same_ndim_only and len({s[:axis % ndim] + s[axis % ndim + 1:] for s in shapes}) > 1:
+        return f"cannot {verb} shapes {described} along axis {axis}: the other axes differ"
+    return None  # the shapes fit: the failure was something else, which the error names
 
 
 class Pad(Node):

@@ -5,7 +5,7 @@ import math
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
-from ._common import _broadcast_problem, _matmul_problem
+from ._common import _broadcast_problem, _matmul_problem, int_like
 from .reductions import normalized_axes
 
 
@@ -116,6 +116,12 @@ class Tensordot(Node):
 
     def __init__(self, a, b, axes=2, name=None):
         super().__init__(a, b, name=name)
+        if int_like(axes) is not None:
+            axes = int_like(axes)
+        elif isinstance(axes, (tuple, list)) and len(axes) == 2 and all(
+                isinstance(side, (tuple, list)) for side in axes):
+            axes = tuple(tuple(k if int_like(k) is None else int_like(k) for k in side)
+                         for side in axes)
         if isinstance(axes, int) and not isinstance(axes, bool) and axes >= 0:
             self.axes = axes
         elif (isinstance(axes, (tuple, list)) and len(axes) == 2

@@ -226,9 +226,14 @@ class Trunc(_Step):
 
 
 class Sign(_Step):
-    """y = -1, 0 or 1 as x < 0, x = 0 or x > 0; gradient 0."""
+    """y = -1, 0 or 1 as x < 0, x = 0 or x > 0, and 0 at nan (as PyTorch; NumPy gives nan);
+    gradient 0."""
 
-    function = "sign"
+    def forward(self, ctx, x):
+        xp = ctx.xp
+        if not xp.isdtype(x.dtype, "real floating"):
+            return xp.sign(x)
+        return xp.where(xp.isnan(x), xp.zeros((), dtype=x.dtype), xp.sign(x))
 
 
 class Remainder(_Binary):

@@ -23,7 +23,7 @@ def _pair_of_axes(kind, ndim, axis1, axis2):
 
 def _diagonal_block(n, m, offset):
     """Where the ``offset`` diagonal of an n x m matrix lies: (first row, first column, length)."""
-    r0, c0 = max(0, -offset), max(0, offset)
+    r0, c0 = min(max(0, -offset), n), min(max(0, offset), m)  # an offset past the edge: empty
     return r0, c0, max(0, min(n - r0, m - c0))
 
 

@@ -89,8 +89,8 @@ class CumProd(Node):
         xp, (x,) = ctx.xp, ctx.inputs
         axis = reduction_axes(self.axis, x.shape)[0]
         n = x.shape[axis]
-        if n == 0:
-            return (grad,)
+        if 0 in x.shape:  # nothing to differentiate (and Dask mis-concatenates empty arrays)
+            return (xp.zeros(x.shape, dtype=grad.dtype),)
         x, g = xp.moveaxis(x, axis, -1), xp.moveaxis(grad, axis, -1)
         position = xp.arange(n)
         later = position[None, :] > position[:, None]           # [j, k]: k > j
@@ -187,6 +187,8 @@ class TopK(_Sorting):
 
     def backward(self, ctx, grad):
         xp, (axis, order) = ctx.xp, ctx.saved
+        if 0 in ctx.inputs[0].shape:  # Dask mis-concatenates empty arrays
+            return (xp.zeros(ctx.inputs[0].shape, dtype=grad.dtype),)
         g = xp.moveaxis(grad, axis, -1)
         rest = xp.zeros(tuple(g.shape[:-1]) + (order.shape[-1] - self.k,), dtype=g.dtype)
         inverse = xp.argsort(order, axis=-1, stable=True)

@@ -132,6 +132,8 @@ class Roll(Node):
             raise GraphError(f"Roll: {len(self.shift)} shifts for {len(self.axis)} axes")
 
     def _roll(self, xp, x, sign):
+        if 0 in x.shape:  # nothing moves (and Dask's roll fails on empty arrays)
+            return x
         shift = tuple(sign * s for s in self.shift)
         if self.axis is None:
             return xp.roll(x, shift=shift[0])

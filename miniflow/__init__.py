@@ -41,3 +41,20 @@ __all__ = [
     "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm",
     "set_threads",
 ]
+
+# The op library's later families (issue 20): math, comparisons, einsum, matrices, scans, tiling.
+from .nodes import (ArcCos, ArcCosh, ArcSin, ArcSinh, ArcTan, ArcTan2, ArcTanh, ArgMax, ArgMin,  # noqa: E402
+                    ArgSort, ArgTopK, BroadcastTo, Cast, Ceil, Cosh, CumProd, Diag, Diagonal,
+                    Einsum, Equal, Exp2, Flip, Floor, FloorDivide, Greater, GreaterEqual, Less,
+                    LessEqual, Log2, Log10, LogAddExp, NotEqual, Prod, Remainder, Repeat, Roll,
+                    Round, Sign, Sinh, Sort, Tan, Tile, TopK, Trace, Tril, Triu, Trunc)
+
+__all__ += [
+    "Tan", "Sinh", "Cosh", "ArcSin", "ArcCos", "ArcTan", "ArcTan2", "ArcSinh", "ArcCosh",
+    "ArcTanh", "Log2", "Log10", "Exp2", "LogAddExp", "Floor", "Ceil", "Round", "Trunc", "Sign",
+    "Remainder", "FloorDivide",
+    "Less", "LessEqual", "Greater", "GreaterEqual", "Equal", "NotEqual", "ArgMax", "ArgMin",
+    "Cast", "Einsum", "Diagonal", "Trace", "Diag", "Tril", "Triu",
+    "Prod", "CumProd", "Sort", "ArgSort", "TopK", "ArgTopK",
+    "Tile", "Repeat", "BroadcastTo", "Flip", "Roll",
+]

@@ -167,6 +167,54 @@ class Node:
         from .nodes import Pow
         return Pow(other, self)
 
+    def __mod__(self, other):
+        from .nodes import Remainder
+        return Remainder(self, other)
+
+    def __rmod__(self, other):
+        from .nodes import Remainder
+        return Remainder(other, self)
+
+    def __floordiv__(self, other):
+        from .nodes import FloorDivide
+        return FloorDivide(self, other)
+
+    def __rfloordiv__(self, other):
+        from .nodes import FloorDivide
+        return FloorDivide(other, self)
+
+    # Comparisons build boolean nodes; == and != do not (see __eq__ below): eq() and ne().
+    def __lt__(self, other):
+        from .nodes import Less
+        return Less(self, other)
+
+    def __le__(self, other):
+        from .nodes import LessEqual
+        return LessEqual(self, other)
+
+    def __gt__(self, other):
+        from .nodes import Greater
+        return Greater(self, other)
+
+    def __ge__(self, other):
+        from .nodes import GreaterEqual
+        return GreaterEqual(self, other)
+
+    def eq(self, other):
+        """Elementwise ``self == other``: ``Equal(self, other)`` (``==`` itself compares nodes)."""
+        from .nodes import Equal
+        return Equal(self, other)
+
+    def ne(self, other):
+        """Elementwise ``self != other``: ``NotEqual(self, other)``."""
+        from .nodes import NotEqual
+        return NotEqual(self, other)
+
+    def astype(self, dtype):
+        """``Cast(self, dtype)``: a dtype name (``"float64"``), or a NumPy or library dtype."""
+        from .nodes import Cast
+        return Cast(self, dtype)
+
     def __getitem__(self, key):
         from .nodes import Index
         return Index(self, key)
@@ -188,7 +236,8 @@ class Node:
         from .nodes import MatrixTranspose
         return MatrixTranspose(self)
 
-    # Nodes are dictionary keys (feed_dict); comparing them must not build a graph.
+    # Nodes are dictionary keys (feed_dict); comparing them must not build a graph, so
+    # == and != keep identity meaning (as TensorFlow 1's tensors do): eq() and ne() compare values.
     __hash__ = object.__hash__
 
     def __eq__(self, other):

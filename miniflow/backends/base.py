@@ -70,6 +70,7 @@ class Backend:
                     self.float32, self.int64 = xp.float32, xp.int64
                     self.array_type = type(xp.asarray(0.0))
                     self._floating = {}
+                    self._promotions = {}
                     self._xp = xp
         return self._xp
 
@@ -105,6 +106,46 @@ class Backend:
         """Samples uniform in [0, 1) from ``rng``, an array of this backend (float32 default)."""
         dtype = self.float32 if dtype is None else dtype
         return self.asarray(rng.random(shape), dtype=dtype)
+
+    # -- dtype promotion ----------------------------------------------------
+    def result_type(self, *dtypes):
+        """The dtype arrays of ``dtypes`` meet in, by one rule on every backend.
+
+        The Array API's table, extended as NumPy does where it says nothing:
+        an integer array meeting a floating one gives the floating dtype wide
+        enough for both (int64 with float32 gives float64). Libraries differ
+        there (PyTorch keeps float32, array-api-strict refuses), so the rule is
+        computed once, on NumPy's dtypes, and cached per combination.
+        """
+        xp = self.xp
+        try:
+            return self._promotions[dtypes]
+        except (KeyError, TypeError):
+            pass
+        names = getattr(self, "_dtype_names", None)
+        if names is None:
+            names = self._dtype_names = {}
+            for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                         "uint64", "float16", "float32", "float64"):
+                if hasattr(xp, name):
+                    names[getattr(xp, name)] = name
+        try:
+            found = getattr(xp, np.result_type(*[names[d] for d in dtypes]).name)
+        except (KeyError, TypeError, AttributeError):  # complex and the like: the library's rule
+            found = xp.result_type(*dtypes)
+        try:
+            self._promotions[dtypes] = found
+        except TypeError:
+            pass
+        return found
+
+    def promote(self, *arrays):
+        """``arrays`` cast to their common dtype (:meth:`result_type`); as they are if equal."""
+        first = arrays[0].dtype
+        if all(a.dtype == first for a in arrays[1:]):
+            return arrays
+        dtype = self.result_type(*[a.dtype for a in arrays])
+        return tuple(a if a.dtype == dtype else self.xp.astype(a, dtype) for a in arrays)
 
     # -- moving data -----------------------------------------------------
     def owns(self, value) -> bool:
@@ -147,6 +188,7 @@ class Backend:
                 f"{what}: cannot use {type(value).__name__} {value!r:.60} as an array; "
                 "feed a number, a (nested) list of numbers or an array"
             )
+        refuse_array_subclass(value, what)
         is_python = not isinstance(value, (np.ndarray, np.generic))
         try:
             host = np.asarray(value)
@@ -175,3 +217,18 @@ class Backend:
 
     def __repr__(self):
         return f"<miniflow backend {self.name!r}>"
+
+
+def refuse_array_subclass(value, what):
+    """Refuse the NumPy subclasses whose meaning an Array-API library would silently drop.
+
+    ``np.matrix`` turns ``*`` into a matrix product and keeps two axes whatever
+    is done; a masked array's mask would be ignored. Other subclasses (memmap)
+    are plain arrays and pass.
+    """
+    if isinstance(value, np.matrix):
+        raise FeedError(f"{what}: np.matrix is not supported (its * is a matrix product); "
+                        "feed np.asarray(value), and use @ for matrix products")
+    if isinstance(value, np.ma.MaskedArray):
+        raise FeedError(f"{what}: masked arrays are not supported (the mask would be "
+                        "ignored); feed value.filled(fill) or select the valid elements")

@@ -2,7 +2,7 @@
 import numpy as np
 
 from ..errors import FeedError
-from .base import Backend
+from .base import Backend, refuse_array_subclass
 
 
 class NumpyBackend(Backend):
@@ -21,6 +21,8 @@ class NumpyBackend(Backend):
     def accept(self, value, *, integer=False, what="value"):
         # The hot path of every training step: a NumPy array, used as is.
         if isinstance(value, (np.ndarray, np.generic)):
+            if type(value) is not np.ndarray and not isinstance(value, np.generic):
+                refuse_array_subclass(value, what)
             if value.dtype.kind in ("iu" if integer else "biuf"):
                 return value
             raise FeedError(f"{what}: expected {'integer labels' if integer else 'numbers'}, "
@@ -29,6 +31,10 @@ class NumpyBackend(Backend):
 
     def asarray(self, value, dtype=None):
         return np.asarray(value, dtype=dtype)
+
+    def promote(self, *arrays):
+        # NumPy's own promotion is the rule (see Backend.result_type): nothing to do.
+        return arrays
 
     def random_uniform(self, rng, shape, dtype=None):
         dtype = np.dtype(np.float32 if dtype is None else dtype)

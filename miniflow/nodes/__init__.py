@@ -11,6 +11,12 @@ library.
 - ``losses``: Softmax, LogSoftmax, CrossEntropyWithSoftmax, MeanSquaredError (MSE),
   BinaryCrossEntropyWithLogits, DummyGrad
 - ``conv``: Conv2D, MaxPool2D, AvgPool2D, Dropout, LayerNorm
+- ``math``: Tan, Sinh, ..., ArcTan2, Log2, LogAddExp, Floor, Round, Sign, Remainder, FloorDivide
+- ``compare``: Less, Greater, Equal, ... (booleans), ArgMax, ArgMin, Cast
+- ``einsum``: Einsum
+- ``matrix``: Diagonal, Trace, Diag, Tril, Triu
+- ``scan``: Prod, CumProd, Sort, ArgSort, TopK, ArgTopK
+- ``tiling``: Tile, Repeat, BroadcastTo, Flip, Roll
 """
 from .conv import AvgPool2D, Conv2D, Dropout, LayerNorm, MaxPool2D
 from .elementwise import (ELU, GELU, Abs, Add, Clip, Cos, Div, Exp, Expm1, LeakyReLU, Log, Log1p,
@@ -34,4 +40,24 @@ __all__ = [
     "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
     "Concat", "Stack", "Split", "SplitPart", "Pad", "Index", "Take",
     "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm",
+]
+
+from .compare import (ArgMax, ArgMin, Cast, Equal, Greater, GreaterEqual, Less, LessEqual,
+                      NotEqual)
+from .einsum import Einsum
+from .math import (ArcCos, ArcCosh, ArcSin, ArcSinh, ArcTan, ArcTan2, ArcTanh, Ceil, Cosh, Exp2,
+                   Floor, FloorDivide, Log2, Log10, LogAddExp, Remainder, Round, Sign, Sinh, Tan,
+                   Trunc)
+from .matrix import Diag, Diagonal, Trace, Tril, Triu
+from .scan import ArgSort, ArgTopK, CumProd, Prod, Sort, TopK
+from .tiling import BroadcastTo, Flip, Repeat, Roll, Tile
+
+__all__ += [
+    "Tan", "Sinh", "Cosh", "ArcSin", "ArcCos", "ArcTan", "ArcTan2", "ArcSinh", "ArcCosh",
+    "ArcTanh", "Log2", "Log10", "Exp2", "LogAddExp", "Floor", "Ceil", "Round", "Trunc", "Sign",
+    "Remainder", "FloorDivide",
+    "Less", "LessEqual", "Greater", "GreaterEqual", "Equal", "NotEqual", "ArgMax", "ArgMin",
+    "Cast", "Einsum", "Diagonal", "Trace", "Diag", "Tril", "Triu",
+    "Prod", "CumProd", "Sort", "ArgSort", "TopK", "ArgTopK",
+    "Tile", "Repeat", "BroadcastTo", "Flip", "Roll",
 ]

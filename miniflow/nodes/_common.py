@@ -1,6 +1,42 @@
 """Helpers the node families share: shape diagnostics used only after a rule fails."""
 from __future__ import annotations
 
+import operator
+
+
+def int_like(value):
+    """``value`` as a Python int if it is integer-like (``operator.index``: NumPy integers
+    too), else None. Booleans are not integers here."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def as_int(value, what="an argument"):
+    """``value`` as a Python int; GraphError naming ``what`` when it is not integer-like."""
+    from ..errors import GraphError
+
+    found = int_like(value)
+    if found is None:
+        raise GraphError(f"{what} must be an int, not {value!r}")
+    return found
+
+
+def as_ints(values, what="an argument"):
+    """An int or a sequence of ints as a tuple of Python ints."""
+    single = int_like(values)
+    if single is not None:
+        return (single,)
+    try:
+        return tuple(as_int(v, what) for v in values)
+    except TypeError:
+        from ..errors import GraphError
+
+        raise GraphError(f"{what} must be an int or a sequence of ints, not {values!r}") from None
+
 
 def _broadcast_problem(*shapes) -> str | None:
     """Say why NumPy-style broadcasting fails for these shapes, or None."""

@@ -372,8 +372,8 @@ class Dropout(Node):
 
     def __init__(self, x, rate: float = 0.5, *, name=None):
         super().__init__(x, name=name)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
-            raise GraphError(f"Dropout rate must lie in [0, 1), got {rate!r}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise GraphError(f"Dropout rate must lie in [0, 1], got {rate!r}")
         self.rate = float(rate)
 
     def forward(self, ctx, x):
@@ -381,6 +381,10 @@ class Dropout(Node):
             ctx.save(None)
             return x
         xp = ctx.xp
+        if self.rate == 1:  # everything dropped: x * 0, as torch's dropout(x, p=1.0)
+            keep = xp.zeros((), dtype=x.dtype)
+            ctx.save(keep)
+            return x * keep
         uniform = ctx.random_uniform(x.shape, x.dtype)
         keep = xp.astype(uniform >= self.rate, x.dtype) * (1.0 / (1.0 - self.rate))
         ctx.save(keep)

@@ -21,6 +21,7 @@ class Add(_Elementwise):
     arity = (2, None)
 
     def forward(self, ctx, x, y, *more):
+        x, y, *more = ctx.backend.promote(x, y, *more)
         total = x + y
         for z in more:
             total = total + z
@@ -36,6 +37,7 @@ class Sub(_Elementwise):
     arity = 2
 
     def forward(self, ctx, x, y):
+        x, y = ctx.backend.promote(x, y)
         return x - y
 
     def backward(self, ctx, grad):
@@ -60,6 +62,7 @@ class Mul(_Elementwise):
     arity = (2, None)
 
     def forward(self, ctx, x, y, *more):
+        x, y, *more = ctx.inputs = ctx.backend.promote(x, y, *more)
         product = x * y
         for z in more:
             product = product * z
@@ -203,6 +206,8 @@ class Pow(_Elementwise):
     arity = 2
 
     def forward(self, ctx, x, p):
+        # Promoted for backward too: array-api-strict refuses float ** integer array.
+        x, p = ctx.inputs = ctx.backend.promote(x, p)
         y = x ** p
         ctx.save(y)
         return y
@@ -322,6 +327,7 @@ class Maximum(_Elementwise):
     arity = 2
 
     def forward(self, ctx, x, z):
+        x, z = ctx.inputs = ctx.backend.promote(x, z)
         return ctx.xp.maximum(x, z)
 
     def backward(self, ctx, grad):
@@ -334,6 +340,7 @@ class Minimum(_Elementwise):
     arity = 2
 
     def forward(self, ctx, x, z):
+        x, z = ctx.inputs = ctx.backend.promote(x, z)
         return ctx.xp.minimum(x, z)
 
     def backward(self, ctx, grad):
@@ -384,7 +391,7 @@ class Where(_Elementwise):
     nondifferentiable_inputs = (0,)
 
     def forward(self, ctx, cond, a, b):
-        return ctx.xp.where(cond, a, b)
+        return ctx.xp.where(cond, *ctx.backend.promote(a, b))
 
     def backward(self, ctx, grad):
         xp, (cond, _, _) = ctx.xp, ctx.inputs

@@ -5,7 +5,7 @@ import math
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
-from ._common import _broadcast_problem, _matmul_problem
+from ._common import _broadcast_problem, _matmul_problem, int_like
 from .reductions import normalized_axes
 
 
@@ -21,6 +21,8 @@ class MatMul(Node):
     arity = 2
 
     def forward(self, ctx, x, w):
+        # PyTorch's matmul refuses float64 @ float32: one promotion rule everywhere.
+        x, w = ctx.inputs = ctx.backend.promote(x, w)
         return x @ w
 
     def backward(self, ctx, grad):
@@ -58,6 +60,7 @@ class Linear(Node):
     arity = 3
 
     def forward(self, ctx, x, w, b):
+        x, w, b = ctx.inputs = ctx.backend.promote(x, w, b)
         return x @ w + b
 
     def backward(self, ctx, grad):
@@ -113,6 +116,12 @@ class Tensordot(Node):
 
     def __init__(self, a, b, axes=2, name=None):
         super().__init__(a, b, name=name)
+        if int_like(axes) is not None:
+            axes = int_like(axes)
+        elif isinstance(axes, (tuple, list)) and len(axes) == 2 and all(
+                isinstance(side, (tuple, list)) for side in axes):
+            axes = tuple(tuple(k if int_like(k) is None else int_like(k) for k in side)
+                         for side in axes)
         if isinstance(axes, int) and not isinstance(axes, bool) and axes >= 0:
             self.axes = axes
         elif (isinstance(axes, (tuple, list)) and len(axes) == 2
@@ -146,6 +155,7 @@ class Tensordot(Node):
         return tuple(pairs)
 
     def forward(self, ctx, a, b):
+        a, b = ctx.inputs = ctx.backend.promote(a, b)
         return ctx.xp.tensordot(a, b, axes=self._pairs(a.shape, b.shape))
 
     def backward(self, ctx, grad):

@@ -10,6 +10,7 @@ import math
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
+from ._common import as_int, as_ints, int_like
 
 
 def _nodes_list(kind, nodes):
@@ -34,7 +35,8 @@ class Reshape(Node):
     arity = 1
 
     def __init__(self, x, shape, name=None):
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        shape = (shape,) if int_like(shape) is not None else tuple(shape)
+        shape = tuple(n if int_like(n) is None else int_like(n) for n in shape)
         if not all(isinstance(n, int) and n >= -1 for n in shape) or shape.count(-1) > 1:
             raise GraphError(f"Reshape: shape must be integers >= 0 with at most one -1, "
                              f"got {shape}")
@@ -58,7 +60,7 @@ class Flatten(Node):
 
     def __init__(self, x, start_axis=1, name=None):
         super().__init__(x, name=name)
-        self.start_axis = start_axis
+        self.start_axis = as_int(start_axis, "Flatten: start_axis")
 
     def forward(self, ctx, x):
         start = _axis_in(self.start_axis, max(x.ndim, 1), "start_axis")
@@ -79,7 +81,7 @@ class Transpose(Node):
 
     def __init__(self, x, axes=None, name=None):
         super().__init__(x, name=name)
-        self.axes = None if axes is None else tuple(axes)
+        self.axes = None if axes is None else as_ints(axes, "Transpose: axes")
 
     def _axes(self, ndim):
         return tuple(reversed(range(ndim))) if self.axes is None else self.axes
@@ -125,7 +127,7 @@ class ExpandDims(Node):
 
     def __init__(self, x, axis=0, name=None):
         super().__init__(x, name=name)
-        self.axis = axis
+        self.axis = as_int(axis, "ExpandDims: axis")
 
     def forward(self, ctx, x):
         _axis_in(self.axis, x.ndim + 1)
@@ -142,7 +144,7 @@ class Squeeze(Node):
 
     def __init__(self, x, axis=None, name=None):
         super().__init__(x, name=name)
-        self.axis = (axis,) if isinstance(axis, int) else axis
+        self.axis = None if axis is None else as_ints(axis, "Squeeze: axis")
 
     def forward(self, ctx, x):
         if self.axis is None:
@@ -165,10 +167,10 @@ class Concat(Node):
 
     def __init__(self, nodes, axis=0, name=None):
         super().__init__(*_nodes_list("Concat", nodes), name=name)
-        self.axis = axis
+        self.axis = as_int(axis, "Concat: axis")
 
     def forward(self, ctx, *values):
-        return ctx.xp.concat(values, axis=self.axis)
+        return ctx.xp.concat(ctx.backend.promote(*values), axis=self.axis)
 
     def backward(self, ctx, grad):
         axis = self.axis % grad.ndim
@@ -187,10 +189,10 @@ class Stack(Node):
 
     def __init__(self, nodes, axis=0, name=None):
         super().__init__(*_nodes_list("Stack", nodes), name=name)
-        self.axis = axis
+        self.axis = as_int(axis, "Stack: axis")
 
     def forward(self, ctx, *values):
-        return ctx.xp.stack(values, axis=self.axis)
+        return ctx.xp.stack(ctx.backend.promote(*values), axis=self.axis)
 
     def backward(self, ctx, grad):
         axis = self.axis % grad.ndim
@@ -216,7 +218,9 @@ def _joining_problem(verb, shapes, axis, same_ndim_only):
         return f"cannot {verb} shapes {described} along axis {axis}: out of range"
     if same_ndim_only and len(set(shapes)) > 1:
         return f"cannot {verb} shapes {described}: they must all be equal"
-    return f"cannot {verb} shapes {described} along axis {axis}: the other axes differ"
+    if not same_ndim_only and len({s[:axis % ndim] + s[axis % ndim + 1:] for s in shapes}) > 1:
+        return f"cannot {verb} shapes {described} along axis {axis}: the other axes differ"
+    return None  # the shapes fit: the failure was something else, which the error names
 
 
 class Pad(Node):
@@ -253,8 +257,16 @@ class Pad(Node):
 
 # -- indexing -----------------------------------------------------------------------------
 
+def _int_bounds(k):
+    """Integer-like entries of an index (NumPy integers, slice bounds) as Python ints."""
+    if isinstance(k, slice):
+        bounds = [b if int_like(b) is None else int_like(b) for b in (k.start, k.stop, k.step)]
+        return slice(*bounds)
+    return k if int_like(k) is None else int_like(k)
+
+
 def _check_key(key):
-    key = key if isinstance(key, tuple) else (key,)
+    key = tuple(map(_int_bounds, key if isinstance(key, tuple) else (key,)))
     for k in key:
         if isinstance(k, slice):
             if not all(b is None or (isinstance(b, int) and not isinstance(b, bool))
@@ -372,7 +384,9 @@ class SplitPart(Node):
 
     def __init__(self, x, sections, part, axis=0, name=None):
         super().__init__(x, name=name)
-        self.sections, self.part, self.axis = sections, part, axis
+        self.sections = as_int(sections) if int_like(sections) is not None else tuple(
+            as_ints(sections, "Split: sections"))
+        self.part, self.axis = as_int(part), as_int(axis, "Split: axis")
 
     def _entries(self, shape):
         axis = _axis_in(self.axis, len(shape))
@@ -398,11 +412,14 @@ def Split(x, sections, axis=0):
     when the graph runs) or the increasing positions to cut at, as in NumPy's
     ``split``: ``Split(x, [2, 5])`` gives x[:2], x[2:5], x[5:] along ``axis``.
     """
-    count = sections if isinstance(sections, int) else len(sections) + 1
+    if int_like(sections) is not None:
+        sections = count = int_like(sections)
+    else:
+        sections = as_ints(sections, "Split: sections")
+        count = len(sections) + 1
     if count <= 0:
         raise GraphError(f"Split: sections must be a positive count or a list, got {sections}")
-    return [SplitPart(x, sections if isinstance(sections, int) else tuple(sections), k, axis)
-            for k in range(count)]
+    return [SplitPart(x, sections, k, axis) for k in range(count)]
 
 
 class Take(Node):
@@ -421,7 +438,7 @@ class Take(Node):
 
     def __init__(self, x, indices, axis=0, name=None):
         super().__init__(x, indices, name=name)
-        self.axis = axis
+        self.axis = as_int(axis, "Take: axis")
 
     def forward(self, ctx, x, indices):
         xp = ctx.xp

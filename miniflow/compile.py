@@ -37,6 +37,7 @@ from .backends import get_backend
 from .errors import CompileError, FeedError, GraphError, NodeError
 from .executor import backward_pass, forward_pass, seed_gradient, value_and_grad
 from .graph import Context, Node, Plan, TracingContext
+from .threads import apply_policy as _apply_thread_policy
 
 #: How many input signatures (shapes and dtypes) a compiled step keeps; the last
 #: short batch of an epoch is the usual second one.
@@ -252,6 +253,7 @@ class CompiledStep:
 
         Gradients may be buffers the next call overwrites: use or copy them first.
         """
+        _apply_thread_policy()
         fed = self._fed(feed_dict)
         entry, bounds = self._entry(feed_dict, fed)
         return self._result(*self._checked(self._value_and_grad, entry, fed, bounds))
@@ -263,6 +265,7 @@ class CompiledStep:
         updated parameters in ``wrt`` order. Where arrays are mutable (NumPy, PyTorch,
         CuPy) these are the very arrays fed, updated in place; on JAX, new arrays.
         """
+        _apply_thread_policy()
         fed = self._fed(feed_dict)
         entry, bounds = self._entry(feed_dict, fed)
         return self._checked(self._sgd, entry, fed, bounds, lr)

@@ -235,7 +235,7 @@ def _execute(output, feed_dict, wrt, backend, hooks=None, settings=None, extras=
     seed = seed_gradient(output, values[plan.output_index], _fed_gradient(output, feed_dict,
                                                                           backend), backend.xp)
     grads = backward_pass(plan, output, values, contexts, seed, backend.xp, hooks=hooks)
-    return backend, plan, values, grads, [grads[i] for i in wrt_positions]
+    return backend, plan, values, grads, backend.own_gradients([grads[i] for i in wrt_positions])
 
 
 def _check_differentiable(wrt, positions, values, backend) -> bool:
@@ -511,6 +511,10 @@ def backward_pass(plan: Plan, output, values, contexts, seed, xp, *, hooks=None,
                     input_grad = unbroadcast(xp, input_grad, shape)
                     if input_grad is None:
                         raise _bad_gradient(node, k, input_grads[k], shape)
+                if input_grad.dtype != values[j].dtype:
+                    # A float32 value that met a float64 one still has a float32
+                    # gradient, as in PyTorch: each gradient has its value's dtype.
+                    input_grad = xp.astype(input_grad, values[j].dtype)
             except AttributeError:  # None, or a number: not an array
                 raise _bad_gradient(node, k, input_grad, shape) from None
             if grads[j] is None:

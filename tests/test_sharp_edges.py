@@ -82,3 +82,37 @@ def test_matrix_and_masked_feeds_are_refused(value, name):
     x = Input("x")
     with pytest.raises(FeedError, match="np.matrix|masked"):
         evaluate(x * x, {x: value}, backend=name)
+
+
+WRITES_IN_PLACE = ("numpy", "torch", "array_api_strict", "cupy")  # JAX and Dask: immutable
+
+
+def test_returned_gradients_are_ordinary_writable_arrays(backend):
+    """Sum's broadcast view, Add's one gradient for two inputs, a reshape's view: each
+    comes back an array of its own that ``g -= 1`` may change, as PyTorch's do."""
+    if backend.name not in WRITES_IN_PLACE:
+        pytest.skip(f"{backend.name} arrays are immutable")
+    x, y = Input("x"), Input("y")
+    reshaped = Reshape(x, (6,))
+    cases = [(Sum(x), [x]), (Sum(x + y), [x, y]), (Sum(reshaped * 2.0), [x, reshaped])]
+    for output, wrt in cases:
+        feed = {x: backend.asarray(np.ones((2, 3))), y: backend.asarray(np.ones((2, 3)))}
+        _, grads = value_and_grad(output, feed, wrt, backend=backend.name)
+        before = [_host(backend, g).copy() for g in grads]
+        grads[0] -= 1  # in place: must not fail, nor change any other gradient
+        np.testing.assert_array_equal(_host(backend, grads[0]), before[0] - 1)
+        for g, b in zip(grads[1:], before[1:]):
+            np.testing.assert_array_equal(_host(backend, g), b)
+        assert all(tuple(g.shape) == tuple(feed.get(n, np.ones(6)).shape)
+                   for g, n in zip(grads, wrt))
+
+
+def test_each_gradient_has_its_values_dtype(backend):
+    """A float32 value that meets a float64 one has a float32 gradient (PyTorch's rule)."""
+    x, y = Input("x"), Input("y")
+    feed = {x: backend.asarray(np.ones(3, np.float32)), y: backend.asarray(np.full(3, 2.0))}
+    value, (gx, gy) = value_and_grad(Sum(x * y), feed, [x, y], backend=backend.name)
+    if "float64" not in str(value.dtype):
+        pytest.skip(f"{backend.name} computes this product in {value.dtype}")
+    assert "float32" in str(gx.dtype) and "float64" in str(gy.dtype)
+    np.testing.assert_array_equal(_host(backend, gx), [2.0, 2.0, 2.0])

@@ -6,7 +6,8 @@ imported lazily: ``import miniflow`` imports neither NumPy nor CuPy.
 from __future__ import annotations
 
 from ..errors import BackendError
-from .array_api_backend import ArrayAPIBackend, DaskBackend, JaxBackend, TorchBackend
+from .array_api_backend import (ArrayAPIBackend, DaskBackend, JaxBackend, StrictBackend,
+                                TorchBackend)
 from .base import Backend, loading_lock
 from .cupy_backend import CupyBackend
 from .numpy_backend import NumpyBackend
@@ -19,8 +20,7 @@ _FACTORIES = {
     "numpy": NumpyBackend,
     "cupy": CupyBackend,
     "torch": TorchBackend,
-    "array_api_strict": lambda: ArrayAPIBackend(
-        "array_api_strict", "array_api_strict", "pip install array-api-strict"),
+    "array_api_strict": StrictBackend,
     "dask.array": DaskBackend,
     "jax.numpy": JaxBackend,
 }

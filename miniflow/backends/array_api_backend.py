@@ -8,6 +8,23 @@ class ArrayAPIBackend(Backend):
     """A library whose arrays array-api-compat (or the library itself) makes standard."""
 
 
+class StrictBackend(ArrayAPIBackend):
+    """array-api-strict: the standard and nothing more (the tests' stand-in for CuPy)."""
+
+    def __init__(self):
+        super().__init__("array_api_strict", "array_api_strict", "pip install array-api-strict")
+
+    def own_gradients(self, grads):
+        owned = []
+        for g in grads:
+            host = getattr(g, "_array", None)  # the NumPy array a strict array wraps
+            if host is None or not host.flags.owndata or not host.flags.writeable \
+                    or any(g is h for h in owned):
+                g = self.xp.asarray(g, copy=True)
+            owned.append(g)
+        return owned
+
+
 class TorchBackend(ArrayAPIBackend):
     writable_arrays = True
 
@@ -16,6 +33,14 @@ class TorchBackend(ArrayAPIBackend):
 
     def _load(self):
         return _torch_namespace(super()._load())
+
+    def own_gradients(self, grads):
+        owned = []
+        for g in grads:
+            if g._is_view() or any(g is h for h in owned):
+                g = g.clone()
+            owned.append(g)
+        return owned
 
     def to_numpy(self, array):
         return array.detach().cpu().numpy()

@@ -205,6 +205,17 @@ class Backend:
             host = host.astype(np.int64 if integer else np.float32)
         return self.asarray(host)
 
+    def own_gradients(self, grads: list) -> list:
+        """``grads`` as ordinary arrays the caller may write to, as PyTorch returns them:
+        none a read-only or broadcast view, none sharing memory with another.
+
+        A backward rule may return a view (``broadcast_to`` for Sum, a reshape of the
+        upstream gradient) or the very array it was given (Add, to both inputs):
+        fine inside a run, a surprise to a caller who writes ``g -= lr * ...``.
+        Libraries whose arrays are immutable (JAX) or lazy (Dask) keep them as they are.
+        """
+        return grads
+
     def to_numpy(self, array):
         """Backend array -> NumPy array on the host (a copy where the library needs one)."""
         try:

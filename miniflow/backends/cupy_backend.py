@@ -40,6 +40,13 @@ class CupyBackend(Backend):
     def to_numpy(self, array):
         return array.get()
 
+    def own_gradients(self, grads):
+        import cupy
+
+        from .numpy_backend import _own_arrays
+
+        return _own_arrays(grads, cupy.array)
+
     def make_rng(self, seed=None):
         import cupy
 

@@ -45,6 +45,9 @@ class NumpyBackend(Backend):
     def to_numpy(self, array):
         return array
 
+    def own_gradients(self, grads):
+        return _own_arrays(grads)
+
     # The adjoint of sliding windows (convolution and pooling backward, see
     # miniflow.nodes.conv): the same sums as the Array-API version there, as in-place
     # adds into one array instead of a padded copy per kernel offset.
@@ -65,6 +68,19 @@ class NumpyBackend(Backend):
                     total[where] += pieces[i * kw + j]
         return total
 
+
+
+def _own_arrays(grads, array=np.array):
+    """``grads`` with each view, read-only array or repeat replaced by a copy (NumPy and
+    CuPy: ``flags.owndata`` is False for views, broadcast ones included)."""
+    owned = []
+    for g in grads:
+        flags = getattr(g, "flags", None)
+        if flags is None or not flags.owndata or not getattr(flags, "writeable", True) \
+                or any(g is h for h in owned):
+            g = array(g, copy=True)  # a NumPy scalar becomes a 0-d array, as torch's 0-d tensor
+        owned.append(g)
+    return owned
 
 
 _SAME_WIDTH_INTS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}

@@ -331,3 +331,19 @@ def test_numpy_branch_free_where_equals_np_where_bit_for_bit():
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint8),
                                           np.ascontiguousarray(want).view(np.uint8))
+
+
+# -- issue 17 ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, axes", [((3, 3), (-1, 0)), ((2, 3), (-1, 0)),
+                                         ((2, 3, 4), (-1, 0, -2)), ((2, 3, 4), (2, -3, 1))])
+def test_transpose_with_negative_axes_sends_the_gradient_back(backend, to_numpy, shape, axes):
+    _float64(backend)
+    x = Input("x")
+    weights = rng.standard_normal(np.transpose(np.empty(shape), axes).shape)
+    value, grad = value_and_grad(Sum(Transpose(x, axes) * weights),
+                                 {x: backend.asarray(np.ones(shape))}, x, backend=backend.name)
+    # d/dx sum(x.transpose(axes) * C) = C transposed back.
+    np.testing.assert_allclose(to_numpy(grad), np.transpose(weights, np.argsort(
+        [a % len(shape) for a in axes])))
+    assert float(to_numpy(value)) == pytest.approx(weights.sum())

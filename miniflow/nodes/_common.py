@@ -1,5 +1,10 @@
-"""Helpers the node families share: shape diagnostics used only after a rule fails."""
+"""Helpers the node families share: argument checks at construction, and shape
+diagnostics used only after a rule fails."""
 from __future__ import annotations
+
+import operator
+
+from ..errors import GraphError
 
 
 def _broadcast_problem(*shapes) -> str | None:
@@ -24,3 +29,30 @@ def _matmul_problem(x_shape, w_shape, x_name="x", w_name="w"):
                 f"of {x_name} ({x_shape[-1]}) must equal the {'first' if len(w_shape) == 1 else 'second-to-last'} "
                 f"axis of {w_name} ({inner_w})")
     return None
+
+
+def as_int(value, what: str, low: int | None = None) -> int:
+    """``value`` as a Python int, for a constructor argument named ``what`` ("Conv2D stride").
+
+    Anything integer-like (``operator.index``: NumPy integers too) is accepted;
+    bools, floats and strings are a GraphError naming the argument and the value,
+    so ``stride=1.5`` is refused when the graph is built, not truncated or left
+    to fail inside a run.
+    """
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            pass
+        else:
+            if low is None or number >= low:
+                return number
+    bound = "" if low is None else f" >= {low}"
+    raise GraphError(f"{what} must be an integer{bound}, got {value!r}")
+
+
+def as_int_tuple(values, what: str, low: int | None = None) -> tuple[int, ...]:
+    """A sequence of integer-like values as a tuple of ints (see :func:`as_int`)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise GraphError(f"{what} must be a sequence of integers, got {values!r}")
+    return tuple(as_int(v, what, low) for v in values)

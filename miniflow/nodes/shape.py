@@ -10,6 +10,7 @@ import math
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
+from ._common import as_int, as_int_tuple
 
 
 def _nodes_list(kind, nodes):
@@ -72,17 +73,25 @@ class Flatten(Node):
 class Transpose(Node):
     """y = x with its axes permuted: y.shape[k] = x.shape[axes[k]] (reversed when ``axes`` is None).
 
-    The gradient is permuted back by the inverse permutation. ``x.T`` is ``Transpose(x)``.
+    Negative axes count from the end, as in NumPy. The gradient is permuted back
+    by the inverse permutation. ``x.T`` is ``Transpose(x)``.
     """
 
     arity = 1
 
     def __init__(self, x, axes=None, name=None):
         super().__init__(x, name=name)
-        self.axes = None if axes is None else tuple(axes)
+        self.axes = None if axes is None else as_int_tuple(axes, "Transpose axes")
 
     def _axes(self, ndim):
-        return tuple(reversed(range(ndim))) if self.axes is None else self.axes
+        """The permutation for ``ndim`` axes, non-negative (not every library takes -1)."""
+        if self.axes is None:
+            return tuple(reversed(range(ndim)))
+        if len(self.axes) != ndim or any(not -ndim <= a < ndim for a in self.axes) \
+                or len({a % ndim for a in self.axes}) != ndim:
+            raise ShapeError(f"axes {self.axes} are not a permutation of the {ndim} axes of "
+                             f"the input")
+        return tuple(a % ndim for a in self.axes)
 
     def forward(self, ctx, x):
         return ctx.xp.permute_dims(x, self._axes(x.ndim))
@@ -93,9 +102,10 @@ class Transpose(Node):
         return (ctx.xp.permute_dims(grad, inverse),)
 
     def shape_problem(self, x_shape):
-        ndim = len(x_shape)
-        if sorted(a % ndim if -ndim <= a < ndim else a for a in self._axes(ndim)) != list(range(ndim)):
-            return f"axes {self.axes} are not a permutation of the {ndim} axes of {x_shape}"
+        try:
+            self._axes(len(x_shape))
+        except ShapeError:
+            return f"axes {self.axes} are not a permutation of the {len(x_shape)} axes of {x_shape}"
         return None
 
 

@@ -347,3 +347,23 @@ def test_transpose_with_negative_axes_sends_the_gradient_back(backend, to_numpy,
     np.testing.assert_allclose(to_numpy(grad), np.transpose(weights, np.argsort(
         [a % len(shape) for a in axes])))
     assert float(to_numpy(value)) == pytest.approx(weights.sum())
+
+
+@pytest.mark.parametrize("build, want", [
+    (ReLU, [1.0, 1.0, 0.0, 0.0]),             # threshold_backward: x <= 0 ? 0 : grad
+    (ELU, [1.0, 1.0, 0.0, np.exp(-1.0)]),     # elu_backward: x <= 0 ? grad * exp(x) : grad
+    (abs, [0.0, 1.0, -1.0, -1.0]),            # grad * sgn(x), sgn(nan) = 0
+    (lambda x: Clip(x, 1.0, -1.0), [0.0, 0.0, 0.0, 0.0]),  # low > high: high everywhere
+])
+def test_gradients_at_nan_and_crossed_bounds_follow_pytorch(backend, to_numpy, build, want):
+    _float64(backend)
+    x = Input("x")
+    values = np.array([np.nan, 2.0, -np.inf, -1.0])
+    _, grad = value_and_grad(Sum(build(x)), {x: backend.asarray(values)}, x,
+                             backend=backend.name)
+    np.testing.assert_allclose(to_numpy(grad), want, atol=1e-300)
+    ts = torch.tensor(values, requires_grad=True)
+    torch_build = {ReLU: torch.relu, ELU: torch.nn.functional.elu, abs: torch.abs}.get(
+        build, lambda t: torch.clamp(t, 1.0, -1.0))
+    (torch_grad,) = torch.autograd.grad(torch_build(ts).sum(), ts)
+    np.testing.assert_allclose(to_numpy(grad), torch_grad.numpy(), atol=1e-300)

@@ -83,30 +83,24 @@ class Transpose(Node):
         super().__init__(x, name=name)
         self.axes = None if axes is None else as_int_tuple(axes, "Transpose axes")
 
-    def _axes(self, ndim):
-        """The permutation for ``ndim`` axes, non-negative (not every library takes -1)."""
+    def _axes(self, shape):
+        """The permutation for an input of ``shape``, non-negative (not every library takes -1)."""
+        ndim = len(shape)
         if self.axes is None:
             return tuple(reversed(range(ndim)))
         if len(self.axes) != ndim or any(not -ndim <= a < ndim for a in self.axes) \
                 or len({a % ndim for a in self.axes}) != ndim:
             raise ShapeError(f"axes {self.axes} are not a permutation of the {ndim} axes of "
-                             f"the input")
+                             f"{tuple(shape)}")
         return tuple(a % ndim for a in self.axes)
 
     def forward(self, ctx, x):
-        return ctx.xp.permute_dims(x, self._axes(x.ndim))
+        return ctx.xp.permute_dims(x, self._axes(x.shape))
 
     def backward(self, ctx, grad):
-        axes = self._axes(grad.ndim)
+        axes = self._axes(ctx.inputs[0].shape)
         inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
         return (ctx.xp.permute_dims(grad, inverse),)
-
-    def shape_problem(self, x_shape):
-        try:
-            self._axes(len(x_shape))
-        except ShapeError:
-            return f"axes {self.axes} are not a permutation of the {len(x_shape)} axes of {x_shape}"
-        return None
 
 
 def permute_dims(x, axes):

@@ -307,9 +307,9 @@ class _Pool2D(_Windowed):
 class MaxPool2D(_Pool2D):
     """The largest value of each ``kernel`` window, moving by ``stride`` (default: kernel).
 
-    Padding adds -inf, so it is never chosen. The gradient goes to the first
-    largest value of each window (in row order), or to its last NaN, exactly as
-    in PyTorch's CPU kernel.
+    Padding is never chosen. The gradient goes to the first largest value of
+    each window (in row order), or to its last NaN, exactly as in PyTorch's CPU
+    kernel; in a window of -inf values and padding, to its first real pixel.
     """
 
     def forward(self, ctx, x):
@@ -321,15 +321,30 @@ class MaxPool2D(_Pool2D):
         # value before it or is NaN. The winner is the largest k that won (k only grows).
         track = ctx.needs_input_grad[0]
         index_type = xp.int8 if len(slices) <= 127 else xp.int32
+        # Padding is -inf, which a real -inf does not beat: PyTorch scans only the real
+        # pixels, so the first real one wins a window of -inf. Where there is padding,
+        # a real pixel also wins while no real pixel has been seen.
+        real = self._real_pixels(xp, x, pads) if track and any(sum(pads, ())) else None
         largest = slices[0]
         winner = xp.zeros(largest.shape, dtype=index_type) if track else None
+        seen = None if real is None else real[0]
         for k, piece in enumerate(slices[1:], start=1):
             if track:
                 beats = xp.logical_or(piece > largest, xp.isnan(piece))
+                if real is not None:
+                    beats = xp.logical_and(real[k], xp.logical_or(beats, xp.logical_not(seen)))
+                    seen = xp.logical_or(seen, real[k])
                 winner = xp.maximum(winner, xp.astype(beats, index_type) * k)
             largest = xp.maximum(largest, piece)
         ctx.save(winner, len(slices), padded_shape, pads)
         return _channels_first(xp, largest)
+
+    def _real_pixels(self, xp, x, pads):
+        """For each kernel offset, (1, OH, OW, 1): whether the pixel seen there is x's, not
+        padding (a function of the geometry alone, broadcast over images and channels)."""
+        inside = pad2d(xp, xp.ones((1, x.shape[2], x.shape[3], 1), dtype=xp.bool), pads, False)
+        _, out = self._geometry(x.shape, self.kernel)
+        return window_slices(inside, self.kernel, self.stride, self.dilation, out)
 
     def backward(self, ctx, grad):
         xp = ctx.xp
@@ -418,7 +433,10 @@ class LayerNorm(Node):
                              f"{tuple(bias.shape)}")
         axes = tuple(range(x.ndim - k, x.ndim))
         centred = x - xp.mean(x, axis=axes, keepdims=True)
-        inv_std = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=axes, keepdims=True) + self.eps)
+        var = xp.mean(centred * centred, axis=axes, keepdims=True)
+        # A variance that overflowed (|x| past ~1e154 in float64) would give 1/sqrt(inf) = 0
+        # and an output of zeros that looks valid; nan says it is not, as PyTorch does.
+        inv_std = xp.where(xp.isinf(var), math.nan, 1.0 / xp.sqrt(var + self.eps))
         normalised = centred * inv_std
         ctx.save(normalised, inv_std, axes)
         return normalised * weight + bias

@@ -31,6 +31,17 @@ def _matmul_problem(x_shape, w_shape, x_name="x", w_name="w"):
     return None
 
 
+def _integer_like(value) -> bool:
+    """Whether ``value`` is an integer other than a bool (``operator.index`` takes it)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
 def as_int(value, what: str, low: int | None = None) -> int:
     """``value`` as a Python int, for a constructor argument named ``what`` ("Conv2D stride").
 

@@ -16,31 +16,37 @@ strided views, in-place slice adds) as ``backend.windows`` and
 from __future__ import annotations
 
 import math
+import numbers
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
+from ._common import as_int
 
 
 # -- argument normalisation (at construction, on Python values only) ---------------------
 
 def _pair(value, what: str, low: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < low
-                             for v in pair):
-        raise GraphError(f"{what} must be an integer >= {low} or a pair of them, got {value!r}")
+    """An int or a pair of ints (NumPy integers too) >= ``low``; GraphError naming ``what``."""
+    try:
+        pair = (as_int(value, what, low),) * 2
+    except GraphError:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+            raise GraphError(f"{what} must be an integer >= {low} or a pair of them, got "
+                             f"{value!r}") from None
+        pair = tuple(as_int(v, what, low) for v in value)
     return pair
 
 
-def _padding(padding) -> tuple[tuple[int, int], tuple[int, int]] | str:
+def _padding(padding, what="padding") -> tuple[tuple[int, int], tuple[int, int]] | str:
     """0, 2, (1, 2) or "same"/"valid" -> ((top, bottom), (left, right)), or "same"."""
-    if padding == "valid":
+    if isinstance(padding, str) and padding == "valid":
         return ((0, 0), (0, 0))
-    if padding == "same":
+    if isinstance(padding, str) and padding == "same":
         return "same"
     if isinstance(padding, str):
-        raise GraphError(f"padding must be an integer, a pair, 'same' or 'valid', "
+        raise GraphError(f"{what} must be an integer, a pair, 'same' or 'valid', "
                          f"got {padding!r}")
-    ph, pw = _pair(padding, "padding", 0)
+    ph, pw = _pair(padding, what, 0)
     return ((ph, ph), (pw, pw))
 
 
@@ -215,9 +221,9 @@ class Conv2D(_Windowed):
     def __init__(self, x, w, b=None, *, stride=1, padding=0, dilation=1, name=None):
         inputs = (x, w) if b is None else (x, w, b)
         super().__init__(*inputs, name=name)
-        self.stride = _pair(stride, "stride", 1)
-        self.dilation = _pair(dilation, "dilation", 1)
-        self.padding = _padding(padding)
+        self.stride = _pair(stride, "Conv2D stride", 1)
+        self.dilation = _pair(dilation, "Conv2D dilation", 1)
+        self.padding = _padding(padding, "Conv2D padding")
         if self.padding == "same" and self.stride != (1, 1):
             raise GraphError("padding='same' needs stride 1 (as in PyTorch)")
 
@@ -277,10 +283,11 @@ class Conv2D(_Windowed):
 class _Pool2D(_Windowed):
     def __init__(self, x, kernel, stride=None, padding=0, *, name=None):
         super().__init__(x, name=name)
-        self.kernel = _pair(kernel, "kernel", 1)
-        self.stride = self.kernel if stride is None else _pair(stride, "stride", 1)
+        kind = type(self).__name__
+        self.kernel = _pair(kernel, f"{kind} kernel", 1)
+        self.stride = self.kernel if stride is None else _pair(stride, f"{kind} stride", 1)
         self.dilation = (1, 1)
-        self.padding = _padding(padding)
+        self.padding = _padding(padding, f"{kind} padding")
         if self.padding == "same":
             raise GraphError(f"{type(self).__name__} takes a number of pixels as padding, "
                              "not 'same'")
@@ -387,7 +394,7 @@ class Dropout(Node):
 
     def __init__(self, x, rate: float = 0.5, *, name=None):
         super().__init__(x, name=name)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate < 1:
             raise GraphError(f"Dropout rate must lie in [0, 1), got {rate!r}")
         self.rate = float(rate)
 
@@ -420,8 +427,8 @@ class LayerNorm(Node):
 
     def __init__(self, x, weight, bias, *, eps: float = 1e-5, name=None):
         super().__init__(x, weight, bias, name=name)
-        if not eps > 0:
-            raise GraphError(f"LayerNorm eps must be positive, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
+            raise GraphError(f"LayerNorm eps must be positive, a finite number, got {eps!r}")
         self.eps = float(eps)
 
     def forward(self, ctx, x, weight, bias):

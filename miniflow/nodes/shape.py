@@ -7,10 +7,12 @@ assignment, which JAX lacks, and no fancy-index scatter, which drops repeats.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
-from ._common import as_int, as_int_tuple
+from ._common import _integer_like, as_int, as_int_tuple
 
 
 def _nodes_list(kind, nodes):
@@ -35,8 +37,11 @@ class Reshape(Node):
     arity = 1
 
     def __init__(self, x, shape, name=None):
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        if not all(isinstance(n, int) and n >= -1 for n in shape) or shape.count(-1) > 1:
+        try:
+            shape = (as_int(shape, "Reshape shape", -1),)
+        except GraphError:
+            shape = as_int_tuple(shape, "Reshape shape", -1)
+        if shape.count(-1) > 1:
             raise GraphError(f"Reshape: shape must be integers >= 0 with at most one -1, "
                              f"got {shape}")
         super().__init__(x, name=name)
@@ -59,7 +64,7 @@ class Flatten(Node):
 
     def __init__(self, x, start_axis=1, name=None):
         super().__init__(x, name=name)
-        self.start_axis = start_axis
+        self.start_axis = as_int(start_axis, "Flatten start_axis")
 
     def forward(self, ctx, x):
         start = _axis_in(self.start_axis, max(x.ndim, 1), "start_axis")
@@ -129,7 +134,7 @@ class ExpandDims(Node):
 
     def __init__(self, x, axis=0, name=None):
         super().__init__(x, name=name)
-        self.axis = axis
+        self.axis = as_int(axis, "ExpandDims axis")
 
     def forward(self, ctx, x):
         _axis_in(self.axis, x.ndim + 1)
@@ -146,7 +151,12 @@ class Squeeze(Node):
 
     def __init__(self, x, axis=None, name=None):
         super().__init__(x, name=name)
-        self.axis = (axis,) if isinstance(axis, int) else axis
+        if axis is not None:
+            try:
+                axis = (as_int(axis, "Squeeze axis"),)
+            except GraphError:
+                axis = as_int_tuple(axis, "Squeeze axis")
+        self.axis = axis
 
     def forward(self, ctx, x):
         if self.axis is None:
@@ -169,7 +179,7 @@ class Concat(Node):
 
     def __init__(self, nodes, axis=0, name=None):
         super().__init__(*_nodes_list("Concat", nodes), name=name)
-        self.axis = axis
+        self.axis = as_int(axis, "Concat axis")
 
     def forward(self, ctx, *values):
         return ctx.xp.concat(values, axis=self.axis)
@@ -191,7 +201,7 @@ class Stack(Node):
 
     def __init__(self, nodes, axis=0, name=None):
         super().__init__(*_nodes_list("Stack", nodes), name=name)
-        self.axis = axis
+        self.axis = as_int(axis, "Stack axis")
 
     def forward(self, ctx, *values):
         return ctx.xp.stack(values, axis=self.axis)
@@ -232,9 +242,18 @@ class Pad(Node):
     arity = 1
 
     def __init__(self, x, widths, value=0.0, name=None):
-        widths = tuple((int(b), int(a)) for b, a in widths)
-        if any(b < 0 or a < 0 for b, a in widths):
-            raise GraphError(f"Pad: widths must be >= 0, got {widths}")
+        try:
+            pairs = [tuple(pair) for pair in widths]
+        except TypeError:
+            pairs = None
+        if pairs is None or isinstance(widths, (str, bytes)) \
+                or any(len(pair) != 2 or isinstance(pair, (str, bytes)) for pair in pairs):
+            raise GraphError(f"Pad widths must be one (before, after) pair per axis, got "
+                             f"{widths!r}")
+        # Integers only: int(1.5) would pad by 1 and int('2') by 2 without a word.
+        widths = tuple(as_int_tuple(pair, "Pad widths", 0) for pair in pairs)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise GraphError(f"Pad value must be a number, got {value!r}")
         super().__init__(x, name=name)
         self.widths, self.value = widths, value
 
@@ -258,15 +277,23 @@ class Pad(Node):
 # -- indexing -----------------------------------------------------------------------------
 
 def _check_key(key):
+    """The key as a tuple, its integers (NumPy's too) as Python ints; GraphError if unusable."""
     key = key if isinstance(key, tuple) else (key,)
+    checked = []
     for k in key:
         if isinstance(k, slice):
-            if not all(b is None or (isinstance(b, int) and not isinstance(b, bool))
-                       for b in (k.start, k.stop, k.step)) or k.step == 0:
+            if not all(b is None or _integer_like(b) for b in (k.start, k.stop, k.step)) \
+                    or (k.step is not None and operator.index(k.step) == 0):
                 raise GraphError(f"slice {k} must have integer bounds and a nonzero step")
-        elif not (k is None or k is Ellipsis or (isinstance(k, int) and not isinstance(k, bool))):
+            k = slice(*(None if b is None else operator.index(b)
+                        for b in (k.start, k.stop, k.step)))
+        elif _integer_like(k):
+            k = operator.index(k)
+        elif not (k is None or k is Ellipsis):
             raise GraphError(f"a node is indexed with ints, slices, None and ..., not "
                              f"{type(k).__name__} ({k!r}); use Take for an index array")
+        checked.append(k)
+    key = tuple(checked)
     if sum(k is Ellipsis for k in key) > 1:
         raise GraphError("an index can have only one ...")
     return key
@@ -402,11 +429,18 @@ def Split(x, sections, axis=0):
     when the graph runs) or the increasing positions to cut at, as in NumPy's
     ``split``: ``Split(x, [2, 5])`` gives x[:2], x[2:5], x[5:] along ``axis``.
     """
-    count = sections if isinstance(sections, int) else len(sections) + 1
-    if count <= 0:
-        raise GraphError(f"Split: sections must be a positive count or a list, got {sections}")
-    return [SplitPart(x, sections if isinstance(sections, int) else tuple(sections), k, axis)
-            for k in range(count)]
+    if _integer_like(sections):
+        sections = as_int(sections, "Split sections", 1)
+        count = sections
+    else:
+        try:
+            sections = as_int_tuple(sections, "Split sections", 0)
+        except GraphError:
+            raise GraphError(f"Split sections must be a positive count or a list of positions, "
+                             f"got {sections!r}") from None
+        count = len(sections) + 1
+    axis = as_int(axis, "Split axis")
+    return [SplitPart(x, sections, k, axis) for k in range(count)]
 
 
 class Take(Node):
@@ -425,7 +459,7 @@ class Take(Node):
 
     def __init__(self, x, indices, axis=0, name=None):
         super().__init__(x, indices, name=name)
-        self.axis = axis
+        self.axis = as_int(axis, "Take axis")
 
     def forward(self, ctx, x, indices):
         xp = ctx.xp

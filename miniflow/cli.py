@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster", metavar="SPEC",
                      help="train data-parallel on Dask: local:N starts N one-thread workers, "
                      "tcp://HOST:PORT joins a running scheduler (needs miniflow[dask])")
-    run.add_argument("--save", metavar="PATH",
+    run.add_argument("--save", metavar="PATH", type=_save_path,
                      help="write the trained model here (.npz), after training")
     run.add_argument("--plot", metavar="PATH", type=_plot_path,
                      help=f"draw the loss and accuracy per epoch; .png, .svg or .pdf "
@@ -219,6 +219,13 @@ def _add_traceback_option(parser, commands):
 
 def _per_model(setting) -> str:
     return ", ".join(f"{MODEL_DEFAULTS[m][setting]} for the {m}" for m in MODELS)
+
+
+def _save_path(text):
+    # An empty path would otherwise be taken as "no --save" and the model dropped silently.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file name for the model, got an empty one")
+    return text
 
 
 def _channels(text):
@@ -462,5 +469,8 @@ def _wants_traceback(args, argv) -> bool:
 def _fail(error, status, show_traceback=False) -> int:
     if show_traceback:
         traceback.print_exc()
-    print(f"{PROG}: error: {error}", file=sys.stderr)
+    # An error with a long story (MNIST's reason per mirror) offers a one-line summary;
+    # --traceback shows the whole story.
+    summary = None if show_traceback else getattr(error, "summary", None)
+    print(f"{PROG}: error: {summary or error}", file=sys.stderr)
     return status

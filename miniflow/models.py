@@ -13,10 +13,12 @@ its parameter Inputs and their initial arrays, trains the same way (see
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
 from .graph import Input, Node
 from .nodes import (Conv2D, CrossEntropyWithSoftmax, Dropout, Flatten, Linear, MaxPool2D, ReLU,
                     Sigmoid, Tanh)
@@ -74,6 +76,9 @@ class Model:
     input_shape: tuple | None = None
 
     def __post_init__(self):
+        problem = standardisation_problem(self.input_mean, self.input_std)
+        if problem:
+            raise ConfigError(f"Model: {problem}")
         if self.input_shape is None:
             self.input_shape = (self.architecture["n_inputs"],)
         self.input_shape = tuple(int(size) for size in self.input_shape)
@@ -95,6 +100,10 @@ class Model:
         """
         from .train import predict_proba
 
+        # Checked again here: the fields may have been set after construction.
+        problem = standardisation_problem(self.input_mean, self.input_std)
+        if problem:
+            raise ConfigError(f"Model: {problem}")
         return predict_proba(self, images, backend=backend)
 
     def predict(self, images, *, backend="numpy"):
@@ -116,31 +125,50 @@ class Model:
         return save_model(self, path)
 
 
+#: The largest |standardised pixel| a model may ask for: a standardisation gives a few
+#: units; beyond this, float32 logits overflow (input_std 1e-300, input_mean 1e300).
+STANDARDISED_LIMIT = 1e6
+
+
+def standardisation_problem(mean, std) -> str | None:
+    """Why ``(images - mean) / std`` is no usable standardisation of pixels in [0, 1], or None."""
+    for name, value in (("input_mean", mean), ("input_std", std)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                or not math.isfinite(value):
+            return f"{name} must be a finite number, got {value!r}"
+    if not std > 0:
+        return f"input_std must be positive (inputs are divided by it), got {std!r}"
+    if (1 + abs(mean)) / std > STANDARDISED_LIMIT:
+        return (f"input_mean {mean!r} and input_std {std!r} would scale pixels in [0, 1] "
+                f"beyond +-{STANDARDISED_LIMIT:g} (a standardisation gives a few units)")
+    return None
+
+
 def _hidden_sizes(hidden) -> tuple[int, ...]:
     """Normalise ``hidden``: an int (0 for none) or a sequence of positive ints."""
     sizes = (hidden,) if isinstance(hidden, int) and not isinstance(hidden, bool) else hidden
     try:
         sizes = tuple(sizes)
     except TypeError:
-        raise ValueError(f"hidden must be an int or a sequence of ints, got {hidden!r}") from None
+        raise ConfigError(f"hidden must be an int or a sequence of ints, got {hidden!r}") from None
     if sizes == (0,):
         return ()
     for size in sizes:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise ValueError(f"hidden layer sizes must be positive integers (or 0 alone, for "
+            raise ConfigError(f"hidden layer sizes must be positive integers (or 0 alone, for "
                              f"no hidden layer), got {hidden!r}")
     return tuple(int(size) for size in sizes)
 
 
 def _positive(value, what) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def _check_activation(activation) -> str:
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}; choose one of "
+        raise ConfigError(f"unknown activation {activation!r}; choose one of "
                          f"{', '.join(ACTIVATIONS)}")
     return activation
 
@@ -178,7 +206,7 @@ def mlp(hidden=(256,), activation: str = "relu", *, n_inputs: int = 784, n_class
     n_classes = _positive(n_classes, "n_classes")
     init = _DEFAULT_INIT[activation] if init is None else init
     if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)} (or None)")
+        raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INITS)} (or None)")
 
     rng = np.random.default_rng(seed)
     images, labels = Input(name="images"), Input(name="labels")
@@ -229,21 +257,21 @@ def cnn(channels=(32, 64), hidden: int = 128, dropout: float = 0.1, *,
     try:
         channels = tuple(_positive(c, "channels") for c in channels)
     except TypeError:
-        raise ValueError(f"channels must be a sequence of positive integers, "
+        raise ConfigError(f"channels must be a sequence of positive integers, "
                          f"got {channels!r}") from None
     if not channels:
-        raise ValueError("channels must name at least one convolution")
+        raise ConfigError("channels must name at least one convolution")
     hidden = _positive(hidden, "hidden")
     n_classes = _positive(n_classes, "n_classes")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
             or not 0 <= dropout < 1:
-        raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}")
     image_shape = tuple(_positive(size, "image_shape") for size in image_shape)
     if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (channels, height, width), got {image_shape!r}")
+        raise ConfigError(f"image_shape must be (channels, height, width), got {image_shape!r}")
     height, width = image_shape[1:]
     if height >> len(channels) < 1 or width >> len(channels) < 1:
-        raise ValueError(f"{len(channels)} poolings halve {height}x{width} images to nothing")
+        raise ConfigError(f"{len(channels)} poolings halve {height}x{width} images to nothing")
 
     rng = np.random.default_rng(seed)
     images, labels = Input(name="images"), Input(name="labels")

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelFileError
-from .models import Model, _check_activation, _hidden_sizes, _positive, cnn, describe, mlp
+from .models import (Model, _check_activation, _hidden_sizes, _positive, cnn, describe, mlp,
+                     standardisation_problem)
 
 try:
     import fcntl  # a lock tells a live save's temporary file from a dead one's
@@ -475,9 +476,9 @@ def _check_metadata(metadata: dict, path: Path):
         if not _is_finite_number(value):
             raise ModelFileError(f"{path} is corrupt: {key} must be a finite number, "
                                  f"got {_clip(repr(value))}")
-    if not metadata["input_std"] > 0:
-        raise ModelFileError(f"{path} is corrupt: input_std must be positive (inputs are "
-                             f"divided by it), got {metadata['input_std']!r}")
+    problem = standardisation_problem(metadata["input_mean"], metadata["input_std"])
+    if problem:
+        raise ModelFileError(f"{path} is corrupt: {problem}")
     return kind, record, shapes
 
 

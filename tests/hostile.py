@@ -166,6 +166,10 @@ def _std(value):
     return lambda path: write_archive(path, {**METADATA, "input_std": value}, **small_arrays())
 
 
+def _mean(value):
+    return lambda path: write_archive(path, {**METADATA, "input_mean": value}, **small_arrays())
+
+
 def _nan_weights(path):
     arrays = small_arrays()
     arrays["fc1.w"][1, 1] = np.nan
@@ -203,6 +207,9 @@ CASES = {
     "input_std 0": (_std(0.0), "input_std must be positive"),
     "input_std NaN": (_std(float("nan")), "input_std must be a finite number, got nan"),
     "input_std inf": (_std(float("inf")), "input_std must be a finite number, got inf"),
+    # Finite, but no standardisation: pixels scaled past float32 (issue 17).
+    "input_std 1e-300": (_std(1e-300), r"input_mean 0.0 and input_std 1e-300 would scale pixels"),
+    "input_mean 1e300": (_mean(1e300), r"input_mean 1e\+300 and input_std 1.0 would scale"),
     "NaN weight": (_nan_weights, "fc1.w holds 1 NaN or infinite values"),
     "weight overflowing float32": (_float32_overflow, "fc1.w holds 8 NaN or infinite values"),
     "metadata nested 100000 deep": (_deep_json, "metadata is not JSON"),

@@ -155,18 +155,22 @@ def _arithmetic_of(backend):
         torch.set_flush_denormal(False)
 
 
-def compare_with_torch(build, torch_fn, arrays, backend, rtol=1e-7, atol=1e-9, seed=0):
+def compare_with_torch(build, torch_fn, arrays, backend, rtol=1e-7, atol=1e-9, seed=0,
+                       upstream=None):
     """Assert that miniflow's value and gradients equal PyTorch's (float64) on ``backend``.
 
     The output is checked through ``sum(output * upstream)`` with a random
     upstream gradient, so every element of every gradient matters. Where the
     backend flushes subnormals to zero (JAX on CPU), PyTorch computes so too.
+    ``upstream`` (a number: inf, nan...) replaces the random upstream gradient, so that
+    non-finite gradients meet every rule's selects and products as in PyTorch.
     """
     arrays = [np.asarray(a) for a in arrays]
     tensors = _torch_inputs(arrays)
     with _arithmetic_of(backend):
         expected = torch_fn(*tensors)
-        upstream = np.random.default_rng(seed).standard_normal(tuple(expected.shape))
+        upstream = (np.random.default_rng(seed).standard_normal(tuple(expected.shape))
+                    if upstream is None else np.full(tuple(expected.shape), upstream))
         differentiable = [t for t in tensors if t.requires_grad]
         if differentiable and expected.requires_grad:
             torch_grads = torch.autograd.grad(expected, differentiable, torch.tensor(upstream),

@@ -59,14 +59,18 @@ def conv_case(draw):
 
 
 @st.composite
-def pool_case(draw):
+def pool_case(draw, nonfinite=False):
     n, c = draw(st.integers(0, 2)), draw(st.integers(1, 3))
     kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
     padding = (draw(st.integers(0, kernel[0] // 2)), draw(st.integers(0, kernel[1] // 2)))
     h, w = _side(draw, kernel[0], padding[0]), _side(draw, kernel[1], padding[1])
-    return Case((distinct(draw, (n, c, h, w)),),
-                {"kernel": kernel, "stride": stride, "padding": padding})
+    x = distinct(draw, (n, c, h, w))
+    if nonfinite:  # windows of -inf beside the padding, and nan: who gets the gradient
+        mask = draw(st.integers(0, 2**32 - 1))
+        choice = np.random.default_rng(mask).choice(3, size=x.shape, p=[0.3, 0.6, 0.1])
+        x = np.where(choice == 1, -np.inf, np.where(choice == 2, np.nan, x))
+    return Case((x,), {"kernel": kernel, "stride": stride, "padding": padding})
 
 
 @st.composite
@@ -96,6 +100,8 @@ SPECS = [
            rtol=1e-6, atol=1e-8),
     OpSpec("MaxPool2D", lambda x, **kw: MaxPool2D(x, **kw), torch_pool(F.max_pool2d),
            pool_case()),
+    OpSpec("MaxPool2D -inf and nan", lambda x, **kw: MaxPool2D(x, **kw),
+           torch_pool(F.max_pool2d), pool_case(nonfinite=True)),
     OpSpec("AvgPool2D", lambda x, **kw: AvgPool2D(x, **kw), torch_pool(F.avg_pool2d),
            pool_case()),
     OpSpec("LayerNorm", LayerNorm,

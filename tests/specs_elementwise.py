@@ -23,12 +23,22 @@ def with_ties(draw, count=2):
 def clip_case(draw):
     """x, with bounds drawn too; elements hit the bounds exactly or stay clear of them."""
     low = draw(st.sampled_from([None, -1.0, 0.5]))
-    high = draw(st.sampled_from([None, 1.0, 2.0] if low is not None else [1.0, 2.0]))
+    # low > high too (-2.0 < low): torch.clamp gives high everywhere, with gradient 0.
+    high = draw(st.sampled_from([None, 1.0, 2.0, -2.0] if low is not None else [1.0, 2.0]))
     bounds = [b for b in (low, high) if b is not None]
     x = draw(st.one_of(values(draw(shapes()), avoid=bounds),
                        hnp.arrays(np.float64, draw(shapes()), elements=st.sampled_from(
                            [-3.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0]))))
     return Case((x,), {"low": low, "high": high})
+
+
+def nonfinite(count=1):
+    """``count`` broadcasting arrays of nan, infinities, zeros of both signs and a few
+    numbers: the conventions of the selecting rules (ReLU's x <= 0, abs's sign) at nan."""
+    special = st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.5, -0.5, 3.0])
+    return hnp.mutually_broadcastable_shapes(num_shapes=count, max_dims=3, max_side=4).flatmap(
+        lambda drawn: st.tuples(*(hnp.arrays(np.float64, s, elements=special)
+                                  for s in drawn.input_shapes)))
 
 
 @st.composite
@@ -96,6 +106,15 @@ SPECS = [
     OpSpec("LeakyReLU default", LeakyReLU, F.leaky_relu, unary(avoid=(0.0,)), elementwise=True),
     OpSpec("ELU", ELU, lambda t, alpha: F.elu(t, alpha), alpha_case()),
     OpSpec("ELU default", ELU, F.elu, unary(avoid=(0.0,)), elementwise=True),
+    # At nan and the infinities, the gradient conventions of PyTorch's selecting rules.
+    OpSpec("ReLU non-finite", ReLU, torch.relu, nonfinite()),
+    OpSpec("LeakyReLU non-finite", LeakyReLU, F.leaky_relu, nonfinite()),
+    OpSpec("ELU non-finite", ELU, F.elu, nonfinite()),
+    OpSpec("Abs non-finite", Abs, torch.abs, nonfinite()),
+    OpSpec("Clip non-finite", lambda x: Clip(x, -1.0, 2.0), lambda t: torch.clamp(t, -1.0, 2.0),
+           nonfinite()),
+    OpSpec("Maximum non-finite", Maximum, torch.maximum, nonfinite(2)),
+    OpSpec("Minimum non-finite", Minimum, torch.minimum, nonfinite(2)),
     _gelu_spec("none"),
     _gelu_spec("tanh"),
 ]

@@ -28,12 +28,14 @@ def spread_out(array, axes, margin=1e-3):
 
 
 @st.composite
-def reduce_case(draw, min_side=0, correction=False, ties=False, spread=False):
+def reduce_case(draw, min_side=0, correction=False, ties=False, spread=False, degenerate=False):
     """An array, an axis valid for it (None, one axis, negative too, or a tuple) and keepdims.
 
     ``ties`` draws values from a few integers so maxima often tie; ``correction``
     also draws Var/Std's correction, below the count reduced (where both agree on a number);
-    ``spread`` keeps every reduced slice away from flat (see ``spread_out``).
+    ``spread`` keeps every reduced slice away from flat (see ``spread_out``);
+    ``degenerate`` draws a correction >= the count reduced instead (n - correction <= 0:
+    values inf or nan, gradients by PyTorch's rule), empty axes included.
     """
     shape = draw(shapes(min_side=min_side))
     ndim = len(shape)
@@ -50,7 +52,9 @@ def reduce_case(draw, min_side=0, correction=False, ties=False, spread=False):
         array = spread_out(array, axes)
     if correction:
         count = int(np.prod([shape[a] for a in axes]))
-        kwargs["correction"] = draw(st.sampled_from([c for c in (0, 1, 0.5, 2) if c < count]))
+        kwargs["correction"] = draw(st.sampled_from(
+            [count, count + 0.5, count + 1, count + 2] if degenerate
+            else [c for c in (0, 1, 0.5, 2) if c < count] or [0]))
     return Case((array,), kwargs)
 
 
@@ -94,6 +98,13 @@ SPECS = [
     # Rounded values also give slices with all elements equal: Std's zero-gradient rule.
     OpSpec("Std (flat slices)", Std, _reducer(torch.std),
            reduce_case(min_side=1, correction=True, ties=True), rtol=1e-6),
+    # n <= correction, and empty axes: inf and nan values, PyTorch's gradients there.
+    OpSpec("Var (n <= correction)", Var, _reducer(torch.var),
+           reduce_case(correction=True, degenerate=True)),
+    OpSpec("Std (n <= correction)", Std, _reducer(torch.std),
+           reduce_case(correction=True, degenerate=True, spread=True)),
+    OpSpec("Std (empty axes)", Std, _reducer(torch.std),
+           reduce_case(correction=True, spread=True)),
     OpSpec("LogSumExp", LogSumExp, _reducer(torch.logsumexp), reduce_case()),
     OpSpec("CumSum", CumSum, lambda x, axis: torch.cumsum(x, dim=axis), cumsum_case()),
 ]

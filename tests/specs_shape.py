@@ -36,7 +36,10 @@ def flatten_case(draw):
 @st.composite
 def transpose_case(draw):
     shape = draw(shapes())
-    return Case((draw(values(shape)),), {"axes": tuple(draw(st.permutations(range(len(shape)))))})
+    # Each axis written as it is or counting from the end (-1 for the last), as NumPy allows.
+    axes = tuple(a - len(shape) if draw(st.booleans()) else a
+                 for a in draw(st.permutations(range(len(shape)))))
+    return Case((draw(values(shape)),), {"axes": axes})
 
 
 @st.composite

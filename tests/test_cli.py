@@ -414,7 +414,8 @@ def test_evaluate_a_file_that_is_not_a_model(fake_data, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["1 MB member inflating to 1 GiB", "hidden [100000000]",
-                                  "encrypted member", "input_std NaN"])
+                                  "encrypted member", "input_std NaN", "input_std 1e-300",
+                                  "input_mean 1e300"])
 def test_evaluate_a_hostile_file_is_one_line(fake_data, capsys, tmp_path, case):
     build, message = hostile.CASES[case]
     path = build(tmp_path / "model.npz")
@@ -534,3 +535,33 @@ def test_default_cnn_learns_mnist_and_its_file_evaluates(capsys, tmp_path):
     assert main(["evaluate", str(path), "--model", "cnn", "--data-dir", str(folder),
                  "--threads", "1"]) == 0
     assert capsys.readouterr().out == f"test accuracy: {accuracy:.2%}\n"
+
+
+# -- issue 17 ---------------------------------------------------------------------------
+
+def test_too_many_cnn_blocks_for_the_images_is_a_clear_error(capsys, fake_data):
+    err = one_error_line(capsys, main(["train", "--model", "cnn", "--channels",
+                                       "8,8,8,8,8,8"]), 1)
+    assert "6 poolings halve 28x28 images to nothing" in err and "bug" not in err
+
+
+def test_an_empty_save_path_is_refused(capsys, no_work):
+    err = one_error_line(capsys, main(["train", "--save", ""]), 2)
+    assert "argument --save: expected a file name" in err
+
+
+def test_mnist_not_found_is_one_line_and_traceback_tells_every_mirror(capsys, tmp_path,
+                                                                      monkeypatch):
+    def fail(url, *args, **kwargs):
+        raise OSError("host not found")
+
+    monkeypatch.setattr(mnist_module, "DEFAULT_MIRRORS", ["http://a.invalid/", "http://b.invalid/"])
+    monkeypatch.setattr(mnist_module.urllib.request, "urlopen", fail)
+    (tmp_path / "data").mkdir()
+    command = ["evaluate", str(save_model(mlp(0), tmp_path / "model.npz")),
+               "--data-dir", str(tmp_path / "data")]
+    err = one_error_line(capsys, main(command), 1)
+    assert "MNIST files missing from" in err and "all 2 mirrors" in err and "--traceback" in err
+    assert main([*command, "--traceback"]) == 1
+    err = capsys.readouterr().err
+    assert "a.invalid" in err and "b.invalid" in err

@@ -204,3 +204,42 @@ def test_conv_on_float32_stays_float32_and_matches_float64():
     high = evaluate(graph, {X: x, W: w})
     assert low.dtype == np.float32
     np.testing.assert_allclose(low, high, rtol=1e-5)
+
+
+# -- issue 17 ---------------------------------------------------------------------------
+
+def _with_torch(backend, build, torch_fn, *arrays):
+    """miniflow's value and gradients of sum(build(...) * upstream), and PyTorch's."""
+    torch = pytest.importorskip("torch")
+    _float64_or_skip(backend)
+    nodes = [Input(f"x{k}") for k in range(len(arrays))]
+    out = build(*nodes)
+    upstream = np.arange(1.0, 1.0 + np.prod(torch_fn(*map(torch.tensor, arrays)).shape))
+    upstream = upstream.reshape(torch_fn(*map(torch.tensor, arrays)).shape)
+    head = DummyGrad(out)
+    feed = {n: backend.asarray(a) for n, a in zip(nodes, arrays)}
+    feed[head] = backend.asarray(upstream)
+    value, grads = miniflow.value_and_grad(head, feed, nodes, backend=backend.name)
+    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+    expected = torch_fn(*tensors)
+    want = torch.autograd.grad(expected, tensors, torch.tensor(upstream))
+    np.testing.assert_allclose(backend.to_numpy(value), expected.detach().numpy())
+    for got, reference in zip(grads, want):
+        np.testing.assert_allclose(backend.to_numpy(got), reference.numpy())
+
+
+def test_max_pool_of_minus_infinity_beside_padding_gives_the_first_real_pixel(backend):
+    """A window of padding and -inf: PyTorch scans only real pixels, so the first one wins."""
+    torch = pytest.importorskip("torch")
+    x = np.full((1, 1, 2, 3), -np.inf)
+    x[0, 0, 1, 2] = 1.0
+    _with_torch(backend, lambda n: MaxPool2D(n, 2, padding=1),
+                lambda t: torch.nn.functional.max_pool2d(t, 2, 2, 1), x)
+
+
+def test_layer_norm_whose_variance_overflows_is_nan_as_in_pytorch(backend):
+    torch = pytest.importorskip("torch")
+    x = np.array([[1e200, 2e200, 3e200], [1.0, 2.0, 4.0]])
+    _with_torch(backend, lambda n, w, b: LayerNorm(n, w, b),
+                lambda t, w, b: torch.nn.functional.layer_norm(t, (3,), w, b),
+                x, np.ones(3), np.zeros(3))

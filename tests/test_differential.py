@@ -120,14 +120,34 @@ def random_graph(draw, leaf_values=moderate):
 @pytest.mark.skipif(not ELEMENTWISE, reason="no elementwise specs")
 @pytest.mark.parametrize("leaf_values", [moderate, tiny])
 def test_random_graphs_match_pytorch(leaf_values, backend):
+    _check_random_graphs(leaf_values, backend)
+
+
+@pytest.mark.skipif(not ELEMENTWISE, reason="no elementwise specs")
+@pytest.mark.xfail(reason="issue 17, open: some rules meet an inf upstream gradient otherwise "
+                   "than PyTorch (first found: a Take branch, table [0, 0], index 0: "
+                   "[-inf, inf] against PyTorch's [nan, inf]); not yet triaged", strict=False)
+@pytest.mark.parametrize("upstream", [np.inf, -np.inf, np.nan])
+def test_random_graphs_with_a_non_finite_upstream_gradient_match_pytorch(upstream, backend):
+    """inf or nan fed as the output's gradient: every rule's selects (ReLU's 0 where
+    x <= 0) and products (inf * 0 = nan) must meet it as PyTorch's do."""
+    _check_random_graphs(moderate, backend, upstream,
+                         settings(GRAPHS, max_examples=EXAMPLES // 4 or 20))
+
+
+def _check_random_graphs(leaf_values, backend, upstream=None, examples=None):
     """Random graphs, with leaves of moderate size or at the subnormal scale.
+
+    Their side branches draw from every non-elementwise spec: negative axes, Clip
+    with low > high, empty and n <= correction reductions, -inf pooling windows.
 
     Subnormals: where the backend flushes them to zero (JAX on CPU), the oracle
     does too (see oracle.flushes_subnormals); elsewhere they are computed exactly.
     """
     _float64_backend(backend)
 
-    @(GRAPHS if leaf_values is moderate else settings(GRAPHS, max_examples=EXAMPLES // 4 or 30))
+    @(examples or GRAPHS if leaf_values is moderate
+      else settings(GRAPHS, max_examples=EXAMPLES // 4 or 30))
     @given(graph=random_graph(leaf_values))
     def check(graph):
         arrays, build_pair = graph
@@ -137,6 +157,6 @@ def test_random_graphs_match_pytorch(leaf_values, backend):
         compare_with_torch(lambda *nodes: build_pair(list(nodes), steering)[0],
                            lambda *tensors: build_pair([Input() for _ in tensors],
                                                        list(tensors))[1],
-                           arrays, backend, rtol=1e-6, atol=1e-8)
+                           arrays, backend, rtol=1e-6, atol=1e-8, upstream=upstream)
 
     check()

@@ -215,3 +215,61 @@ def test_every_exception_class_lives_in_errors_and_is_a_miniflow_error():
     assert issubclass(GraphvizMissingError, DrawError) and issubclass(DrawError, RuntimeError)
     for cls in (UsageError, OptimizerError, ConfigError, DataError):
         assert issubclass(cls, errors.MiniflowError)
+
+
+# -- issue 17: constructor arguments are checked when the graph is built -------------------
+
+def _bad_arguments():
+    from miniflow import (AvgPool2D, Clip, Conv2D, ExpandDims, Flatten, LayerNorm, MaxPool2D,
+                          Pad, Reshape, Split, Squeeze, Take, Transpose)
+    x, w = Input("x"), Input("w")
+    return [
+        (lambda: Conv2D(x, w, stride=1.5), r"Conv2D stride must be an integer >= 1.*1\.5"),
+        (lambda: Conv2D(x, w, stride=None), r"Conv2D stride must be an integer >= 1.*None"),
+        (lambda: Conv2D(x, w, dilation=(1, True)), r"Conv2D dilation.*True"),
+        (lambda: Conv2D(x, w, padding="2"), r"Conv2D padding must be.*'2'"),
+        (lambda: MaxPool2D(x, 2.5), r"MaxPool2D kernel must be an integer >= 1.*2\.5"),
+        (lambda: AvgPool2D(x, 2, stride=0), r"AvgPool2D stride must be an integer >= 1.*0"),
+        (lambda: LayerNorm(x, w, w, eps="1e-5"), r"LayerNorm eps must be positive.*'1e-5'"),
+        (lambda: LayerNorm(x, w, w, eps=float("nan")), r"LayerNorm eps.*nan"),
+        (lambda: Transpose(x, axes="abc"), r"Transpose axes must be .*'abc'"),
+        (lambda: Transpose(x, axes=(0, 1.0)), r"Transpose axes must be an integer.*1\.0"),
+        (lambda: Pad(x, None), r"Pad widths must be one \(before, after\) pair per axis.*None"),
+        (lambda: Pad(x, [(1.5, 0)]), r"Pad widths must be an integer >= 0.*1\.5"),
+        (lambda: Pad(x, [("2", 0)]), r"Pad widths must be an integer >= 0.*'2'"),
+        (lambda: Pad(x, [(1, -1)]), r"Pad widths must be an integer >= 0.*-1"),
+        (lambda: Pad(x, [(1, 1)], value="0"), r"Pad value must be a number.*'0'"),
+        (lambda: Reshape(x, (2, 1.0)), r"Reshape shape must be an integer >= -1.*1\.0"),
+        (lambda: Flatten(x, start_axis=1.0), r"Flatten start_axis must be an integer.*1\.0"),
+        (lambda: ExpandDims(x, axis=True), r"ExpandDims axis must be an integer.*True"),
+        (lambda: Squeeze(x, axis="0"), r"Squeeze axis must be .*'0'"),
+        (lambda: Split(x, 2.0), r"Split sections must be .*2\.0"),
+        (lambda: Take(x, w, axis=None), r"Take axis must be an integer.*None"),
+        (lambda: Clip(x, "0", 1.0), r"Clip low must be a number or None.*'0'"),
+    ]
+
+
+@pytest.mark.parametrize("k", range(len(_bad_arguments())))
+def test_bad_constructor_arguments_name_the_node_argument_and_value(k):
+    build, message = _bad_arguments()[k]
+    with pytest.raises(GraphError, match=message):
+        build()
+
+
+def test_numpy_integers_are_accepted_wherever_an_int_is(backend, to_numpy):
+    from miniflow import Conv2D, MaxPool2D, Pad, Reshape, Transpose
+
+    x, w = Input("x"), Input("w")
+    i = np.int64
+    images = np.arange(32.0).reshape(1, 2, 4, 4)
+    kernels = np.ones((3, 2, 2, 2))
+    conv = Conv2D(x, w, stride=i(2), padding=(i(1), np.int32(0)), dilation=i(1))
+    graph = Sum(MaxPool2D(conv, i(1)) * 1) + Sum(Pad(Transpose(x, (i(0), i(-1), 2, 1)),
+                                                   [(i(1), i(0))] * 4)[i(0)])
+    graph = graph + Sum(Reshape(x, (i(-1),))[i(1):i(5):i(2)])
+    value = evaluate(graph, {x: backend.asarray(images), w: backend.asarray(kernels)},
+                     backend=backend.name)
+    expected = evaluate(Sum(Conv2D(x, w, stride=2, padding=(1, 0))) + Sum(
+        Pad(Transpose(x, (0, -1, 2, 1)), [(1, 0)] * 4)[0]) + Sum(Reshape(x, (-1,))[1:5:2]),
+        {x: images, w: kernels})
+    assert float(to_numpy(value)) == pytest.approx(float(expected))

@@ -13,7 +13,7 @@ import pytest
 
 import miniflow.serialize as serialize
 from miniflow import CrossEntropyWithSoftmax, Linear, ReLU, Sigmoid, Tanh, evaluate
-from miniflow.models import mlp
+from miniflow.models import Model, mlp
 from miniflow.serialize import ModelFileError, check_writable, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,3 +312,22 @@ def test_a_save_in_progress_holds_its_temporary_file_locked(tmp_path):
             serialize._remove_stale_temporaries(tmp_path, serialize._temporary_prefix(path))
             assert _temporaries(tmp_path, path) == [name]  # kept: its save is alive
     assert path.read_bytes() == b"partial" and os.listdir(tmp_path) == ["model.npz"]
+
+
+# -- issue 17 ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mean, std, message", [
+    (0.0, 0, "input_std must be positive"), (0.0, 1e-300, "would scale pixels"),
+    (1e300, 1.0, "would scale pixels"), (float("nan"), 1.0, "input_mean must be a finite")])
+def test_a_model_refuses_an_unusable_standardisation(mean, std, message):
+    from miniflow.errors import ConfigError
+
+    base = mlp(0)
+    fields = dict(images=base.images, labels=base.labels, logits=base.logits, loss=base.loss,
+                  params=base.params, architecture=base.architecture)
+    with pytest.raises(ConfigError, match=message):
+        Model(**fields, input_mean=mean, input_std=std)
+    model = Model(**fields)
+    model.input_mean, model.input_std = mean, std  # set after construction: predict checks
+    with pytest.raises(ConfigError, match=message):
+        model.predict(np.zeros((2, 784), np.float32))

@@ -331,3 +331,39 @@ def test_numpy_branch_free_where_equals_np_where_bit_for_bit():
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint8),
                                           np.ascontiguousarray(want).view(np.uint8))
+
+
+# -- issue 17 ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape, axes", [((3, 3), (-1, 0)), ((2, 3), (-1, 0)),
+                                         ((2, 3, 4), (-1, 0, -2)), ((2, 3, 4), (2, -3, 1))])
+def test_transpose_with_negative_axes_sends_the_gradient_back(backend, to_numpy, shape, axes):
+    _float64(backend)
+    x = Input("x")
+    weights = rng.standard_normal(np.transpose(np.empty(shape), axes).shape)
+    value, grad = value_and_grad(Sum(Transpose(x, axes) * weights),
+                                 {x: backend.asarray(np.ones(shape))}, x, backend=backend.name)
+    # d/dx sum(x.transpose(axes) * C) = C transposed back.
+    np.testing.assert_allclose(to_numpy(grad), np.transpose(weights, np.argsort(
+        [a % len(shape) for a in axes])))
+    assert float(to_numpy(value)) == pytest.approx(weights.sum())
+
+
+@pytest.mark.parametrize("build, want", [
+    (ReLU, [1.0, 1.0, 0.0, 0.0]),             # threshold_backward: x <= 0 ? 0 : grad
+    (ELU, [1.0, 1.0, 0.0, np.exp(-1.0)]),     # elu_backward: x <= 0 ? grad * exp(x) : grad
+    (abs, [0.0, 1.0, -1.0, -1.0]),            # grad * sgn(x), sgn(nan) = 0
+    (lambda x: Clip(x, 1.0, -1.0), [0.0, 0.0, 0.0, 0.0]),  # low > high: high everywhere
+])
+def test_gradients_at_nan_and_crossed_bounds_follow_pytorch(backend, to_numpy, build, want):
+    _float64(backend)
+    x = Input("x")
+    values = np.array([np.nan, 2.0, -np.inf, -1.0])
+    _, grad = value_and_grad(Sum(build(x)), {x: backend.asarray(values)}, x,
+                             backend=backend.name)
+    np.testing.assert_allclose(to_numpy(grad), want, atol=1e-300)
+    ts = torch.tensor(values, requires_grad=True)
+    torch_build = {ReLU: torch.relu, ELU: torch.nn.functional.elu, abs: torch.abs}.get(
+        build, lambda t: torch.clamp(t, 1.0, -1.0))
+    (torch_grad,) = torch.autograd.grad(torch_build(ts).sum(), ts)
+    np.testing.assert_allclose(to_numpy(grad), torch_grad.numpy(), atol=1e-300)

@@ -225,3 +225,33 @@ def test_every_new_node_documents_its_math_and_takes_a_name():
         inputs = [Input() for _ in range(kind.arity)]
         extra = {"axis": 0} if name in ("CumSum",) else {}
         assert kind(*inputs, name="n", **extra).label == f"{name} 'n'"
+
+
+# -- issue 17: n <= correction, and empty axes, on every backend -------------------------
+
+def test_var_of_a_scalar_with_correction_is_nan_everywhere(backend, to_numpy):
+    """torch.var(tensor(2.), correction=1) is nan, as NumPy's; PyTorch's Array-API
+    namespace gave 0."""
+    x = Input("x")
+    value, grad = value_and_grad(Var(x, correction=1), {x: backend.asarray(np.asarray(2.0))}, x,
+                                 backend=backend.name)
+    assert np.isnan(to_numpy(value)) and np.isnan(to_numpy(grad))
+
+
+def test_variance_gradient_where_n_is_below_correction_is_pytorchs(backend, to_numpy):
+    """PyTorch's var over dim takes 2 / (n - correction) unclamped: -0, not nan, for one
+    element and correction 2; Std of a spread slice is inf there, so grad / (2 inf) = 0."""
+    x = Input("x")
+    for node, array in ((Var(x, axis=0, correction=2), [[2.0, 3.0]]),
+                        (Std(x, axis=0, correction=3), [2.0, 3.0])):
+        value, grad = value_and_grad(Sum(node), {x: backend.asarray(np.array(array, np.float32))},
+                                     x, backend=backend.name)
+        assert not np.isfinite(to_numpy(value))
+        np.testing.assert_array_equal(to_numpy(grad), np.zeros_like(array))
+
+
+def test_std_over_an_empty_axis_is_nan_on_every_backend(backend, to_numpy):
+    x = Input("x")
+    value, grad = value_and_grad(Sum(Std(x, axis=0) + 1), {x: backend.asarray(
+        np.zeros((0, 2), np.float32))}, x, backend=backend.name)
+    assert np.isnan(to_numpy(value)) and to_numpy(grad).shape == (0, 2)

@@ -240,9 +240,8 @@ def _load_files(files, data_dir, download, mirrors, timeout, progress):
     local = {key: _find_local(folder, spec) for key, spec in files.items()}
     missing = [files[key].name for key, path in local.items() if path is None]
     if missing and not download:
-        raise MnistNotFoundError(
-            _not_found_message(folder, origin, missing, "Downloading is off (download=False).")
-        )
+        raise _not_found(folder, origin, missing, "Downloading is off (download=False).",
+                         "downloading is off")
     if mirrors is None:
         mirrors = DEFAULT_MIRRORS
 
@@ -254,9 +253,7 @@ def _load_files(files, data_dir, download, mirrors, timeout, progress):
         try:
             raw[key] = _download(spec, folder, mirrors, timeout, progress)
         except _MirrorsFailed as exc:
-            raise MnistNotFoundError(
-                _not_found_message(folder, origin, missing, exc.report())
-            ) from None
+            raise _not_found(folder, origin, missing, exc.report(), exc.summary()) from None
     return raw
 
 
@@ -322,6 +319,16 @@ def _read_local(path, spec):
     if compressed:
         data = _decompress(data, str(path), spec)
     return _parse(data, str(path), spec)
+
+
+def _not_found(folder, origin, missing, why, short_why):
+    """The error, its message in full (a line per mirror), and ``summary``: one line, for
+    the command line, which shows the full message with ``--traceback``."""
+    error = MnistNotFoundError(_not_found_message(folder, origin, missing, why))
+    error.summary = (f"MNIST files missing from {folder} ({origin}): {', '.join(missing)}; "
+                     f"{short_why}. Pass --data-dir DIR or set MINIFLOW_DATA=DIR (rerun with "
+                     f"--traceback for the details)")
+    return error
 
 
 def _not_found_message(folder, origin, missing, why):
@@ -395,6 +402,13 @@ class _MirrorsFailed(Exception):
     def __init__(self, failures):
         super().__init__(failures)
         self.failures = failures
+
+    def summary(self):
+        if not self.failures:
+            return "no download mirrors were given"
+        count = len(self.failures)
+        return f"downloading failed from {'the' if count == 1 else 'all'} {count} " \
+               f"mirror{'' if count == 1 else 's'}"
 
     def report(self):
         if not self.failures:

@@ -1,41 +1,10 @@
-"""Helpers the node families share: shape diagnostics used only after a rule fails."""
+"""Helpers the node families share: argument checks at construction, and shape
+diagnostics used only after a rule fails."""
 from __future__ import annotations
 
 import operator
 
-
-def int_like(value):
-    """``value`` as a Python int if it is integer-like (``operator.index``: NumPy integers
-    too), else None. Booleans are not integers here."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
-
-
-def as_int(value, what="an argument"):
-    """``value`` as a Python int; GraphError naming ``what`` when it is not integer-like."""
-    from ..errors import GraphError
-
-    found = int_like(value)
-    if found is None:
-        raise GraphError(f"{what} must be an int, not {value!r}")
-    return found
-
-
-def as_ints(values, what="an argument"):
-    """An int or a sequence of ints as a tuple of Python ints."""
-    single = int_like(values)
-    if single is not None:
-        return (single,)
-    try:
-        return tuple(as_int(v, what) for v in values)
-    except TypeError:
-        from ..errors import GraphError
-
-        raise GraphError(f"{what} must be an int or a sequence of ints, not {values!r}") from None
+from ..errors import GraphError
 
 
 def _broadcast_problem(*shapes) -> str | None:
@@ -60,3 +29,48 @@ def _matmul_problem(x_shape, w_shape, x_name="x", w_name="w"):
                 f"of {x_name} ({x_shape[-1]}) must equal the {'first' if len(w_shape) == 1 else 'second-to-last'} "
                 f"axis of {w_name} ({inner_w})")
     return None
+
+
+def _integer_like(value) -> bool:
+    """Whether ``value`` is an integer other than a bool (``operator.index`` takes it)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def as_int(value, what: str, low: int | None = None) -> int:
+    """``value`` as a Python int, for a constructor argument named ``what`` ("Conv2D stride").
+
+    Anything integer-like (``operator.index``: NumPy integers too) is accepted;
+    bools, floats and strings are a GraphError naming the argument and the value,
+    so ``stride=1.5`` is refused when the graph is built, not truncated or left
+    to fail inside a run.
+    """
+    if not isinstance(value, bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            pass
+        else:
+            if low is None or number >= low:
+                return number
+    bound = "" if low is None else f" >= {low}"
+    raise GraphError(f"{what} must be an integer{bound}, got {value!r}")
+
+
+def as_int_tuple(values, what: str, low: int | None = None) -> tuple[int, ...]:
+    """A sequence of integer-like values as a tuple of ints (see :func:`as_int`)."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise GraphError(f"{what} must be a sequence of integers, got {values!r}")
+    return tuple(as_int(v, what, low) for v in values)
+
+
+def as_ints(values, what: str, low: int | None = None) -> tuple[int, ...]:
+    """An integer or a sequence of them as a tuple of ints (``Tile(x, 2)`` or ``(2, 3)``)."""
+    if _integer_like(values):
+        return (as_int(values, what, low),)
+    return as_int_tuple(values, what, low)

@@ -16,31 +16,37 @@ strided views, in-place slice adds) as ``backend.windows`` and
 from __future__ import annotations
 
 import math
+import numbers
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
+from ._common import as_int
 
 
 # -- argument normalisation (at construction, on Python values only) ---------------------
 
 def _pair(value, what: str, low: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < low
-                             for v in pair):
-        raise GraphError(f"{what} must be an integer >= {low} or a pair of them, got {value!r}")
+    """An int or a pair of ints (NumPy integers too) >= ``low``; GraphError naming ``what``."""
+    try:
+        pair = (as_int(value, what, low),) * 2
+    except GraphError:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+            raise GraphError(f"{what} must be an integer >= {low} or a pair of them, got "
+                             f"{value!r}") from None
+        pair = tuple(as_int(v, what, low) for v in value)
     return pair
 
 
-def _padding(padding) -> tuple[tuple[int, int], tuple[int, int]] | str:
+def _padding(padding, what="padding") -> tuple[tuple[int, int], tuple[int, int]] | str:
     """0, 2, (1, 2) or "same"/"valid" -> ((top, bottom), (left, right)), or "same"."""
-    if padding == "valid":
+    if isinstance(padding, str) and padding == "valid":
         return ((0, 0), (0, 0))
-    if padding == "same":
+    if isinstance(padding, str) and padding == "same":
         return "same"
     if isinstance(padding, str):
-        raise GraphError(f"padding must be an integer, a pair, 'same' or 'valid', "
+        raise GraphError(f"{what} must be an integer, a pair, 'same' or 'valid', "
                          f"got {padding!r}")
-    ph, pw = _pair(padding, "padding", 0)
+    ph, pw = _pair(padding, what, 0)
     return ((ph, ph), (pw, pw))
 
 
@@ -215,9 +221,9 @@ class Conv2D(_Windowed):
     def __init__(self, x, w, b=None, *, stride=1, padding=0, dilation=1, name=None):
         inputs = (x, w) if b is None else (x, w, b)
         super().__init__(*inputs, name=name)
-        self.stride = _pair(stride, "stride", 1)
-        self.dilation = _pair(dilation, "dilation", 1)
-        self.padding = _padding(padding)
+        self.stride = _pair(stride, "Conv2D stride", 1)
+        self.dilation = _pair(dilation, "Conv2D dilation", 1)
+        self.padding = _padding(padding, "Conv2D padding")
         if self.padding == "same" and self.stride != (1, 1):
             raise GraphError("padding='same' needs stride 1 (as in PyTorch)")
 
@@ -277,10 +283,11 @@ class Conv2D(_Windowed):
 class _Pool2D(_Windowed):
     def __init__(self, x, kernel, stride=None, padding=0, *, name=None):
         super().__init__(x, name=name)
-        self.kernel = _pair(kernel, "kernel", 1)
-        self.stride = self.kernel if stride is None else _pair(stride, "stride", 1)
+        kind = type(self).__name__
+        self.kernel = _pair(kernel, f"{kind} kernel", 1)
+        self.stride = self.kernel if stride is None else _pair(stride, f"{kind} stride", 1)
         self.dilation = (1, 1)
-        self.padding = _padding(padding)
+        self.padding = _padding(padding, f"{kind} padding")
         if self.padding == "same":
             raise GraphError(f"{type(self).__name__} takes a number of pixels as padding, "
                              "not 'same'")
@@ -307,9 +314,9 @@ class _Pool2D(_Windowed):
 class MaxPool2D(_Pool2D):
     """The largest value of each ``kernel`` window, moving by ``stride`` (default: kernel).
 
-    Padding adds -inf, so it is never chosen. The gradient goes to the first
-    largest value of each window (in row order), or to its last NaN, exactly as
-    in PyTorch's CPU kernel.
+    Padding is never chosen. The gradient goes to the first largest value of
+    each window (in row order), or to its last NaN, exactly as in PyTorch's CPU
+    kernel; in a window of -inf values and padding, to its first real pixel.
     """
 
     def forward(self, ctx, x):
@@ -321,15 +328,30 @@ class MaxPool2D(_Pool2D):
         # value before it or is NaN. The winner is the largest k that won (k only grows).
         track = ctx.needs_input_grad[0]
         index_type = xp.int8 if len(slices) <= 127 else xp.int32
+        # Padding is -inf, which a real -inf does not beat: PyTorch scans only the real
+        # pixels, so the first real one wins a window of -inf. Where there is padding,
+        # a real pixel also wins while no real pixel has been seen.
+        real = self._real_pixels(xp, x, pads) if track and any(sum(pads, ())) else None
         largest = slices[0]
         winner = xp.zeros(largest.shape, dtype=index_type) if track else None
+        seen = None if real is None else real[0]
         for k, piece in enumerate(slices[1:], start=1):
             if track:
                 beats = xp.logical_or(piece > largest, xp.isnan(piece))
+                if real is not None:
+                    beats = xp.logical_and(real[k], xp.logical_or(beats, xp.logical_not(seen)))
+                    seen = xp.logical_or(seen, real[k])
                 winner = xp.maximum(winner, xp.astype(beats, index_type) * k)
             largest = xp.maximum(largest, piece)
         ctx.save(winner, len(slices), padded_shape, pads)
         return _channels_first(xp, largest)
+
+    def _real_pixels(self, xp, x, pads):
+        """For each kernel offset, (1, OH, OW, 1): whether the pixel seen there is x's, not
+        padding (a function of the geometry alone, broadcast over images and channels)."""
+        inside = pad2d(xp, xp.ones((1, x.shape[2], x.shape[3], 1), dtype=xp.bool), pads, False)
+        _, out = self._geometry(x.shape, self.kernel)
+        return window_slices(inside, self.kernel, self.stride, self.dilation, out)
 
     def backward(self, ctx, grad):
         xp = ctx.xp
@@ -372,7 +394,7 @@ class Dropout(Node):
 
     def __init__(self, x, rate: float = 0.5, *, name=None):
         super().__init__(x, name=name)
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= rate <= 1:
             raise GraphError(f"Dropout rate must lie in [0, 1], got {rate!r}")
         self.rate = float(rate)
 
@@ -409,8 +431,8 @@ class LayerNorm(Node):
 
     def __init__(self, x, weight, bias, *, eps: float = 1e-5, name=None):
         super().__init__(x, weight, bias, name=name)
-        if not eps > 0:
-            raise GraphError(f"LayerNorm eps must be positive, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps < math.inf:
+            raise GraphError(f"LayerNorm eps must be positive, a finite number, got {eps!r}")
         self.eps = float(eps)
 
     def forward(self, ctx, x, weight, bias):
@@ -422,7 +444,10 @@ class LayerNorm(Node):
                              f"{tuple(bias.shape)}")
         axes = tuple(range(x.ndim - k, x.ndim))
         centred = x - xp.mean(x, axis=axes, keepdims=True)
-        inv_std = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=axes, keepdims=True) + self.eps)
+        var = xp.mean(centred * centred, axis=axes, keepdims=True)
+        # A variance that overflowed (|x| past ~1e154 in float64) would give 1/sqrt(inf) = 0
+        # and an output of zeros that looks valid; nan says it is not, as PyTorch does.
+        inv_std = xp.where(xp.isinf(var), math.nan, 1.0 / xp.sqrt(var + self.eps))
         normalised = centred * inv_std
         ctx.save(normalised, inv_std, axes)
         return normalised * weight + bias

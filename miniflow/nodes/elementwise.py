@@ -5,6 +5,8 @@ input's shape.
 """
 from __future__ import annotations
 
+import numbers
+
 from ..errors import GraphError
 from ..graph import Node
 from ._common import _broadcast_problem
@@ -161,9 +163,11 @@ class ReLU(Node):
     def backward(self, ctx, grad):
         (x,) = ctx.inputs
         # Select, not multiply by a 0/1 mask: an inf or nan arriving where x <= 0
-        # must give 0 (as in PyTorch), and inf * 0 is nan. (The NumPy backend's
-        # where makes this select branch-free; see numpy_backend.py.)
-        return (ctx.xp.where(x > 0, grad, 0),)
+        # must give 0 (as in PyTorch), and inf * 0 is nan. x <= 0 rather than
+        # not x > 0: at x = nan the gradient passes, as PyTorch's threshold_backward
+        # passes it. (The NumPy backend's where makes this select branch-free; see
+        # numpy_backend.py.)
+        return (ctx.xp.where(x <= 0, 0, grad),)
 
 
 class Exp(Node):
@@ -249,7 +253,7 @@ class Sqrt(Node):
 
 
 class Abs(Node):
-    """y = |x|; dy/dx = sign(x), 0 at x = 0 (as in PyTorch)."""
+    """y = |x|; dy/dx = sign(x), 0 at x = 0 and at x = nan (as in PyTorch)."""
 
     arity = 1
 
@@ -257,8 +261,10 @@ class Abs(Node):
         return ctx.xp.abs(x)
 
     def backward(self, ctx, grad):
-        (x,) = ctx.inputs
-        return (grad * ctx.xp.sign(x),)
+        xp, (x,) = ctx.xp, ctx.inputs
+        # PyTorch's sign, (x > 0) - (x < 0), is 0 at nan where the Array API's is nan.
+        sign = xp.astype(x > 0, grad.dtype) - xp.astype(x < 0, grad.dtype)
+        return (grad * sign,)
 
 
 class Log1p(Node):
@@ -359,7 +365,8 @@ def _split_at_ties(ctx, grad, loses):
 class Clip(Node):
     """y = min(max(x, low), high); dy/dx = 1 for low <= x <= high (bounds included), else 0.
 
-    ``low`` and ``high`` are numbers (None: no bound), as in ``torch.clamp``.
+    ``low`` and ``high`` are numbers (None: no bound), as in ``torch.clamp``: where
+    low > high, y = high everywhere and the gradient is 0.
     """
 
     arity = 1
@@ -367,11 +374,20 @@ class Clip(Node):
     def __init__(self, x, low=None, high=None, name=None):
         if low is None and high is None:
             raise GraphError("Clip needs a low or a high bound (or both)")
+        for what, bound in (("low", low), ("high", high)):
+            if bound is not None and (isinstance(bound, bool)
+                                      or not isinstance(bound, numbers.Real)):
+                raise GraphError(f"Clip {what} must be a number or None, got {bound!r}")
         super().__init__(x, name=name)
         self.low, self.high = low, high
 
     def forward(self, ctx, x):
-        return ctx.xp.clip(x, min=self.low, max=self.high)
+        low, high = self.low, self.high
+        # torch.clamp with low > high gives high everywhere (NumPy's clip too); the
+        # Array API leaves it undefined and array_api_strict refuses it.
+        if low is not None and high is not None and low > high:
+            low = high
+        return ctx.xp.clip(x, min=low, max=high)
 
     def backward(self, ctx, grad):
         (x,) = ctx.inputs
@@ -478,7 +494,9 @@ class ELU(Node):
 
     def backward(self, ctx, grad):
         xp, (x,) = ctx.xp, ctx.inputs
-        return (xp.where(x > 0, grad, grad * self.alpha * xp.exp(xp.minimum(x, 0))),)
+        # x <= 0 picks the exponential side, so that at x = nan the gradient passes
+        # unchanged, as in PyTorch's elu_backward.
+        return (xp.where(x <= 0, grad * self.alpha * xp.exp(xp.minimum(x, 0)), grad),)
 
 
 class GELU(Node):

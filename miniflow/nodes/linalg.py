@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
+import operator
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
-from ._common import _broadcast_problem, _matmul_problem, int_like
+from ._common import _broadcast_problem, _integer_like, _matmul_problem
 from .reductions import normalized_axes
 
 
@@ -116,19 +117,13 @@ class Tensordot(Node):
 
     def __init__(self, a, b, axes=2, name=None):
         super().__init__(a, b, name=name)
-        if int_like(axes) is not None:
-            axes = int_like(axes)
-        elif isinstance(axes, (tuple, list)) and len(axes) == 2 and all(
-                isinstance(side, (tuple, list)) for side in axes):
-            axes = tuple(tuple(k if int_like(k) is None else int_like(k) for k in side)
-                         for side in axes)
-        if isinstance(axes, int) and not isinstance(axes, bool) and axes >= 0:
-            self.axes = axes
+        if _integer_like(axes) and operator.index(axes) >= 0:
+            self.axes = operator.index(axes)
         elif (isinstance(axes, (tuple, list)) and len(axes) == 2
               and all(isinstance(side, (tuple, list)) for side in axes)
               and len(axes[0]) == len(axes[1])
-              and all(isinstance(k, int) and not isinstance(k, bool) for side in axes for k in side)):
-            self.axes = (tuple(axes[0]), tuple(axes[1]))
+              and all(_integer_like(k) for side in axes for k in side)):
+            self.axes = tuple(tuple(operator.index(k) for k in side) for side in axes)
         else:
             raise GraphError(f"axes must be an int >= 0 or two equally long sequences of ints "
                              f"(a_axes, b_axes), not {axes!r}")

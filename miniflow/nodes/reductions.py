@@ -156,31 +156,36 @@ class Var(_Reduction):
     ``correction=0`` (the default, as in NumPy and the Array API) is the
     population variance; ``correction=1`` the sample variance (PyTorch's
     default). dy/dx = 2 (x - mean(x)) / (n - correction). Where n <= correction
-    the value is inf or nan, as in NumPy and PyTorch.
+    the value is inf or nan, as in NumPy and PyTorch, and the gradient follows
+    PyTorch's rule for a variance over ``dim``: inf or nan where n = correction,
+    the finite 2 (x - mean(x)) / (n - correction) where n < correction.
     """
 
     def __init__(self, x, axis=None, correction=0, keepdims=False, name=None):
         super().__init__(x, axis=axis, keepdims=keepdims, name=name)
         if isinstance(correction, bool) or not isinstance(correction, numbers.Real) \
                 or not correction >= 0:
-            raise GraphError(f"correction must be a number >= 0, not {correction!r}")
+            raise GraphError(f"{type(self).__name__} correction must be a number >= 0, not "
+                             f"{correction!r}")
         self.correction = correction
 
     def forward(self, ctx, x):
-        return ctx.xp.var(x, axis=reduction_axes(self.axis, x.shape),
-                          correction=self.correction, keepdims=self.keepdims)
+        axes = reduction_axes(self.axis, x.shape)
+        return self._output(ctx.xp, _variance(ctx.xp, x, axes, self.correction), x.shape, axes)
 
-    def _centered_over_dof(self, xp, x, axes):
-        """(x - mean(x)) / (n - correction): the variance's gradient, halved."""
-        centered = x - xp.mean(x, axis=axes, keepdims=True)
-        # Never below 0, as in NumPy and PyTorch: too large a correction gives inf or nan.
-        return centered / max(math.prod(x.shape[a] for a in axes) - self.correction, 0)
+    def _two_over_dof(self, shape, axes):
+        """2 / (n - correction), the gradient's factor, never clamped (unlike the value's
+        divisor): PyTorch's var over ``dim`` takes it as it comes, inf where it is 2 / 0."""
+        dof = math.prod(shape[a] for a in axes) - self.correction
+        return 2 / dof if dof else math.inf
 
     def backward(self, ctx, grad):
-        (x,) = ctx.inputs
+        xp, (x,) = ctx.xp, ctx.inputs
         axes = reduction_axes(self.axis, x.shape)
-        return (2 * self._centered_over_dof(ctx.xp, x, axes)
-                * self._spread(ctx.xp, grad, x.shape, axes),)
+        centered = x - xp.mean(x, axis=axes, keepdims=True)
+        # PyTorch's order, (2 / dof * grad) * centered: it decides where inf meets 0.
+        return (self._two_over_dof(x.shape, axes) * self._spread(xp, grad, x.shape, axes)
+                * centered,)
 
 
 class Std(Var):
@@ -194,9 +199,7 @@ class Std(Var):
     def forward(self, ctx, x):
         xp = ctx.xp
         axes = reduction_axes(self.axis, x.shape)
-        # sqrt of var, not xp.std: PyTorch's std takes no fractional correction.
-        kept = xp.sqrt(xp.var(_shifted_by_first(x, axes), axis=axes, correction=self.correction,
-                              keepdims=True))
+        kept = xp.sqrt(_variance(xp, _shifted_by_first(x, axes), axes, self.correction))
         ctx.save(kept)
         return self._output(xp, kept, x.shape, axes)
 
@@ -205,10 +208,26 @@ class Std(Var):
         (x,), (std,) = ctx.inputs, ctx.saved
         axes = reduction_axes(self.axis, x.shape)
         flat = std == 0
-        grad_over_std = xp.where(flat, 0.0, self._spread(xp, grad, x.shape, axes)
-                                 / xp.where(flat, 1.0, std))
+        # PyTorch's std_backward: the variance's upstream gradient grad / (2 y), 0 where y = 0.
+        grad_var = xp.where(flat, 0.0, self._spread(xp, grad, x.shape, axes)
+                            / (2 * xp.where(flat, 1.0, std)))
         # Shifted as in forward: a nearly flat slice keeps its small differences.
-        return (self._centered_over_dof(xp, _shifted_by_first(x, axes), axes) * grad_over_std,)
+        shifted = _shifted_by_first(x, axes)
+        centered = shifted - xp.mean(shifted, axis=axes, keepdims=True)
+        return (self._two_over_dof(x.shape, axes) * grad_var * centered,)
+
+
+def _variance(xp, x, axes, correction):
+    """The variance over ``axes``, kept as size-1 axes, as NumPy computes it (two passes).
+
+    Written out rather than ``xp.var``: libraries disagree where n <= correction
+    (PyTorch's namespace gives 0 for a 0-d input, NumPy and torch.var nan), and
+    PyTorch's ``std`` takes no fractional correction. The divisor is clamped at 0,
+    as in both: a sum of squares over 0 is inf, or nan where it is 0 too.
+    """
+    n = math.prod(x.shape[a] for a in axes)
+    centered = x - xp.mean(x, axis=axes, keepdims=True)
+    return xp.sum(centered * centered, axis=axes, keepdims=True) / max(n - correction, 0)
 
 
 def _shifted_by_first(x, axes):
@@ -221,7 +240,10 @@ def _shifted_by_first(x, axes):
     zeros, and a nearly flat one keeps its small differences exactly (x - x0 is exact
     when x and x0 are within a factor 2, Sterbenz).
     """
-    first = tuple(slice(0, 1) if k in axes else slice(None) for k in range(x.ndim))
+    # An empty axis has no first element: slice(0, 0) keeps it empty (array_api_strict
+    # refuses a slice that reaches past the end).
+    first = tuple(slice(0, min(1, n)) if k in axes else slice(None)
+                  for k, n in enumerate(x.shape))
     return x - x[first]
 
 

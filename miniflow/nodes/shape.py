@@ -7,10 +7,12 @@ assignment, which JAX lacks, and no fancy-index scatter, which drops repeats.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
-from ._common import as_int, as_ints, int_like
+from ._common import _integer_like, as_int, as_int_tuple
 
 
 def _nodes_list(kind, nodes):
@@ -35,9 +37,11 @@ class Reshape(Node):
     arity = 1
 
     def __init__(self, x, shape, name=None):
-        shape = (shape,) if int_like(shape) is not None else tuple(shape)
-        shape = tuple(n if int_like(n) is None else int_like(n) for n in shape)
-        if not all(isinstance(n, int) and n >= -1 for n in shape) or shape.count(-1) > 1:
+        try:
+            shape = (as_int(shape, "Reshape shape", -1),)
+        except GraphError:
+            shape = as_int_tuple(shape, "Reshape shape", -1)
+        if shape.count(-1) > 1:
             raise GraphError(f"Reshape: shape must be integers >= 0 with at most one -1, "
                              f"got {shape}")
         super().__init__(x, name=name)
@@ -60,7 +64,7 @@ class Flatten(Node):
 
     def __init__(self, x, start_axis=1, name=None):
         super().__init__(x, name=name)
-        self.start_axis = as_int(start_axis, "Flatten: start_axis")
+        self.start_axis = as_int(start_axis, "Flatten start_axis")
 
     def forward(self, ctx, x):
         start = _axis_in(self.start_axis, max(x.ndim, 1), "start_axis")
@@ -74,31 +78,34 @@ class Flatten(Node):
 class Transpose(Node):
     """y = x with its axes permuted: y.shape[k] = x.shape[axes[k]] (reversed when ``axes`` is None).
 
-    The gradient is permuted back by the inverse permutation. ``x.T`` is ``Transpose(x)``.
+    Negative axes count from the end, as in NumPy. The gradient is permuted back
+    by the inverse permutation. ``x.T`` is ``Transpose(x)``.
     """
 
     arity = 1
 
     def __init__(self, x, axes=None, name=None):
         super().__init__(x, name=name)
-        self.axes = None if axes is None else as_ints(axes, "Transpose: axes")
+        self.axes = None if axes is None else as_int_tuple(axes, "Transpose axes")
 
-    def _axes(self, ndim):
-        return tuple(reversed(range(ndim))) if self.axes is None else self.axes
+    def _axes(self, shape):
+        """The permutation for an input of ``shape``, non-negative (not every library takes -1)."""
+        ndim = len(shape)
+        if self.axes is None:
+            return tuple(reversed(range(ndim)))
+        if len(self.axes) != ndim or any(not -ndim <= a < ndim for a in self.axes) \
+                or len({a % ndim for a in self.axes}) != ndim:
+            raise ShapeError(f"axes {self.axes} are not a permutation of the {ndim} axes of "
+                             f"{tuple(shape)}")
+        return tuple(a % ndim for a in self.axes)
 
     def forward(self, ctx, x):
-        return ctx.xp.permute_dims(x, self._axes(x.ndim))
+        return ctx.xp.permute_dims(x, self._axes(x.shape))
 
     def backward(self, ctx, grad):
-        axes = self._axes(grad.ndim)
+        axes = self._axes(ctx.inputs[0].shape)
         inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
         return (ctx.xp.permute_dims(grad, inverse),)
-
-    def shape_problem(self, x_shape):
-        ndim = len(x_shape)
-        if sorted(a % ndim if -ndim <= a < ndim else a for a in self._axes(ndim)) != list(range(ndim)):
-            return f"axes {self.axes} are not a permutation of the {ndim} axes of {x_shape}"
-        return None
 
 
 def permute_dims(x, axes):
@@ -127,7 +134,7 @@ class ExpandDims(Node):
 
     def __init__(self, x, axis=0, name=None):
         super().__init__(x, name=name)
-        self.axis = as_int(axis, "ExpandDims: axis")
+        self.axis = as_int(axis, "ExpandDims axis")
 
     def forward(self, ctx, x):
         _axis_in(self.axis, x.ndim + 1)
@@ -144,7 +151,12 @@ class Squeeze(Node):
 
     def __init__(self, x, axis=None, name=None):
         super().__init__(x, name=name)
-        self.axis = None if axis is None else as_ints(axis, "Squeeze: axis")
+        if axis is not None:
+            try:
+                axis = (as_int(axis, "Squeeze axis"),)
+            except GraphError:
+                axis = as_int_tuple(axis, "Squeeze axis")
+        self.axis = axis
 
     def forward(self, ctx, x):
         if self.axis is None:
@@ -167,7 +179,7 @@ class Concat(Node):
 
     def __init__(self, nodes, axis=0, name=None):
         super().__init__(*_nodes_list("Concat", nodes), name=name)
-        self.axis = as_int(axis, "Concat: axis")
+        self.axis = as_int(axis, "Concat axis")
 
     def forward(self, ctx, *values):
         return ctx.xp.concat(ctx.backend.promote(*values), axis=self.axis)
@@ -189,7 +201,7 @@ class Stack(Node):
 
     def __init__(self, nodes, axis=0, name=None):
         super().__init__(*_nodes_list("Stack", nodes), name=name)
-        self.axis = as_int(axis, "Stack: axis")
+        self.axis = as_int(axis, "Stack axis")
 
     def forward(self, ctx, *values):
         return ctx.xp.stack(ctx.backend.promote(*values), axis=self.axis)
@@ -232,9 +244,18 @@ class Pad(Node):
     arity = 1
 
     def __init__(self, x, widths, value=0.0, name=None):
-        widths = tuple((int(b), int(a)) for b, a in widths)
-        if any(b < 0 or a < 0 for b, a in widths):
-            raise GraphError(f"Pad: widths must be >= 0, got {widths}")
+        try:
+            pairs = [tuple(pair) for pair in widths]
+        except TypeError:
+            pairs = None
+        if pairs is None or isinstance(widths, (str, bytes)) \
+                or any(len(pair) != 2 or isinstance(pair, (str, bytes)) for pair in pairs):
+            raise GraphError(f"Pad widths must be one (before, after) pair per axis, got "
+                             f"{widths!r}")
+        # Integers only: int(1.5) would pad by 1 and int('2') by 2 without a word.
+        widths = tuple(as_int_tuple(pair, "Pad widths", 0) for pair in pairs)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise GraphError(f"Pad value must be a number, got {value!r}")
         super().__init__(x, name=name)
         self.widths, self.value = widths, value
 
@@ -257,24 +278,24 @@ class Pad(Node):
 
 # -- indexing -----------------------------------------------------------------------------
 
-def _int_bounds(k):
-    """Integer-like entries of an index (NumPy integers, slice bounds) as Python ints."""
-    if isinstance(k, slice):
-        bounds = [b if int_like(b) is None else int_like(b) for b in (k.start, k.stop, k.step)]
-        return slice(*bounds)
-    return k if int_like(k) is None else int_like(k)
-
-
 def _check_key(key):
-    key = tuple(map(_int_bounds, key if isinstance(key, tuple) else (key,)))
+    """The key as a tuple, its integers (NumPy's too) as Python ints; GraphError if unusable."""
+    key = key if isinstance(key, tuple) else (key,)
+    checked = []
     for k in key:
         if isinstance(k, slice):
-            if not all(b is None or (isinstance(b, int) and not isinstance(b, bool))
-                       for b in (k.start, k.stop, k.step)) or k.step == 0:
+            if not all(b is None or _integer_like(b) for b in (k.start, k.stop, k.step)) \
+                    or (k.step is not None and operator.index(k.step) == 0):
                 raise GraphError(f"slice {k} must have integer bounds and a nonzero step")
-        elif not (k is None or k is Ellipsis or (isinstance(k, int) and not isinstance(k, bool))):
+            k = slice(*(None if b is None else operator.index(b)
+                        for b in (k.start, k.stop, k.step)))
+        elif _integer_like(k):
+            k = operator.index(k)
+        elif not (k is None or k is Ellipsis):
             raise GraphError(f"a node is indexed with ints, slices, None and ..., not "
                              f"{type(k).__name__} ({k!r}); use Take for an index array")
+        checked.append(k)
+    key = tuple(checked)
     if sum(k is Ellipsis for k in key) > 1:
         raise GraphError("an index can have only one ...")
     return key
@@ -384,9 +405,7 @@ class SplitPart(Node):
 
     def __init__(self, x, sections, part, axis=0, name=None):
         super().__init__(x, name=name)
-        self.sections = as_int(sections) if int_like(sections) is not None else tuple(
-            as_ints(sections, "Split: sections"))
-        self.part, self.axis = as_int(part), as_int(axis, "Split: axis")
+        self.sections, self.part, self.axis = sections, part, axis
 
     def _entries(self, shape):
         axis = _axis_in(self.axis, len(shape))
@@ -412,13 +431,17 @@ def Split(x, sections, axis=0):
     when the graph runs) or the increasing positions to cut at, as in NumPy's
     ``split``: ``Split(x, [2, 5])`` gives x[:2], x[2:5], x[5:] along ``axis``.
     """
-    if int_like(sections) is not None:
-        sections = count = int_like(sections)
+    if _integer_like(sections):
+        sections = as_int(sections, "Split sections", 1)
+        count = sections
     else:
-        sections = as_ints(sections, "Split: sections")
+        try:
+            sections = as_int_tuple(sections, "Split sections", 0)
+        except GraphError:
+            raise GraphError(f"Split sections must be a positive count or a list of positions, "
+                             f"got {sections!r}") from None
         count = len(sections) + 1
-    if count <= 0:
-        raise GraphError(f"Split: sections must be a positive count or a list, got {sections}")
+    axis = as_int(axis, "Split axis")
     return [SplitPart(x, sections, k, axis) for k in range(count)]
 
 
@@ -438,7 +461,7 @@ class Take(Node):
 
     def __init__(self, x, indices, axis=0, name=None):
         super().__init__(x, indices, name=name)
-        self.axis = as_int(axis, "Take: axis")
+        self.axis = as_int(axis, "Take axis")
 
     def forward(self, ctx, x, indices):
         xp = ctx.xp

@@ -72,6 +72,14 @@ def copied(backend, result):
 
 # -- every node, random shapes (scalars, size-1 and empty axes included) ---------------
 
+def _examples(backend, examples):
+    """torch.compile takes a second or more per graph even with aot_eager: in a default
+    run its node matrix draws a quarter as many cases (MINIFLOW_FUZZ sets them all)."""
+    if backend.name == "torch" and not EXAMPLES:
+        return settings(examples, max_examples=max(1, examples.max_examples // 4))
+    return examples
+
+
 def _changed_values(arrays):
     """The same shapes, other values: floats moved a little (inside every spec's domain:
     positive stays positive, (-1, 1) stays inside), labels and indices as they were."""
@@ -106,7 +114,7 @@ def test_every_node_compiles_to_the_same_values(spec, compiled_backend):
     new values, and new shapes (a second signature) all give what eager gives."""
     backend = compiled_backend
 
-    @NODE_EXAMPLES
+    @_examples(backend, NODE_EXAMPLES)
     @given(drawn=spec.inputs, again=spec.inputs)
     def check(drawn, again):
         case, other = as_case(drawn), as_case(again)
@@ -140,7 +148,7 @@ def test_random_graphs_compile_to_the_same_values(compiled_backend):
 
     backend = compiled_backend
 
-    @GRAPH_EXAMPLES
+    @_examples(backend, GRAPH_EXAMPLES)
     @given(graph=random_graph())
     def check(graph):
         arrays, build_pair = graph
@@ -201,12 +209,12 @@ def test_relu_passes_back_zero_where_x_is_negative_even_for_inf(compiled_backend
     backend = compiled_backend
     x = Input("x")
     head = DummyGrad(ReLU(x))
-    feed = {x: backend.asarray(np.linspace(-2, 2, 2048, dtype=np.float32)),
-            head: backend.asarray(np.full(2048, np.inf, np.float32))}
+    xs = np.linspace(-2, 2, 2048, dtype=np.float32)
+    xs[-1] = np.nan  # passes its gradient, as PyTorch's threshold_backward does
+    feed = {x: backend.asarray(xs), head: backend.asarray(np.full(2048, np.inf, np.float32))}
     step = miniflow.compile(head, [x], backend=backend, options=QUICK_OPTIONS.get(backend.name))
     for _ in range(2):
         _, (grad,) = copied(backend, step(feed))
-        assert not np.isnan(grad).any()
         assert (grad[:1024] == 0).all() and np.isinf(grad[1024:]).all()
 
 

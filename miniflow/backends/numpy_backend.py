@@ -86,6 +86,11 @@ def _own_arrays(grads, array=np.array):
 _SAME_WIDTH_INTS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 
 
+def _is_plus_zero(value) -> bool:
+    """A Python 0 or 0.0, not -0.0 (whose sign bit an AND with a mask would lose)."""
+    return type(value) in (int, float) and value == 0 and str(value)[0] != "-"
+
+
 def _fast_namespace():
     """array-api-compat's NumPy namespace with its hottest functions called directly.
 
@@ -123,13 +128,20 @@ def _fast_namespace():
         # with an all-ones (-1) or all-zeros int8 mask, widened inside the ufunc:
         # the same result, branch-free, and for any memory layout (a transposed
         # NCHW view of channels-last images selects 9x faster than np.where).
-        ints = _SAME_WIDTH_INTS.get(getattr(x1, "dtype", None))
-        if (ints is not None and type(x2) in (int, float) and x2 == 0 and str(x2)[0] != "-"
-                and type(condition) is np.ndarray and condition.dtype == np.bool_
-                and type(x1) is np.ndarray and condition.shape == x1.shape
-                and x1.size >= 1024):
-            mask = np.negative(condition.view(np.int8))
-            return np.bitwise_and(mask, x1.view(ints)).view(x1.dtype)
+        if _is_plus_zero(x2):
+            array, keep = x1, True  # where(c, a, 0): keep a where c
+        elif _is_plus_zero(x1):
+            array, keep = x2, False  # where(c, 0, a): keep a where not c
+        else:
+            return compat.where(condition, x1, x2)
+        ints = _SAME_WIDTH_INTS.get(getattr(array, "dtype", None))
+        if (ints is not None and type(condition) is np.ndarray and condition.dtype == np.bool_
+                and type(array) is np.ndarray and condition.shape == array.shape
+                and array.size >= 1024):
+            flags = condition.view(np.int8)
+            # True -> -1 (all bits) when keeping where true; True -> 0, False -> -1 otherwise.
+            mask = np.negative(flags) if keep else np.subtract(flags, 1, dtype=np.int8)
+            return np.bitwise_and(mask, array.view(ints)).view(array.dtype)
         return compat.where(condition, x1, x2)
 
     xp.sum, xp.max, xp.ones_like, xp.arange, xp.astype = sum, max, ones_like, arange, astype

@@ -69,7 +69,7 @@ _SAME_WIDTH_INTS = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int
 
 
 class ReLUKernel:
-    """max(x, 0); the gradient is the upstream one where x > 0, else 0.
+    """max(x, 0); the gradient is 0 where x <= 0, else the upstream one (nan passes).
 
     A select, as the node's rule, not a product with a 0/1 mask: an inf or nan
     arriving where x <= 0 gives 0, as in PyTorch (inf * 0 would be nan). The
@@ -79,19 +79,19 @@ class ReLUKernel:
 
     def __init__(self, x):
         self.out = np.empty_like(x)
-        self.positive = np.empty(x.shape, bool)
+        self.nonpositive = np.empty(x.shape, bool)
         self.mask = np.empty(x.shape, _SAME_WIDTH_INTS[x.dtype])
         self.grad_x = np.empty_like(x)
 
     def forward(self, ctx, x):
-        np.greater(x, 0, out=self.positive)
-        # True (1) -> -1, all bits set; False -> 0.
-        np.negative(self.positive.view(np.int8), out=self.mask, casting="unsafe")
+        np.less_equal(x, 0, out=self.nonpositive)
+        # x <= 0 (1) -> 0; anything else, nan included (0) -> -1, all bits set.
+        np.subtract(self.nonpositive.view(np.int8), 1, out=self.mask, casting="unsafe")
         return np.maximum(x, 0, out=self.out)
 
     def backward(self, ctx, grad):
         if grad.dtype != self.grad_x.dtype or grad.shape != self.grad_x.shape:
-            return (np.where(self.positive, grad, 0),)
+            return (np.where(self.nonpositive, 0, grad),)
         np.bitwise_and(self.mask, grad.view(self.mask.dtype), out=self.grad_x.view(self.mask.dtype))
         return (self.grad_x,)
 

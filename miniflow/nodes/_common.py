@@ -74,3 +74,20 @@ def as_ints(values, what: str, low: int | None = None) -> tuple[int, ...]:
     if _integer_like(values):
         return (as_int(values, what, low),)
     return as_int_tuple(values, what, low)
+
+
+# Permutations without sorted(): torch.compile traces no sort of values it tracks (even
+# Python ints derived from shapes), and these run inside rules a compiled step traces.
+
+def inverse_permutation(perm) -> tuple[int, ...]:
+    """The permutation that undoes ``perm`` (a permutation of range(len(perm)))."""
+    inverse = [0] * len(perm)
+    for position, axis in enumerate(perm):
+        inverse[axis] = position
+    return tuple(inverse)
+
+
+def argsort_ints(values) -> tuple[int, ...]:
+    """Positions of distinct non-negative ints ``values`` in increasing order of value."""
+    return tuple(i for v in range(max(values, default=-1) + 1)
+                 for i, w in enumerate(values) if w == v)

@@ -14,6 +14,7 @@ import string
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
+from ._common import inverse_permutation
 
 _LETTERS = set(string.ascii_letters)
 # Stand-ins for the axes ``...`` covers: characters no subscript can contain.
@@ -162,7 +163,7 @@ def _undiagonal(xp, g, steps):
     for perm, n in reversed(steps):
         eye = xp.arange(n)[:, None] == xp.arange(n)[None, :]
         g = xp.where(eye, g[..., :, None], xp.zeros((), dtype=g.dtype))
-        inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+        inverse = inverse_permutation(perm)
         g = xp.permute_dims(g, inverse)
     return g
 

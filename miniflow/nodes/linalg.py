@@ -6,7 +6,7 @@ import operator
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
-from ._common import _broadcast_problem, _integer_like, _matmul_problem
+from ._common import _broadcast_problem, _integer_like, _matmul_problem, argsort_ints
 from .reductions import normalized_axes
 
 
@@ -164,11 +164,11 @@ class Tensordot(Node):
         if need_a:
             # g . b over b's free axes leaves (a's free axes, then b's contracted axes in
             # b's order); each of the latter stands for its partner axis of a.
-            partners = [a_axes[j] for j in sorted(range(len(b_axes)), key=b_axes.__getitem__)]
+            partners = [a_axes[j] for j in argsort_ints(b_axes)]
             held = xp.tensordot(grad, b, axes=(list(range(len(a_free), grad.ndim)), b_free))
             grad_a = _in_order(xp, held, a_free + partners)
         if need_b:
-            partners = [b_axes[j] for j in sorted(range(len(a_axes)), key=a_axes.__getitem__)]
+            partners = [b_axes[j] for j in argsort_ints(a_axes)]
             held = xp.tensordot(a, grad, axes=(a_free, list(range(len(a_free)))))
             grad_b = _in_order(xp, held, partners + b_free)
         return grad_a, grad_b
@@ -184,7 +184,7 @@ class Tensordot(Node):
 def _in_order(xp, held, source_axes):
     """Permute ``held``, whose axis k stands for axis source_axes[k], into axis order."""
     order = [source_axes.index(k) for k in range(len(source_axes))]
-    return held if order == sorted(order) else xp.permute_dims(held, tuple(order))
+    return held if order == list(range(len(order))) else xp.permute_dims(held, tuple(order))
 
 
 class Outer(Node):

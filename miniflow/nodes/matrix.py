@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import ShapeError
 from ..graph import Node
-from ._common import as_int
+from ._common import as_int, inverse_permutation
 
 
 def _pair_of_axes(kind, ndim, axis1, axis2):
@@ -74,7 +74,7 @@ class Diagonal(Node):
         xp, (x,) = ctx.xp, ctx.inputs
         perm = self._perm(x.ndim)
         full = _embed_last(xp, grad, x.shape[perm[-2]], x.shape[perm[-1]], self.offset)
-        return (xp.permute_dims(full, tuple(sorted(range(len(perm)), key=perm.__getitem__))),)
+        return (xp.permute_dims(full, inverse_permutation(perm)),)
 
 
 def Trace(x, offset=0, axis1=0, axis2=1):

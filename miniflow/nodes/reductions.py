@@ -23,8 +23,10 @@ def normalized_axes(axis, ndim) -> tuple[int, ...] | None:
     axes = (axis,) if isinstance(axis, int) else axis
     if any(not -ndim <= a < ndim for a in axes):
         return None
-    normalized = tuple(sorted(a % ndim for a in axes))
-    return normalized if len(set(normalized)) == len(normalized) else None
+    named = [a % ndim for a in axes]
+    if len(set(named)) != len(named):
+        return None
+    return tuple(a for a in range(ndim) if a in named)  # in order, without sorted()
 
 
 def reduction_axes(axis, shape) -> tuple[int, ...]:

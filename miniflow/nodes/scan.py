@@ -12,7 +12,7 @@ import math
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
-from ._common import as_int
+from ._common import as_int, inverse_permutation
 from .reductions import _check_axis_argument, _kept_shape, reduction_axes
 
 
@@ -61,7 +61,7 @@ class Prod(Node):
             return (xp.zeros(x.shape, dtype=grad.dtype),)
         flat, perm = _to_last(xp, x, axes)
         others = xp.reshape(_products_of_others(xp, flat), tuple(x.shape[k] for k in perm))
-        inverse = tuple(sorted(range(len(perm)), key=perm.__getitem__))
+        inverse = inverse_permutation(perm)
         others = xp.permute_dims(others, inverse) if perm != tuple(range(x.ndim)) else others
         if not self.keepdims:
             grad = xp.reshape(grad, _kept_shape(x.shape, axes))

@@ -12,7 +12,7 @@ import operator
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
-from ._common import _integer_like, as_int, as_int_tuple
+from ._common import _integer_like, as_int, as_int_tuple, inverse_permutation
 
 
 def _nodes_list(kind, nodes):
@@ -104,7 +104,7 @@ class Transpose(Node):
 
     def backward(self, ctx, grad):
         axes = self._axes(ctx.inputs[0].shape)
-        inverse = tuple(sorted(range(len(axes)), key=axes.__getitem__))
+        inverse = inverse_permutation(axes)
         return (ctx.xp.permute_dims(grad, inverse),)
 
 

@@ -36,7 +36,7 @@ from collections import OrderedDict
 from .backends import get_backend
 from .errors import CompileError, FeedError, GraphError, NodeError
 from .executor import backward_pass, forward_pass, seed_gradient, value_and_grad
-from .graph import Context, Node, Plan, TracingContext
+from .graph import Context, Node, Plan, RunSettings, TracingContext, topological_order
 from .threads import apply_policy as _apply_thread_policy
 
 #: How many input signatures (shapes and dtypes) a compiled step keeps; the last
@@ -87,6 +87,24 @@ def compile(output: Node, wrt, backend=None, *, check_labels: bool = True,
     return factory(output, wrt, backend, single, check_labels, options or {})
 
 
+def untraceable_in_training(output: Node, backend) -> str | None:
+    """Why a compiled step on ``backend`` cannot train ``output``'s graph, or None.
+
+    A traced step (JAX, PyTorch, a CUDA graph) would draw a node's random values
+    once, while tracing, and replay them: Dropout's masks need the planned NumPy
+    step or an uncompiled run.
+    """
+    name = get_backend(backend).name
+    if _COMPILERS.get(name) is PlannedNumpyStep:
+        return None
+    node = next((n for n in topological_order(output) if n.draws_random), None)
+    if node is None:
+        return None
+    return (f"{name}'s compiled step cannot train {node.label}: it would draw its random "
+            "values once, while tracing, and replay them every step; compile on numpy, "
+            "or train uncompiled")
+
+
 def compilable(backend) -> str | None:
     """None when :func:`compile` works for ``backend`` here, else the reason it does not."""
     try:
@@ -113,6 +131,9 @@ class CompiledStep:
 
     #: What the step compiles with, for messages and benchmarks.
     kind = "generic"
+    #: True where a compiler traces the interpreter (values cannot reach the host,
+    #: and a random draw would be traced once and replayed).
+    traced = True
     #: True where a step changes nothing the caller sees until it returns (JAX): the
     #: host's label check then overlaps the step instead of delaying its start.
     check_after_dispatch = False
@@ -133,7 +154,7 @@ class CompiledStep:
         return list(self._compiled)
 
     def interpret(self, fed, *, seed_scale=None, kernels=None, accumulate=None,
-                  context=TracingContext):
+                  context=TracingContext, settings=None):
         """The executor's interpreter on ``fed`` (values in ``plan.feeds`` order, then a
         DummyGrad's gradient): ``(output value, [gradient per wrt node], values)``.
 
@@ -145,7 +166,8 @@ class CompiledStep:
         values = [None] * plan.size
         for step, value in zip(plan.feeds, fed):
             values[step.index] = value
-        contexts = forward_pass(plan, output, values, backend, kernels=kernels, context=context)
+        contexts = forward_pass(plan, output, values, backend, settings=settings, kernels=kernels,
+                                context=context)
         out = values[plan.output_index]
         seed = seed_gradient(output, out, fed[-1] if output.gradient_is_fed else None,
                              backend.xp)
@@ -248,17 +270,20 @@ class CompiledStep:
     def _result(self, value, grads):
         return value, (grads[0] if self.single else list(grads))
 
-    def __call__(self, feed_dict):
+    def __call__(self, feed_dict, *, training: bool = False, rng=None):
         """Run the compiled graph: ``(value, grads)`` as :func:`value_and_grad` returns.
 
-        Gradients may be buffers the next call overwrites: use or copy them first.
+        ``training`` and ``rng`` are :func:`miniflow.run`'s (Dropout drops only
+        when training, its masks drawn from ``rng``). Gradients may be buffers the
+        next call overwrites: use or copy them first.
         """
         _apply_thread_policy()
         fed = self._fed(feed_dict)
         entry, bounds = self._entry(feed_dict, fed)
-        return self._result(*self._checked(self._value_and_grad, entry, fed, bounds))
+        settings = self._settings(training, rng)
+        return self._result(*self._checked(self._value_and_grad, entry, fed, bounds, settings))
 
-    def sgd(self, feed_dict, lr: float):
+    def sgd(self, feed_dict, lr: float, *, training: bool = False, rng=None):
         """One SGD step: ``param - lr * grad`` for every ``wrt`` node.
 
         Returns ``(value, params)``: the output's value before the update, and the
@@ -268,19 +293,29 @@ class CompiledStep:
         _apply_thread_policy()
         fed = self._fed(feed_dict)
         entry, bounds = self._entry(feed_dict, fed)
-        return self._checked(self._sgd, entry, fed, bounds, lr)
+        return self._checked(self._sgd, entry, fed, bounds, lr, self._settings(training, rng))
+
+    def _settings(self, training, rng):
+        """The run's settings, or None; a traced step refuses a run that would draw."""
+        if not training and rng is None:
+            return None
+        if training and self.traced:
+            reason = untraceable_in_training(self.output, self.backend)
+            if reason:
+                raise CompileError(reason)
+        return RunSettings(self.backend, training, rng)
 
     # What a compiler provides ------------------------------------------------------
     def _compile(self, fed):
         raise NotImplementedError
 
-    def _value_and_grad(self, entry, fed):
+    def _value_and_grad(self, entry, fed, settings=None):
         raise NotImplementedError
 
-    def _sgd(self, entry, fed, lr):
+    def _sgd(self, entry, fed, lr, settings=None):
         """Default: the gradients, then an in-place update."""
         params = self._params(fed)
-        value, grads = self._value_and_grad(entry, fed)
+        value, grads = self._value_and_grad(entry, fed, settings)
         for p, g in zip(params, grads):
             p -= lr * g
         return value, params
@@ -338,10 +373,10 @@ class JaxStep(CompiledStep):
 
         return np.asarray(array)  # a read-only view JAX caches: ~20x faster than DLPack
 
-    def _value_and_grad(self, entry, fed):
+    def _value_and_grad(self, entry, fed, settings=None):
         return self._jit_vg(fed)
 
-    def _sgd(self, entry, fed, lr):
+    def _sgd(self, entry, fed, lr, settings=None):
         params = self._params(fed)  # checks every wrt node is fed
         self._lr = _device_scalar(self.backend, self._lr, lr, params[0].dtype)
         return self._jit_sgd(fed, self._lr[1])
@@ -423,10 +458,10 @@ class TorchStep(CompiledStep):
                 "strides on every call? torch._dynamo.reset() forgets every compiled "
                 "version") from None
 
-    def _value_and_grad(self, entry, fed):
+    def _value_and_grad(self, entry, fed, settings=None):
         return self._call(self._vg, fed)
 
-    def _sgd(self, entry, fed, lr):
+    def _sgd(self, entry, fed, lr, settings=None):
         params = self._params(fed)
         self._lr = _device_scalar(self.backend, self._lr, lr, params[0].dtype)
         return self._call(self._sgd_compiled, fed, self._lr[1]), params
@@ -487,7 +522,7 @@ class CudaGraphStep(CompiledStep):
         return {"graph": graph, "stream": stream, "static": static, "out": (value, grads),
                 "keep": values, "pool": pool}
 
-    def _value_and_grad(self, entry, fed):
+    def _value_and_grad(self, entry, fed, settings=None):
         with entry["stream"]:
             for buffer, value in zip(entry["static"], fed):
                 if buffer is not value:
@@ -510,6 +545,7 @@ class PlannedNumpyStep(CompiledStep):
     """
 
     kind = "planned"
+    traced = False
 
     def _label_bounds(self, fed):
         return []  # nothing is traced: the kernels and the nodes' rules check labels
@@ -540,22 +576,23 @@ class PlannedNumpyStep(CompiledStep):
 
         return {"kernels": kernels, "accumulate": accumulate}
 
-    def _run(self, entry, fed, seed_scale=None):
+    def _run(self, entry, fed, seed_scale=None, settings=None):
         value, grads, _ = self.interpret(fed, seed_scale=seed_scale, kernels=entry["kernels"],
-                                         accumulate=entry["accumulate"], context=Context)
+                                         accumulate=entry["accumulate"], context=Context,
+                                         settings=settings)
         # A copy of the output: a kernel's buffer is overwritten by the next call.
         return (value.copy() if getattr(value, "ndim", 0) else value), grads
 
-    def _value_and_grad(self, entry, fed):
-        return self._run(entry, fed)
+    def _value_and_grad(self, entry, fed, settings=None):
+        return self._run(entry, fed, settings=settings)
 
-    def _sgd(self, entry, fed, lr):
+    def _sgd(self, entry, fed, lr, settings=None):
         import numpy as np
 
         # Gradients are linear in the seed: seeding with lr makes every gradient come
         # out already scaled, so the update is one in-place subtraction per parameter.
         params = self._params(fed)
-        value, grads = self._run(entry, fed, seed_scale=lr)
+        value, grads = self._run(entry, fed, seed_scale=lr, settings=settings)
         for p, g in zip(params, grads):
             np.subtract(p, g, out=p)
         return value, params

@@ -53,6 +53,8 @@ class Node:
     arity: int | tuple[int, int | None] | None = None
     #: True for DummyGrad: the gradient of the output is fed, not taken to be 1.
     gradient_is_fed = False
+    #: True for nodes that draw from the run's generator in training runs (Dropout).
+    draws_random = False
     #: NumPy defers to the node's own operators, so ``np.float64(2) * node`` and
     #: ``array - node`` build graphs, instead of object arrays of nodes.
     __array_ufunc__ = None

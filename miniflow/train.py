@@ -29,7 +29,7 @@ import numpy as np
 from .backends import backend_names, get_backend
 from .errors import ConfigError, DataError, TrainingDivergedError
 from .executor import evaluate, run
-from .graph import Input, topological_order
+from .graph import Input
 from .models import ACTIVATIONS, Model, _hidden_sizes, cnn, mlp
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from .progress import Progress, diagnose
@@ -503,12 +503,11 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, model,
     compiled = None
     if config.compile:  # forward and backward compiled once; the optimizer runs as usual
         from .compile import compile as compile_step
-        from .nodes import Dropout
+        from .compile import untraceable_in_training
 
-        if any(isinstance(node, Dropout) for node in topological_order(model.loss)):
-            raise ConfigError("--compile cannot train a graph with Dropout yet (a compiled "
-                              "step has no per-run generator for its masks); train it "
-                              "without --compile")
+        reason = untraceable_in_training(model.loss, backend)
+        if reason:
+            raise ConfigError(f"--compile: {reason}")
         # One program per shard: a compiled NumPy step fills buffers of its own and
         # returns them, so two shards must never share one.
         compiled = [compile_step(model.loss, optimizer.nodes, backend)
@@ -596,7 +595,7 @@ class _Step:
     def _one(self, params, images, labels, shard):
         feed = {**params, self.model.images: images, self.model.labels: labels}
         if self.compiled is not None:
-            return self.compiled[shard](feed)
+            return self.compiled[shard](feed, training=True, rng=self.draws[shard])
         result = run(self.model.loss, feed, self.wrt, backend=self.backend, training=True,
                      rng=self.draws[shard])
         return result.value, result.grads

@@ -123,3 +123,36 @@ def test_train_accepts_a_hand_built_graph():
     for node, value in model.params.items():  # the caller's arrays are left as they were
         np.testing.assert_array_equal(value, initial[node])
     assert evaluate_model(result.model, *digits(100, seed=2)) == result.history[-1].val_accuracy
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_compiled_training_with_dropout_matches_uncompiled(shards):
+    """`--compile` trains what it claims to: the planned NumPy step draws Dropout's masks
+    from the same generators as the uncompiled step, so the runs agree step for step."""
+    images, labels = digits(200)
+    val = digits(60, seed=1)
+    results = []
+    for compiled in (False, True):
+        model = cnn((4,), 8, dropout=0.5, image_shape=(1, 8, 8), n_classes=2, seed=1)
+        config = TrainConfig(model="cnn", epochs=2, batch_size=32, lr=0.01, shards=shards,
+                             compile=compiled)
+        results.append(train(config, images, labels, *val, model=model, n_classes=2))
+    plain, compiled = results
+    np.testing.assert_allclose([s.loss for s in compiled.history],
+                               [s.loss for s in plain.history], rtol=1e-5)
+    for a, b in zip(compiled.model.params.values(), plain.model.params.values()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_traced_compiled_training_refuses_dropout_by_name():
+    from miniflow.compile import compilable, untraceable_in_training
+
+    if compilable("torch"):
+        pytest.skip(compilable("torch"))
+    model = cnn((4,), 8, image_shape=(1, 8, 8), n_classes=2, seed=1)
+    assert untraceable_in_training(model.loss, "numpy") is None
+    assert "Dropout" in untraceable_in_training(model.loss, "torch")
+    images, labels = digits(64)
+    config = TrainConfig(model="cnn", epochs=1, batch_size=32, backend="torch", compile=True)
+    with pytest.raises(ValueError, match="Dropout"):
+        train(config, images, labels, model=model, n_classes=2)

@@ -391,6 +391,7 @@ class Dropout(Node):
     """
 
     arity = 1
+    draws_random = True
 
     def __init__(self, x, rate: float = 0.5, *, name=None):
         super().__init__(x, name=name)

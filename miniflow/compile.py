@@ -36,7 +36,8 @@ from collections import OrderedDict
 from .backends import get_backend
 from .errors import CompileError, FeedError, GraphError, NodeError
 from .executor import backward_pass, forward_pass, seed_gradient, value_and_grad
-from .graph import Context, Node, Plan, RunSettings, TracingContext, topological_order
+from .graph import (Constant, Context, Node, Plan, RunSettings, TracingContext,
+                    topological_order)
 from .threads import apply_policy as _apply_thread_policy
 
 #: How many input signatures (shapes and dtypes) a compiled step keeps; the last
@@ -147,11 +148,22 @@ class CompiledStep:
         self.check_labels, self.options = check_labels, options
         self._compiled: OrderedDict = OrderedDict()  # signature -> (compiled, label limits)
         self._param_feeds = None  # feed positions of the wrt nodes, found on first sgd
+        self._constants = self._constant_kernels()
 
     @property
     def signatures(self) -> list:
         """The input signatures compiled so far (shapes and dtypes of the feeds)."""
         return list(self._compiled)
+
+    def _constant_kernels(self):
+        """Kernels holding each array Constant converted once, outside any trace: a
+        compiler traces array operations, not the conversion of a NumPy array."""
+        kernels = [None] * self.plan.size
+        for step in self.plan.forward_steps:
+            node = step.node or self.output
+            if type(node) is Constant:
+                kernels[step.index] = _Fixed(self.backend.accept(node.value, what=node))
+        return kernels if any(k is not None for k in kernels) else None
 
     def interpret(self, fed, *, seed_scale=None, kernels=None, accumulate=None,
                   context=TracingContext, settings=None):
@@ -163,6 +175,8 @@ class CompiledStep:
         learning rate in there, so every gradient comes out scaled).
         """
         plan, output, backend = self.plan, self.output, self.backend
+        if kernels is None and context is TracingContext:
+            kernels = self._constants
         values = [None] * plan.size
         for step, value in zip(plan.feeds, fed):
             values[step.index] = value
@@ -259,9 +273,9 @@ class CompiledStep:
             if bad.size:
                 fed_node = self.plan.feeds[feed].node or self.output
                 allowed = "" if also_allowed is None else f" (or {also_allowed}, ignored)"
-                raise NodeError(f"{node.label}: {fed_node.label} must lie in [0, {n}){allowed}; "
-                                f"got {bad.size} value(s) outside, from {bad.min()} to "
-                                f"{bad.max()}")
+                raise NodeError(f"{node.label}: the values of {fed_node.label} must lie in "
+                                f"[0, {n}){allowed}; got {bad.size} outside, from {bad.min()} "
+                                f"to {bad.max()}")
 
     def _host(self, array):
         """A host view of ``array`` for the label check."""
@@ -425,7 +439,9 @@ class TorchStep(CompiledStep):
 
         # One graph, or an error saying where it breaks: a graph break compiles the
         # frame it falls in on its own, in versions every step in the process shares.
-        options = {"fullgraph": True, **self.options}
+        # Static shapes, as jax.jit: each batch size its own graph (an epoch's last
+        # batch is a second one), and rules read sizes as plain ints, not symbols.
+        options = {"fullgraph": True, "dynamic": False, **self.options}
         self._vg = torch.compile(_own_code(value_and_grads), **options)
         self._sgd_compiled = torch.compile(_own_code(sgd), **options)
         self._lr = None
@@ -465,6 +481,19 @@ class TorchStep(CompiledStep):
         params = self._params(fed)
         self._lr = _device_scalar(self.backend, self._lr, lr, params[0].dtype)
         return self._call(self._sgd_compiled, fed, self._lr[1]), params
+
+
+class _Fixed:
+    """A kernel for a Constant: the value, converted once."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def forward(self, ctx):
+        return self.value
+
+    def backward(self, ctx, grad):
+        return ()
 
 
 def _miniflow_frame(exc) -> str:

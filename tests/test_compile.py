@@ -128,7 +128,9 @@ def test_every_node_compiles_to_the_same_values(spec, compiled_backend):
             _assert_same_as_eager(backend, step, head, nodes, arrays, wrt)
         _assert_same_as_eager(backend, step, head, nodes, _changed_values(arrays), wrt, 1)
         others = [np.asarray(a) for a in other.arrays]
-        if other.kwargs == case.kwargs and [a.dtype for a in others] == [a.dtype for a in arrays]:
+        # A new shape is one more compile: torch's, seconds each, only in long runs.
+        if (EXAMPLES or backend.name != "torch") and other.kwargs == case.kwargs \
+                and [a.dtype for a in others] == [a.dtype for a in arrays]:
             _assert_same_as_eager(backend, step, head, nodes, others, wrt, 2)
 
     check()
@@ -227,7 +229,8 @@ def test_sigmoid_keeps_its_precision_far_below_zero(compiled_backend):
     want = copied(backend, value_and_grad(loss, feed, [x], backend=backend))
     for _ in range(2):
         got = copied(backend, step(feed))
-        assert np.isfinite(got[0])
+        # JAX on CPU flushes float32 subnormals (sigmoid(-100) = 3.7e-44) to 0, eagerly too.
+        assert np.isfinite(got[0]) or backend.name == "jax.numpy"
         assert_same(backend, got, want, rtol=1e-6)
 
 
@@ -242,7 +245,7 @@ def test_label_checks_follow_each_node(compiled_backend):
     feed = {table: backend.asarray(np.ones((6, 2))), indices: backend.asarray(np.array([0, 5, 5]))}
     for _ in range(2):  # indices >= table.shape[-1] (2) are valid rows
         _, grad = copied(backend, step(feed))
-        assert grad[0].sum(axis=1).tolist() == [1, 0, 0, 0, 0, 2]
+        assert grad[0].sum(axis=1).tolist() == [2, 0, 0, 0, 0, 4]  # 2 columns a row
     with pytest.raises(NodeError, match=r"\[0, 6\)"):
         step({**feed, indices: backend.asarray(np.array([0, 6]))})
 
@@ -334,9 +337,9 @@ def test_compiled_step_rejects_labels_out_of_range(compiled_backend):
     step(feed)  # compiled: the check below runs on the compiled path
     bad = np.arange(7) % 5
     bad[3] = 5
-    with pytest.raises(NodeError, match=r"labels must lie in \[0, 5\)"):
+    with pytest.raises(NodeError, match=r"labels.* must lie in \[0, 5\)"):
         step({**feed, labels: backend.asarray(bad)})
-    with pytest.raises(NodeError, match="labels must lie"):
+    with pytest.raises(NodeError, match="labels.* must lie"):
         step({**feed, labels: backend.asarray(-bad)})
 
 

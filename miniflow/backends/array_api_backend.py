@@ -103,9 +103,17 @@ def _torch_namespace(compat):
         signs = torch.sign(x)
         return torch.where(torch.isnan(x), x, signs) if x.dtype.is_floating_point else signs
 
+    def clip(x, /, min=None, max=None):
+        # array-api-compat's clip asks torch.result_type about number bounds, as above.
+        if (min is None and max is None) or not all(
+                b is None or type(b) in (int, float) for b in (min, max)) \
+                or not x.dtype.is_floating_point:
+            return compat.clip(x, min=min, max=max)
+        return torch.clamp(x, min, max)
+
     xp = types.ModuleType(compat.__name__)  # the same name: array-api-compat's checks hold
     xp.__dict__.update(vars(compat))
-    xp.sign = sign
+    xp.sign, xp.clip = sign, clip
     for name in ("maximum", "minimum", "atan2", "copysign", "hypot", "logaddexp", "nextafter",
                  "equal", "not_equal", "less", "less_equal", "greater", "greater_equal"):
         if hasattr(compat, name):

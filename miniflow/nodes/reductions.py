@@ -115,7 +115,7 @@ class Mean(_Reduction):
     def backward(self, ctx, grad):
         (x,) = ctx.inputs
         axes = reduction_axes(self.axis, x.shape)
-        count = math.prod(x.shape[a] for a in axes)
+        count = math.prod([x.shape[a] for a in axes])
         return (self._spread(ctx.xp, grad / count, x.shape, axes),)
 
 
@@ -178,7 +178,7 @@ class Var(_Reduction):
     def _two_over_dof(self, shape, axes):
         """2 / (n - correction), the gradient's factor, never clamped (unlike the value's
         divisor): PyTorch's var over ``dim`` takes it as it comes, inf where it is 2 / 0."""
-        dof = math.prod(shape[a] for a in axes) - self.correction
+        dof = math.prod([shape[a] for a in axes]) - self.correction
         return 2 / dof if dof else math.inf
 
     def backward(self, ctx, grad):
@@ -227,7 +227,7 @@ def _variance(xp, x, axes, correction):
     PyTorch's ``std`` takes no fractional correction. The divisor is clamped at 0,
     as in both: a sum of squares over 0 is inf, or nan where it is 0 too.
     """
-    n = math.prod(x.shape[a] for a in axes)
+    n = math.prod([x.shape[a] for a in axes])
     centered = x - xp.mean(x, axis=axes, keepdims=True)
     return xp.sum(centered * centered, axis=axes, keepdims=True) / max(n - correction, 0)
 

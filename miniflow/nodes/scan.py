@@ -34,7 +34,7 @@ def _to_last(xp, x, axes):
     rest = [k for k in range(x.ndim) if k not in axes]
     perm = tuple(rest + list(axes))
     moved = xp.permute_dims(x, perm) if perm != tuple(range(x.ndim)) else x
-    merged = tuple(x.shape[k] for k in rest) + (math.prod(x.shape[k] for k in axes),)
+    merged = tuple(x.shape[k] for k in rest) + (math.prod([x.shape[k] for k in axes]),)
     return xp.reshape(moved, merged), perm
 
 

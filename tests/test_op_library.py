@@ -67,3 +67,47 @@ def test_shape_errors_name_the_node_and_the_shapes():
         evaluate(Tril(a), {a: np.ones(3)})
     with pytest.raises(GraphError, match="complex"):
         Cast(a, "complex128")
+
+
+# -- shapes that cannot work: an error naming the node and the shape, on every backend ----
+
+def _new_nodes_with_bad_shapes():
+    import miniflow as mf
+
+    a = (2, 3)
+    binary = [mf.ArcTan2, mf.LogAddExp, mf.Remainder, mf.FloorDivide, mf.Less, mf.LessEqual,
+              mf.Greater, mf.GreaterEqual, mf.Equal, mf.NotEqual]
+    cases = [(lambda x, y, kind=kind: kind(x, y, name="bad"), [a, (4,)]) for kind in binary]
+    on_axis_5 = [lambda x: mf.Prod(x, axis=5, name="bad"), lambda x: mf.CumProd(x, 5, name="bad"),
+                 lambda x: mf.Sort(x, axis=5, name="bad"), lambda x: mf.ArgSort(x, axis=5, name="bad"),
+                 lambda x: mf.TopK(x, 1, axis=5, name="bad"), lambda x: mf.ArgMax(x, axis=5, name="bad"),
+                 lambda x: mf.ArgMin(x, axis=5, name="bad"), lambda x: mf.Flip(x, axis=5, name="bad"),
+                 lambda x: mf.Roll(x, 1, axis=5, name="bad"),
+                 lambda x: mf.Repeat(x, 2, axis=5, name="bad"),
+                 lambda x: mf.Diagonal(x, axis1=0, axis2=5, name="bad")]
+    cases += [(build, [a]) for build in on_axis_5]
+    cases += [(lambda x: mf.TopK(x, 4, name="bad"), [a]),  # k beyond the axis
+              (lambda x: mf.Tril(x, name="bad"), [(3,)]),  # not a matrix
+              (lambda x: mf.Triu(x, name="bad"), [(3,)]),
+              (lambda x: mf.BroadcastTo(x, (4, 3, 5), name="bad"), [a]),
+              (lambda x: mf.Tile(x, (2, -1), name="bad"), [a])]
+    return cases
+
+
+@pytest.mark.parametrize("case", range(len(_new_nodes_with_bad_shapes())))
+def test_new_nodes_name_themselves_and_the_shape_when_it_cannot_work(case, backend):
+    from miniflow import Input, MiniflowError, evaluate
+
+    build, shapes = _new_nodes_with_bad_shapes()[case]
+    inputs = [Input(f"x{k}") for k in range(len(shapes))]
+    try:
+        node = build(*inputs)
+    except MiniflowError as exc:  # refused when built: as clear, and earlier
+        assert "bad" in str(exc) or type(exc).__name__ == "GraphError"
+        return
+    feed = {x: backend.asarray(np.ones(s)) for x, s in zip(inputs, shapes)}
+    with pytest.raises(MiniflowError) as error:
+        evaluate(node, feed, backend=backend.name)
+    message = str(error.value)
+    assert "'bad'" in message, message
+    assert any(str(tuple(s)) in message for s in shapes), message

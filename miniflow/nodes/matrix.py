@@ -12,12 +12,14 @@ from ..graph import Node
 from ._common import as_int, inverse_permutation
 
 
-def _pair_of_axes(kind, ndim, axis1, axis2):
+def _pair_of_axes(kind, shape, axis1, axis2):
+    ndim = len(shape)
     if ndim < 2:
-        raise ShapeError(f"{kind} needs at least two axes, got {ndim}")
+        raise ShapeError(f"{kind} needs at least two axes, got shape {tuple(shape)}")
     a1, a2 = (a % ndim if -ndim <= a < ndim else None for a in (axis1, axis2))
     if a1 is None or a2 is None or a1 == a2:
-        raise ShapeError(f"{kind}: axes {axis1} and {axis2} must be two distinct axes of {ndim}")
+        raise ShapeError(f"{kind}: axes {axis1} and {axis2} must be two distinct axes of an "
+                         f"input of shape {tuple(shape)}")
     return a1, a2
 
 
@@ -63,16 +65,16 @@ class Diagonal(Node):
         self.offset = as_int(offset, "Diagonal: offset")
         self.axis1, self.axis2 = as_int(axis1, "Diagonal: axis1"), as_int(axis2, "Diagonal: axis2")
 
-    def _perm(self, ndim):
-        a1, a2 = _pair_of_axes("Diagonal", ndim, self.axis1, self.axis2)
-        return tuple(k for k in range(ndim) if k not in (a1, a2)) + (a1, a2)
+    def _perm(self, shape):
+        a1, a2 = _pair_of_axes("Diagonal", shape, self.axis1, self.axis2)
+        return tuple(k for k in range(len(shape)) if k not in (a1, a2)) + (a1, a2)
 
     def forward(self, ctx, x):
-        return _diagonal_last(ctx.xp, ctx.xp.permute_dims(x, self._perm(x.ndim)), self.offset)
+        return _diagonal_last(ctx.xp, ctx.xp.permute_dims(x, self._perm(x.shape)), self.offset)
 
     def backward(self, ctx, grad):
         xp, (x,) = ctx.xp, ctx.inputs
-        perm = self._perm(x.ndim)
+        perm = self._perm(x.shape)
         full = _embed_last(xp, grad, x.shape[perm[-2]], x.shape[perm[-1]], self.offset)
         return (xp.permute_dims(full, inverse_permutation(perm)),)
 

@@ -397,7 +397,7 @@ def _rules(xp):
         return _apply(lambda v: n.Clip(v, min, max), lambda v: xp.clip(v, min=min, max=max), x)
 
     def moveaxis(x, source, destination, /):
-        order = tuple(int(a) for a in np.moveaxis(np.arange(x.ndim), source, destination))
+        order = _moved_axes(x.ndim, source, destination)
         return _apply(lambda v: n.Transpose(v, order), lambda v: xp.moveaxis(v, source,
                                                                              destination), x)
 
@@ -454,6 +454,7 @@ def _rules(xp):
             _data_call("take", x, indices, axis=axis) if not _floating_traced(x) else
             _apply(lambda v, i: n.Take(v, i, axis), lambda v, i: xp.take(v, i, axis=axis),
                    x, indices)),
+        traced_sigmoid=lambda x: _apply(n.Sigmoid, None, x),
         zeros_like=shape_only("zeros_like"), ones_like=shape_only("ones_like"),
         full_like=shape_only("full_like"), empty_like=shape_only("empty_like"),
     )

@@ -27,6 +27,13 @@ PER_SPEC = settings(max_examples=EXAMPLES or 4, deadline=None, derandomize=not E
 #: Specs whose node is not twice differentiable: grad of grad must raise naming it.
 NOT_TWICE = {}
 
+#: Specs drawn at singular points, where the first derivative is a convention (Std's 0
+#: at a flat slice, Pow's 0 for d/dp at x = 0, ELU at nan) rather than a derivative:
+#: there miniflow's second derivative and PyTorch's hand-written double-backward formulas
+#: may differ (nan on one side), so only the elements finite on both sides are compared.
+SINGULAR = {"x ** y at zero", "Std", "Std (flat slices)", "Std (n <= correction)",
+            "Std (empty axes)", "ELU non-finite"}
+
 
 def _float64_backend(backend):
     probe = backend.asarray(np.zeros(1))
@@ -41,7 +48,8 @@ def _values(backend, nodes_and_feed, outputs):
             for a in [result.value, *result.extras]]
 
 
-def second_order_with_torch(build, torch_fn, arrays, backend, rtol=1e-6, atol=1e-8, seed=0):
+def second_order_with_torch(build, torch_fn, arrays, backend, rtol=1e-6, atol=1e-8, seed=0,
+                            finite_only=False):
     """Assert grad and grad-of-grad of sum(f * u) equal PyTorch's (float64) on ``backend``."""
     arrays = [np.asarray(a) for a in arrays]
     rng = np.random.default_rng(seed)
@@ -82,6 +90,9 @@ def second_order_with_torch(build, torch_fn, arrays, backend, rtol=1e-6, atol=1e
     for k, (a, b) in enumerate(zip(got, want)):
         order = "first" if k < len(wrt) else "second"
         assert a.shape == b.shape, f"{order} derivative {k}: shape {a.shape} != {b.shape}"
+        if finite_only:
+            both = np.isfinite(a) & np.isfinite(b)
+            a, b = a[both], b[both]
         np.testing.assert_allclose(a, b, rtol=rtol, atol=atol,
                                    err_msg=f"{order} derivative wrt input {k % len(wrt)}")
 
@@ -102,6 +113,6 @@ def test_second_derivative_matches_pytorch(spec, backend):
             return
         second_order_with_torch(build, lambda *t: spec.torch_fn(*t, **case.kwargs),
                                 case.arrays, backend, rtol=max(spec.rtol * 100, 1e-6),
-                                atol=max(spec.atol * 100, 1e-8))
+                                atol=max(spec.atol * 100, 1e-8), finite_only=spec.name in SINGULAR)
 
     check()

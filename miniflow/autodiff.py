@@ -201,53 +201,60 @@ def _as_input(value):
 
 
 class _Tracer:
-    """The state of one trace: the real backend and what each recorded node computed."""
+    """The state of one trace: the real backend and what each recorded node computed.
+
+    ``record[node] = (value, ctx, live)``: the node's value, the Context its
+    forward ran with (what its backward needs), and whether it depends on a
+    traced input (only those carry gradients).
+    """
 
     def __init__(self, backend, settings=None, context=Context):
         self.backend = backend
         self.settings = settings
         self.context = context
-        self.record = {}  # node -> (value, ctx): the forward the graph's backward needs
+        self.record = {}
 
     def run(self, node):
         """Run ``node``'s forward on the real values of its inputs; record and return it."""
-        backend = self.backend
-        args, weak = [], []
+        backend, record = self.backend, self.record
+        args, weak, live = [], [], []
         for k, source in enumerate(node.inputs):
-            found = self.record.get(source)
-            if found is not None:
-                args.append(found[0])
-            elif type(source) is Constant:
-                args.append(source.value)
+            found = record.get(source)
+            if found is None:
+                if type(source) is not Constant:
+                    raise NotTwiceDifferentiableError(f"{node.label}: input {source.label} "
+                                                      "was not traced")
+                found = (source.value, None, False)
                 if isinstance(source.value, numbers.Number) and not isinstance(source.value, bool):
                     weak.append(k)
-            else:
-                raise NotTwiceDifferentiableError(f"{node.label}: input {source.label} was not "
-                                                  "traced")
+                else:
+                    found = record[source] = (backend.accept(source.value, what=source), None,
+                                              False)
+            args.append(found[0])
+            live.append(found[2])
         if weak:
             arrays = [a for k, a in enumerate(args) if k not in weak]
             for k in weak:
                 args[k] = backend.asarray(args[k], dtype=weak_dtype(backend, arrays, args[k]))
-        for k, source in enumerate(node.inputs):
-            if type(source) is Constant and k not in weak:
-                args[k] = backend.accept(args[k], what=source)
-                self.record[source] = (args[k], None)
-        needs = tuple(k not in node.integer_inputs and k not in node.nondifferentiable_inputs
-                      and node.inputs[k] in self.record and self.record[node.inputs[k]][1]
-                      is not None and backend.is_floating(args[k].dtype)
-                      for k in range(len(args)))
+        needs = tuple(live[k] and k not in node.integer_inputs
+                      and k not in node.nondifferentiable_inputs
+                      and backend.is_floating(args[k].dtype) for k in range(len(args)))
         ctx = self.context(backend, backend.xp, args, needs, self.settings)
         value = node.forward(ctx, *args)
-        self.record[node] = (value, ctx)
+        record[node] = (value, ctx, any(needs))
         return Traced(value, node)
 
     def placeholder(self, value, name=None):
         node = Input(name=name)
-        self.record[node] = (value, _PLACEHOLDER)
+        self.record[node] = (value, None, True)
         return Traced(value, node)
 
-
-_PLACEHOLDER = object()  # the "context" of a traced input: it is a source, with a gradient
+    def constant(self, value):
+        """A real array entering the trace: a Constant node, so that every operation a rule
+        makes with it goes through Traced (array_api_strict's operators refuse others)."""
+        node = Constant(value)
+        self.record[node] = (value, None, False)
+        return Traced(value, node)
 
 
 def _tracer():
@@ -424,7 +431,10 @@ def _rules(xp):
 
     def shape_only(name):
         # zeros_like(x) and the like depend on x's shape alone, which a trace fixes.
-        return lambda x, /, *a, **kw: getattr(xp, name)(_unwrap(x), *a, **kw)
+        return lambda x, /, *a, **kw: _constant(getattr(xp, name)(_unwrap(x), *a, **kw))
+
+    def creation(name):
+        return lambda *a, **kw: _constant(getattr(xp, name)(*a, **kw))
 
     rules.update(
         astype=astype, where=where, clip=clip, moveaxis=moveaxis, concat=concat, stack=stack,
@@ -454,7 +464,9 @@ def _rules(xp):
             _data_call("take", x, indices, axis=axis) if not _floating_traced(x) else
             _apply(lambda v, i: n.Take(v, i, axis), lambda v, i: xp.take(v, i, axis=axis),
                    x, indices)),
-        traced_sigmoid=lambda x: _apply(n.Sigmoid, None, x),
+        traced_sigmoid=lambda x: _apply(n.Sigmoid, None, x if isinstance(x, Traced) else _constant(x)),
+        **{name: creation(name) for name in ("zeros", "ones", "full", "empty", "arange", "eye",
+                                              "linspace") if hasattr(xp, name)},
         zeros_like=shape_only("zeros_like"), ones_like=shape_only("ones_like"),
         full_like=shape_only("full_like"), empty_like=shape_only("empty_like"),
     )
@@ -470,6 +482,10 @@ def _moved_axes(ndim, source, destination) -> tuple:
     for d, s in sorted(zip(destination, source)):
         order.insert(d, s)
     return tuple(order)
+
+
+def _constant(value):
+    return _tracer().constant(value)
 
 
 def _floating_traced(x) -> bool:
@@ -501,9 +517,8 @@ class TracingNamespace:
         rule = self._rules.get(name)
         if rule is None:
             attr = getattr(self._xp, name)
-            if not callable(attr) or name in ("isdtype", "result_type", "finfo", "iinfo",
-                                              "arange", "zeros", "ones", "full", "empty",
-                                              "eye", "linspace") or isinstance(attr, type):
+            if not callable(attr) or name in ("isdtype", "result_type", "finfo", "iinfo") \
+                    or isinstance(attr, type):
                 rule = attr if name != "result_type" else _result_type(attr)
             elif name in _DATA:
                 rule = _data_rule(name, attr)
@@ -558,7 +573,10 @@ class TracingBackend:
         return tuple(a if a.dtype == dtype else self.xp.astype(a, dtype) for a in arrays)
 
     def accept(self, value, **kwargs):
-        return value if isinstance(value, Traced) else self.real.accept(value, **kwargs)
+        return value if isinstance(value, Traced) else _constant(self.real.accept(value, **kwargs))
+
+    def asarray(self, value, dtype=None):
+        return _constant(self.real.asarray(value, dtype=dtype))
 
 
 _install_operators()
@@ -629,7 +647,7 @@ class Gradient(Node):
         # Someone differentiates this gradient in this run: write its passes down as nodes.
         global _RECORD
         tracer, outer = _Tracer(backend, ctx._run, type(ctx)), _RECORD
-        traced = [tracer.placeholder(a) if need else a
+        traced = [tracer.placeholder(a) if need else tracer.constant(a)
                   for a, need in zip(args, ctx.needs_input_grad)]
         _RECORD = tracer
         try:
@@ -708,26 +726,24 @@ def _differentiable_ancestors(root, stop) -> set:
 
 def _numeric_vjp(ctx, tracer, args, result, grad, needs):
     """The gradient of the recorded passes, by the executor's backward over their nodes."""
-    xp = ctx.xp
-    out = tuple(xp.zeros_like(_unwrap(a)) if need else None for a, need in zip(args, needs))
-    if not isinstance(result, Traced):  # the gradient does not depend on what is asked
-        return out
-    sources = {a.node for a in args if isinstance(a, Traced)}
+    xp, record = ctx.xp, tracer.record
+    out = [xp.zeros_like(_unwrap(a)) if need else None for a, need in zip(args, needs)]
+    if not isinstance(result, Traced) or not record[result.node][2]:
+        return tuple(out)  # the gradient does not depend on what is asked
+    sources = {a.node for a in args}
     reached = _differentiable_ancestors(result.node, sources)
-    wrt = [a.node for a in args if isinstance(a, Traced) and a.node in reached]
+    wrt = [a.node for a, need in zip(args, needs) if need and a.node in reached]
     if not wrt:
-        return out
+        return tuple(out)
     plan = Plan(result.node, wrt)
-    record = tracer.record
     values, contexts = [None] * plan.size, [None] * plan.size
-    for node, i in zip(plan.nodes, range(plan.size)):
+    for i, node in enumerate(plan.nodes):
         found = record.get(node)
         if found is not None:
             values[i], contexts[i] = found[0], found[1]
     grads = backward_pass(plan, result.node, values, contexts, grad, xp)
-    out = list(out)
     for k, a in enumerate(args):
-        if needs[k] and isinstance(a, Traced) and a.node in reached:
+        if needs[k] and a.node in reached:
             out[k] = grads[plan.position(a.node)]
     return tuple(out)
 
@@ -746,7 +762,8 @@ def _traced_vjp(ctx, args, result, grad, needs):
         return tuple(out)
     fed = {a.node: a for a in args if isinstance(a, Traced)}
     reached = _differentiable_ancestors(result.node, set(fed))
-    wrt = [node for node in fed if node in reached]
+    wrt = [a.node for a, need in zip(args, needs)
+           if need and isinstance(a, Traced) and a.node in reached]
     if not wrt:
         return tuple(out)
     plan = Plan(result.node, wrt, frozenset(fed))

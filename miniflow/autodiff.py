@@ -672,8 +672,12 @@ def _pack(xp, grads):
     for g in grads[1:]:
         if g.dtype != dtype:
             dtype = xp.result_type(dtype, g.dtype)
-    return xp.concat([xp.reshape(xp.astype(g, dtype) if g.dtype != dtype else g, (-1,))
-                      for g in grads], axis=0)
+    # Empty gradients are left out: Dask mis-concatenates empty arrays.
+    parts = [xp.reshape(xp.astype(g, dtype) if g.dtype != dtype else g, (-1,))
+             for g in grads if math.prod(g.shape)]
+    if not parts:
+        return xp.zeros((0,), dtype=dtype)
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 class GradientPart(Node):
@@ -697,12 +701,16 @@ class GradientPart(Node):
     def forward(self, ctx, packed, *wrt):
         start, stop = self._span(wrt)
         mine = wrt[self.part]
+        if start == stop:
+            return ctx.xp.zeros(tuple(mine.shape), dtype=mine.dtype)
         piece = ctx.xp.reshape(packed[start:stop], tuple(mine.shape))
         return piece if piece.dtype == mine.dtype else ctx.xp.astype(piece, mine.dtype)
 
     def backward(self, ctx, grad):
         xp, (packed, *wrt) = ctx.xp, ctx.inputs
         start, stop = self._span(wrt)
+        if start == stop:
+            return (xp.zeros(tuple(packed.shape), dtype=packed.dtype),) + (None,) * len(wrt)
         flat = xp.reshape(xp.astype(grad, packed.dtype), (-1,))
         parts = [xp.zeros((start,), dtype=packed.dtype), flat,
                  xp.zeros((packed.shape[0] - stop,), dtype=packed.dtype)]
@@ -922,9 +930,8 @@ def hvp(output, wrt, vectors):
     _, vectors = _as_tuple(vectors, "vectors")
     if len(vectors) != len(wrt):
         raise GraphError(f"hvp: {len(vectors)} vectors for {len(wrt)} wrt nodes")
-    grads = grad(output, wrt)
-    result = grad(_inner(grads if isinstance(grads, list) else [grads], vectors), wrt)
-    return result if single else (result if isinstance(result, list) else [result])
+    result = grad(_inner(grad(output, wrt), vectors), wrt)
+    return result[0] if single else result
 
 
 def jacobian(output, feed_dict, wrt, backend=None):

@@ -66,7 +66,7 @@ from .errors import GraphError, MiniflowError
 from .executor import backward_pass, forward_pass, seed_gradient, weak_dtype
 from .graph import Constant, Context, Input, Node, Plan, TracingContext, topological_order
 
-__all__ = ["grad", "vjp", "jvp", "hvp", "jacobian", "hessian", "Gradient",
+__all__ = ["grad", "vjp", "jvp", "hvp", "jacobian", "hessian", "expand", "Gradient",
            "NotTwiceDifferentiableError", "TracingBackend"]
 
 
@@ -244,8 +244,8 @@ class _Tracer:
         record[node] = (value, ctx, any(needs))
         return Traced(value, node)
 
-    def placeholder(self, value, name=None):
-        node = Input(name=name)
+    def placeholder(self, value, node=None):
+        node = Input() if node is None else node
         self.record[node] = (value, None, True)
         return Traced(value, node)
 
@@ -995,3 +995,58 @@ def hessian(output, feed_dict, wrt, backend=None):
         rows.append(evaluate(product, feed, backend))
     shape = tuple(value.shape)
     return xp.reshape(xp.stack(rows, axis=0) if rows else xp.zeros((0,) + shape), shape + shape)
+
+
+def expand(gradient, feed_dict, backend=None):
+    """The nodes a gradient node's passes run, for the shapes in ``feed_dict``, as a graph.
+
+    ``draw(grad(f, x))`` shows one box per gradient; ``draw(expand(grad(f, x), feed))``
+    shows the reverse pass written down as ordinary nodes (what a second
+    derivative differentiates), from the same Inputs. The graph is specialised
+    to the fed shapes: constants (zeros, ones of a shape) are baked in.
+
+    Parameters
+    ----------
+    gradient : Gradient or GradientPart
+        What :func:`grad` returned.
+    feed_dict : dict
+        Values for the Inputs of the differentiated graph.
+    backend : optional
+        As in :func:`miniflow.evaluate`.
+
+    Returns
+    -------
+    Node
+        Computing the same value as ``gradient``.
+    """
+    from .backends import get_backend, infer_backend
+    part = gradient if isinstance(gradient, GradientPart) else None
+    node = part.inputs[0] if part is not None else gradient
+    if not isinstance(node, Gradient):
+        raise GraphError(f"expand needs what grad() returned, not {node!r}")
+    backend = (get_backend(backend) if backend is not None
+               else infer_backend(list(feed_dict.items())))
+    global _RECORD
+    tracer, outer = _Tracer(backend), _RECORD
+    args = []
+    for leaf in node.inputs:
+        value = backend.accept(feed_dict[leaf], what=leaf)
+        args.append(tracer.placeholder(value, leaf) if backend.is_floating(value.dtype)
+                    else tracer.constant(value))
+    ctx = Context(backend, backend.xp, [a.value for a in args], (True,) * len(args))
+    _RECORD = tracer
+    try:
+        result = node._passes(ctx, args, TracingBackend(backend))
+        if part is not None:
+            wrt = [tracer.constant(evaluate_value) for evaluate_value in
+                   (_evaluate(w, feed_dict, backend) for w in part.inputs[1:])]
+            result = part.forward(Context(TracingBackend(backend), TracingBackend(backend).xp,
+                                          [result, *wrt], ()), result, *wrt)
+    finally:
+        _RECORD = outer
+    return result.node
+
+
+def _evaluate(node, feed_dict, backend):
+    from .executor import evaluate
+    return evaluate(node, feed_dict, backend)

@@ -55,10 +55,10 @@ is about 3):
 """
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import operator
+import threading
 
 import numpy as np
 
@@ -169,7 +169,9 @@ _nodes = _Nodes()
 
 # -- the recorder: every traced call is a node, run once on the real arrays ------------------
 
-_RECORD = None  # set while a TracingBackend traces: {node: (value, ctx)}
+# The trace under way in this thread (a _Tracer), or None: traced operations record into it.
+# Per thread, so that two threads may differentiate twice at once.
+_STATE = threading.local()
 
 
 def _unwrap(value):
@@ -258,9 +260,10 @@ class _Tracer:
 
 
 def _tracer():
-    if _RECORD is None:
+    tracer = getattr(_STATE, "tracer", None)
+    if tracer is None:
         raise NotTwiceDifferentiableError("a traced value escaped its trace")
-    return _RECORD
+    return tracer
 
 
 def _apply(build, compute, *args, **kwargs):
@@ -523,7 +526,7 @@ class TracingNamespace:
             elif name in _DATA:
                 rule = _data_rule(name, attr)
             else:
-                rule = functools.partial(_refuse, name, attr)
+                rule = _refusing(name, attr)
         setattr(self, name, rule)
         return rule
 
@@ -540,11 +543,14 @@ def _result_type(result_type):
     return lambda *a: result_type(*[_unwrap(v) for v in a])
 
 
-def _refuse(name, function, *args, **kwargs):
-    if not _has_traced(args):
-        return function(*args, **kwargs)
-    raise NotTwiceDifferentiableError(f"xp.{name} has no node in the library, so a rule "
-                                      "calling it cannot be differentiated twice")
+def _refusing(name, function):
+    """A namespace function with no node: fine on real arrays, an error on traced ones."""
+    def rule(*args, **kwargs):
+        if not _has_traced(args):
+            return function(*_unwrap(args), **kwargs)
+        raise NotTwiceDifferentiableError(f"xp.{name} has no node in the library, so a rule "
+                                          "calling it cannot be differentiated twice")
+    return rule
 
 
 class TracingBackend:
@@ -645,15 +651,14 @@ class Gradient(Node):
             ctx.save(None, args, result)
             return result
         # Someone differentiates this gradient in this run: write its passes down as nodes.
-        global _RECORD
-        tracer, outer = _Tracer(backend, ctx._run, type(ctx)), _RECORD
+        tracer, outer = _Tracer(backend, ctx._run, type(ctx)), getattr(_STATE, "tracer", None)
         traced = [tracer.placeholder(a) if need else tracer.constant(a)
                   for a, need in zip(args, ctx.needs_input_grad)]
-        _RECORD = tracer
+        _STATE.tracer = tracer
         try:
             result = self._passes(ctx, traced, TracingBackend(backend))
         finally:
-            _RECORD = outer
+            _STATE.tracer = outer
         ctx.save(tracer, traced, result)
         return _unwrap(result)
 
@@ -1026,15 +1031,14 @@ def expand(gradient, feed_dict, backend=None):
         raise GraphError(f"expand needs what grad() returned, not {node!r}")
     backend = (get_backend(backend) if backend is not None
                else infer_backend(list(feed_dict.items())))
-    global _RECORD
-    tracer, outer = _Tracer(backend), _RECORD
+    tracer, outer = _Tracer(backend), getattr(_STATE, "tracer", None)
     args = []
     for leaf in node.inputs:
         value = backend.accept(feed_dict[leaf], what=leaf)
         args.append(tracer.placeholder(value, leaf) if backend.is_floating(value.dtype)
                     else tracer.constant(value))
     ctx = Context(backend, backend.xp, [a.value for a in args], (True,) * len(args))
-    _RECORD = tracer
+    _STATE.tracer = tracer
     try:
         result = node._passes(ctx, args, TracingBackend(backend))
         if part is not None:
@@ -1043,7 +1047,7 @@ def expand(gradient, feed_dict, backend=None):
             result = part.forward(Context(TracingBackend(backend), TracingBackend(backend).xp,
                                           [result, *wrt], ()), result, *wrt)
     finally:
-        _RECORD = outer
+        _STATE.tracer = outer
     return result.node
 
 

@@ -12,6 +12,7 @@ The ratio hvp / grad is the claim (target <= 4x; the theory says 2-4x). Examples
   python bench/hvp.py                 # 30 rounds
   python bench/hvp.py --rounds 5      # smoke run
   python bench/hvp.py --backend torch
+  python bench/hvp.py --clock cpu     # steadier on a busy machine
 """
 from __future__ import annotations
 
@@ -46,7 +47,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--backend", default="numpy")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="BLAS threads (1: steady on a shared machine; 0: the library's)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time, steadier where others hold cores")
     args = parser.parse_args(argv)
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.blas_threads)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
 
     loss, params, vectors, feed = build()
     backend = mf.backends.get_backend(args.backend)
@@ -71,11 +80,12 @@ def main(argv=None):
     names = list(contenders)
     for r in range(args.rounds):
         for name in names[r % 3:] + names[:r % 3]:
-            start = time.perf_counter()
+            start = clock()
             contenders[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     base = statistics.median(times["grad"])
-    print(f"784-256-10 MLP, batch 128, float32, backend {backend.name}, {args.rounds} rounds")
+    print(f"784-256-10 MLP, batch 128, float32, backend {backend.name}, {args.rounds} rounds, "
+          f"{args.clock} clock, BLAS threads {args.blas_threads or 'default'}")
     for name in names:
         t = statistics.median(times[name])
         print(f"  {name:11s} {t * 1e3:8.2f} ms   {t / base:5.2f}x grad")

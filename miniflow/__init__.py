@@ -20,6 +20,8 @@ from .nodes import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Re
 from .nodes import AvgPool2D, Conv2D, Dropout, LayerNorm, MaxPool2D
 from .compile import CompiledStep, compilable, compile  # after the nodes it plans kernels for
 from .threads import set_threads
+from .autodiff import (NotTwiceDifferentiableError, expand, grad, hessian, hvp,  # noqa: E402
+                       jacobian, jvp, vjp)
 
 __version__ = "0.1.0"
 
@@ -40,6 +42,7 @@ __all__ = [
     "compile", "compilable", "CompiledStep", "CompileError",
     "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm",
     "set_threads",
+    "grad", "vjp", "jvp", "hvp", "jacobian", "hessian", "expand", "NotTwiceDifferentiableError",
 ]
 
 # The op library's later families (issue 20): math, comparisons, einsum, matrices, scans, tiling.

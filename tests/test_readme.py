@@ -99,3 +99,13 @@ def test_ci_runs_the_readmes_set_up_and_test_commands():
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text().splitlines()
     assert set_up.replace("pip install", "pip install -q") in ci
     assert ci[-1] == test  # the last thing CI does, so its exit status is the suite's
+
+
+def test_gradients_as_graphs_example_runs():
+    exec(block("expand(grad(f, x), feed)"), {})
+
+
+def test_newton_cg_example_fits_to_rounding():
+    namespace = {}
+    exec(block("def newton_cg"), namespace)
+    assert float(np.linalg.norm(namespace["newton"].grads)) < 1e-8

@@ -9,6 +9,8 @@ identity equality, as in TensorFlow 1: write ``x.eq(y)`` / ``x.ne(y)`` or
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import GraphError
@@ -79,7 +81,8 @@ class _ArgExtremum(Node):
         self.keepdims = bool(keepdims)
 
     def forward(self, ctx, x):
-        if x.ndim and (x.shape[self.axis] if self.axis is not None else x.size) == 0:
+        # math.prod of the shape, not x.size: a method on torch tensors.
+        if x.ndim and (x.shape[self.axis] if self.axis is not None else math.prod(x.shape)) == 0:
             raise GraphError(f"cannot take the {type(self).__name__} of an empty axis: "
                              f"shape {tuple(x.shape)}, axis {self.axis}")
         return getattr(ctx.xp, self.function)(x, axis=self.axis, keepdims=self.keepdims)

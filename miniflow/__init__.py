@@ -20,6 +20,7 @@ from .nodes import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Re
 from .nodes import AvgPool2D, BatchNorm, Conv2D, Dropout, LayerNorm, MaxPool2D
 from .compile import CompiledStep, compilable, compile  # after the nodes it plans kernels for
 from .threads import set_threads
+from . import nn  # layers build on the nodes above
 
 __version__ = "0.1.0"
 
@@ -39,7 +40,7 @@ __all__ = [
     "Concat", "Stack", "Split", "Pad", "Index", "Take",
     "compile", "compilable", "CompiledStep", "CompileError",
     "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm", "BatchNorm",
-    "set_threads",
+    "set_threads", "nn",
 ]
 
 # The op library's later families (issue 20): math, comparisons, einsum, matrices, scans, tiling.

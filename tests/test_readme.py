@@ -99,3 +99,11 @@ def test_ci_runs_the_readmes_set_up_and_test_commands():
     ci = (Path(__file__).parent.parent / ".ci" / "run").read_text().splitlines()
     assert set_up.replace("pip install", "pip install -q") in ci
     assert ci[-1] == test  # the last thing CI does, so its exit status is the suite's
+
+
+def test_models_built_from_layers_example_trains_saves_and_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the block writes layers.npz
+    namespace = {}
+    exec(block("nn.BatchNorm2d(8)"), namespace)
+    assert namespace["result"].history[-1].val_accuracy == 1.0
+    assert (tmp_path / "layers.npz").exists()

@@ -17,11 +17,12 @@ from .nodes import (ELU, GELU, Abs, Clip, Cos, Expm1, LeakyReLU, Log1p, LogSigmo
                     Minimum, Pow, Sin, Softplus, Sqrt, Square, StopGradient, Where)
 from .nodes import (Concat, ExpandDims, Flatten, Index, MatrixTranspose, Pad, Reshape, Split,
                     Squeeze, Stack, Take, Transpose, permute_dims)
-from .nodes import AvgPool2D, Conv2D, Dropout, LayerNorm, MaxPool2D
+from .nodes import AvgPool2D, BatchNorm, Conv2D, Dropout, LayerNorm, MaxPool2D
 from .compile import CompiledStep, compilable, compile  # after the nodes it plans kernels for
 from .threads import set_threads
 from .autodiff import (NotTwiceDifferentiableError, expand, grad, hessian, hvp,  # noqa: E402
                        jacobian, jvp, vjp)
+from . import nn  # layers build on the nodes above
 
 __version__ = "0.1.0"
 
@@ -40,8 +41,8 @@ __all__ = [
     "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
     "Concat", "Stack", "Split", "Pad", "Index", "Take",
     "compile", "compilable", "CompiledStep", "CompileError",
-    "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm",
-    "set_threads",
+    "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm", "BatchNorm",
+    "set_threads", "nn",
     "grad", "vjp", "jvp", "hvp", "jacobian", "hessian", "expand", "NotTwiceDifferentiableError",
 ]
 

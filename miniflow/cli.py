@@ -349,7 +349,7 @@ def _threads_used(history, shards: int = 1) -> str:
 
 def _evaluate_command(args) -> None:
     model = load_model(args.path)
-    kind = model.architecture.get("kind", "mlp")
+    kind = model.architecture.get("kind", "model")
     if args.model is not None and kind != args.model:
         raise MiniflowError(f"{args.path} holds a {kind} ({describe(model.architecture)}), "
                             f"not a {args.model}")

@@ -1,44 +1,56 @@
-"""Ready-made classifiers: multi-layer perceptrons and a convolutional network.
+"""Models: a layer tree, the graph it builds, a loss, and the parameters' values.
 
 >>> model = mlp(hidden=(256,), activation="relu")
 >>> [node.name for node in model.params]
-['fc1.w', 'fc1.b', 'fc2.w', 'fc2.b']
+['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']
+
+``mlp`` and ``cnn`` are ordinary models built from :mod:`miniflow.nn` layers;
+:func:`from_network` makes a model of any layer tree, and its ``architecture``
+is a JSON-able record that :func:`from_architecture` rebuilds it from (which is
+how :mod:`miniflow.serialize` saves and loads every such model).
 
 A model is a graph plus its parameter values: ``model.loss`` is the graph's
-output, and ``{**model.params, model.images: x, model.labels: y}`` feeds it.
-Nothing about a model is special to the trainer: a graph built by hand, with
-its parameter Inputs and their initial arrays, trains the same way (see
-:class:`Model`). Saving and loading live in :mod:`miniflow.serialize`.
+output, and ``{**model.params, **model.state, model.images: x, model.labels: y}``
+feeds it. Nothing about a model is special to the trainer: a graph built by hand,
+with its parameter Inputs and their initial arrays, trains the same way (see
+:class:`Model`).
 """
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import nn
 from .errors import ConfigError
 from .graph import Input, Node
-from .nodes import (Conv2D, CrossEntropyWithSoftmax, Dropout, Flatten, Linear, MaxPool2D, ReLU,
-                    Sigmoid, Tanh)
+from .nodes import CrossEntropyWithSoftmax, MeanSquaredError
 
-__all__ = ["Model", "mlp", "cnn", "ACTIVATIONS", "INITS", "describe"]
+__all__ = ["Model", "mlp", "cnn", "mlp_network", "cnn_network", "mlp_architecture",
+           "cnn_architecture", "from_network",
+           "from_architecture", "architecture_of", "network_of", "ACTIVATIONS", "INITS", "LOSSES",
+           "describe", "hidden_sizes", "positive", "check_activation", "standardisation_problem"]
 
-#: Activation name -> node class.
-ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
-#: Initialisations: "he" suits ReLU, "glorot" suits sigmoid and tanh.
+#: Activation name -> layer class.
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+#: Initialisations of ``mlp``: "he" suits ReLU, "glorot" suits sigmoid and tanh.
 INITS = ("he", "glorot")
 _DEFAULT_INIT = {"relu": "he", "sigmoid": "glorot", "tanh": "glorot"}
+_INITIALIZER = {"he": "he_normal", "glorot": "glorot_uniform"}
+#: Loss name (as architecture records spell it) -> ``node(outputs, targets, name=...)``.
+LOSSES = {"cross_entropy": CrossEntropyWithSoftmax, "mse": MeanSquaredError}
 
 
 @dataclass(eq=False)
 class Model:
-    """A classifier's graph and its parameters: what :func:`miniflow.train.train` trains.
+    """A model's graph and its parameters: what :func:`miniflow.train.train` trains.
 
-    Any graph works: build it from Inputs and nodes, end it with a
-    classification loss, and list its parameter Inputs with their initial
-    arrays. ``mlp`` and ``cnn`` are two such graphs, ready-made.
+    Any graph works: build it from layers (:func:`from_network`) or from Inputs
+    and nodes, end it with a loss, and list its parameter Inputs with their
+    initial arrays. ``mlp`` and ``cnn`` are two such models, ready-made.
 
     Attributes
     ----------
@@ -46,23 +58,32 @@ class Model:
         Feed a float32 batch (batch, *input_shape) and its int64 labels (batch,).
     logits : Node
         The scores, (batch, n_classes).
-    loss : CrossEntropyWithSoftmax
-        The mean cross-entropy of the batch, named "loss".
+    loss : Node
+        The mean loss of the batch, named "loss".
     params : dict
-        ``{Input node: float32 NumPy array}`` in layer order, nodes named
-        "fc1.w", "fc1.b", "fc2.w", ...
+        ``{Input node: float32 NumPy array}`` in layer order, named as PyTorch
+        names them: "fc1.weight", "fc1.bias", "fc2.weight", ...
     architecture : dict
-        JSON-able, what saving needs to rebuild the graph. For ``mlp``:
-        ``hidden`` (list of sizes), ``activation``, ``n_inputs``, ``n_classes``
-        (``mlp(**architecture)`` rebuilds it); for ``cnn``: ``kind`` "cnn" and
-        its arguments. A hand-built graph may leave it empty (it then cannot
-        be saved).
+        JSON-able, what saving needs to rebuild the graph: for a model of
+        layers, ``network`` (the layer tree's record, see
+        :meth:`miniflow.nn.Layer.record`), ``input_shape``, ``n_classes``,
+        ``loss``, and optionally ``kind`` and ``summary`` (names for people). A
+        hand-built graph may leave it without ``network`` (it then cannot be saved).
     input_mean, input_std : float
         The standardisation the model was trained with: it expects
         ``(images - input_mean) / input_std``. 0 and 1 (none) until trained.
     input_shape : tuple of int, optional
         The shape of one example as the graph takes it, e.g. (1, 28, 28); rows
-        of flat features are reshaped to it. None: ``(architecture["n_inputs"],)``.
+        of flat features are reshaped to it. None: from the architecture.
+    network : miniflow.nn.Layer, optional
+        The layer tree that built ``logits`` (None for a hand-built graph).
+    state : dict
+        ``{Input: float32 array}`` of state the graph reads but never
+        differentiates: BatchNorm's running statistics. Fed like ``params``.
+    updates : dict
+        ``{state Input: Node}``: each state array's next value, computed by a
+        training run (``run(..., training=True, extras=...)``); the trainer
+        stores them in ``state`` after every step.
     """
 
     images: Input
@@ -74,13 +95,17 @@ class Model:
     input_mean: float = 0.0
     input_std: float = 1.0
     input_shape: tuple | None = None
+    network: object = None
+    state: dict = field(default_factory=dict)
+    updates: dict = field(default_factory=dict)
 
     def __post_init__(self):
         problem = standardisation_problem(self.input_mean, self.input_std)
         if problem:
             raise ConfigError(f"Model: {problem}")
         if self.input_shape is None:
-            self.input_shape = (self.architecture["n_inputs"],)
+            shape = self.architecture.get("input_shape")
+            self.input_shape = (self.architecture["n_inputs"],) if shape is None else shape
         self.input_shape = tuple(int(size) for size in self.input_shape)
 
     @property
@@ -88,9 +113,22 @@ class Model:
         """The number of features of one example (784 for MNIST)."""
         return math.prod(self.input_shape)
 
+    @property
+    def n_classes(self) -> int:
+        """The number of classes (10 where the architecture does not say)."""
+        return self.architecture.get("n_classes") or 10
+
     def __repr__(self):
         count = sum(value.size for value in self.params.values())
         return f"<Model {describe(self.architecture)}, {count:,} parameters>"
+
+    def named_parameters(self) -> list:
+        """``[(name, Input)]`` of the parameters, in order (the layers' order)."""
+        return [(node.name, node) for node in self.params]
+
+    def parameters(self) -> list:
+        """The parameter Inputs, in order."""
+        return list(self.params)
 
     def predict_proba(self, images, *, backend="numpy"):
         """Class probabilities (N, n_classes) for raw images, as a NumPy array.
@@ -111,18 +149,28 @@ class Model:
         return self.predict_proba(images, backend=backend).argmax(axis=-1)
 
     def param(self, name: str) -> np.ndarray:
-        """The parameter array called ``name`` (e.g. "fc1.w")."""
-        for node, value in self.params.items():
-            if node.name == name:
+        """The parameter (or state) array called ``name`` (e.g. "fc1.weight").
+
+        The short names of files saved before layers ("fc1.w", "fc1.b") are
+        accepted too.
+        """
+        head, _, tail = name.rpartition(".")
+        names = {name, f"{head}.{_LEGACY_SUFFIX[tail]}"} if tail in _LEGACY_SUFFIX else {name}
+        for node, value in (*self.params.items(), *self.state.items()):
+            if node.name in names:
                 return value
         raise KeyError(f"no parameter {name!r}; this model has "
-                       f"{', '.join(node.name for node in self.params)}")
+                       f"{', '.join(node.name for node in (*self.params, *self.state))}")
 
     def save(self, path):
         """Write the model to ``path``, atomically (see :func:`miniflow.serialize.save_model`)."""
         from .serialize import save_model
 
         return save_model(self, path)
+
+
+#: Parameter names of model files written before layers: "fc1.w" is now "fc1.weight".
+_LEGACY_SUFFIX = {"w": "weight", "b": "bias"}
 
 
 #: The largest |standardised pixel| a model may ask for: a standardisation gives a few
@@ -144,8 +192,14 @@ def standardisation_problem(mean, std) -> str | None:
     return None
 
 
-def _hidden_sizes(hidden) -> tuple[int, ...]:
-    """Normalise ``hidden``: an int (0 for none) or a sequence of positive ints."""
+def hidden_sizes(hidden) -> tuple[int, ...]:
+    """Normalise ``hidden``: an int (0 for none) or a sequence of positive ints.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``hidden`` and what it takes.
+    """
     sizes = (hidden,) if isinstance(hidden, int) and not isinstance(hidden, bool) else hidden
     try:
         sizes = tuple(sizes)
@@ -160,17 +214,160 @@ def _hidden_sizes(hidden) -> tuple[int, ...]:
     return tuple(int(size) for size in sizes)
 
 
-def _positive(value, what) -> int:
+def positive(value, what) -> int:
+    """``value`` as an int if it is a positive integer (not a bool), else a ConfigError."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     return int(value)
 
 
-def _check_activation(activation) -> str:
+def check_activation(activation) -> str:
+    """``activation`` if it names one of :data:`ACTIVATIONS`, else a ConfigError listing them."""
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; choose one of "
                          f"{', '.join(ACTIVATIONS)}")
     return activation
+
+
+# -- models of layers ----------------------------------------------------------------------
+
+def architecture_of(network, input_shape, *, n_classes=None, loss="cross_entropy", kind=None,
+                    summary=None) -> dict:
+    """The JSON-able architecture record of a model of ``network`` (see :class:`Model`)."""
+    record = {"network": network.record(), "input_shape": [int(s) for s in input_shape],
+              "n_classes": n_classes, "loss": loss}
+    if kind is not None:
+        record["kind"] = kind
+    if summary is not None:
+        record["summary"] = summary
+    return record
+
+
+#: The keys of an architecture record of layers, each with its JSON type(s).
+_RECORD_FIELDS = {"network": (dict,), "input_shape": (list,), "n_classes": (int, type(None)),
+                  "loss": (str,), "kind": (str,), "summary": (str,)}
+
+
+def network_of(architecture: dict):
+    """The layer tree an architecture record describes, checked; no array is allocated.
+
+    Raises
+    ------
+    ConfigError, TypeError
+        The record has other keys or types than :func:`architecture_of` writes,
+        or describes a layer that cannot be built.
+    """
+    if not isinstance(architecture, Mapping) or not {"network", "input_shape", "loss"} \
+            <= set(architecture) <= set(_RECORD_FIELDS):
+        raise ConfigError(f"an architecture record holds {sorted(_RECORD_FIELDS)} "
+                          f"(kind and summary optional), this one "
+                          f"{sorted(architecture) if isinstance(architecture, Mapping) else '-'}")
+    for key, value in architecture.items():
+        if not isinstance(value, _RECORD_FIELDS[key]) or isinstance(value, bool):
+            raise ConfigError(f"{key} of an architecture record must be of JSON type "
+                              f"{' or '.join(t.__name__ for t in _RECORD_FIELDS[key])}")
+    for size in architecture["input_shape"]:
+        positive(size, "input_shape")
+    if architecture.get("n_classes") is not None:
+        positive(architecture["n_classes"], "n_classes")
+    if architecture["loss"] not in LOSSES:
+        raise ConfigError(f"unknown loss {architecture['loss']!r}; this miniflow knows "
+                          f"{', '.join(LOSSES)}")
+    return nn.from_record(architecture["network"])
+
+
+def from_network(network, input_shape, *, n_classes=None, loss="cross_entropy", seed=0,
+                 kind=None, summary=None) -> Model:
+    """A model of the layer tree ``network``, its parameters drawn with ``seed``.
+
+    Parameters
+    ----------
+    network : miniflow.nn.Layer
+        Called on the images Input, it gives the logits (or, for "mse", the predictions).
+    input_shape : sequence of int
+        One example's shape, e.g. (784,) or (1, 28, 28).
+    n_classes : int, optional
+        The number of classes; None takes the width of the network's output.
+    loss : {"cross_entropy", "mse"}
+    seed : int
+        Seeds :meth:`miniflow.nn.Layer.init`.
+    kind, summary : str, optional
+        Names shown to people ("cnn", "cnn 32-64-128-10"); :func:`describe` uses them.
+
+    Returns
+    -------
+    Model
+        Whose ``architecture`` :func:`from_architecture` rebuilds it from.
+    """
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    input_shape = tuple(positive(s, "input_shape") for s in input_shape)
+    model = _assemble(network, input_shape, loss, network.init(seed))
+    if n_classes is None:
+        from .executor import evaluate
+
+        n_classes = int(evaluate(model.logits, {**model.params, **model.state, model.images:
+                                                np.zeros((1, *input_shape), np.float32)}
+                                 ).shape[-1])
+    model.architecture = architecture_of(network, input_shape, n_classes=n_classes, loss=loss,
+                                         kind=kind, summary=summary)
+    return model
+
+
+def from_architecture(architecture: dict, *, seed: int = 0, params: dict | None = None,
+                      network=None) -> Model:
+    """Rebuild the model an architecture record describes: the one function for every kind.
+
+    Parameters
+    ----------
+    architecture : dict
+        A :class:`Model`'s ``architecture`` of layers.
+    seed : int
+        Seeds the first parameter values (unused where ``params`` gives them all).
+    params : dict, optional
+        ``{name: array}`` of parameter and state values (e.g. read from a file)
+        to use instead of drawn ones.
+    network : miniflow.nn.Layer, optional
+        The tree :func:`network_of` already made of this record.
+    """
+    network = network_of(architecture) if network is None else network
+    values = network.init(seed) if params is None else {
+        node: params[name] for name, node in network.named_parameters()}
+    model = _assemble(network, tuple(architecture["input_shape"]), architecture["loss"], values)
+    if params is not None:
+        model.state = {node: params[name] for name, node in network.named_states()}
+    model.architecture = architecture
+    return model
+
+
+def _assemble(network, input_shape, loss, params) -> Model:
+    images, labels = Input(name="images"), Input(name="labels")
+    logits = network(images)
+    return Model(images=images, labels=labels, logits=logits,
+                 loss=LOSSES[loss](logits, labels, name="loss"), params=params,
+                 architecture={"input_shape": list(input_shape)}, input_shape=input_shape,
+                 network=network, state=network.init_state(), updates=network.updates())
+
+
+# -- the ready-made models -----------------------------------------------------------------
+
+def mlp_network(hidden=(256,), activation: str = "relu", *, n_inputs: int = 784,
+                n_classes: int = 10, init: str | None = None):
+    """The layers of :func:`mlp`: a ``Sequential`` of "fc1", "relu1", ..., "fcN"."""
+    sizes = hidden_sizes(hidden)
+    activation = check_activation(activation)
+    n_inputs = positive(n_inputs, "n_inputs")
+    n_classes = positive(n_classes, "n_classes")
+    init = _DEFAULT_INIT[activation] if init is None else init
+    if init not in INITS:
+        raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INITS)} (or None)")
+    widths = (n_inputs, *sizes, n_classes)
+    layers = {}
+    for k, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
+        layers[f"fc{k}"] = nn.Linear(fan_in, fan_out, weight_init=_INITIALIZER[init])
+        if k < len(widths) - 1:
+            layers[f"{activation}{k}"] = ACTIVATIONS[activation]()
+    return nn.Sequential(layers)
 
 
 def mlp(hidden=(256,), activation: str = "relu", *, n_inputs: int = 784, n_classes: int = 10,
@@ -197,34 +394,64 @@ def mlp(hidden=(256,), activation: str = "relu", *, n_inputs: int = 784, n_class
     Returns
     -------
     Model
-        Layers are ``Linear`` nodes named "fc1", "fc2", ...; their parameters
-        "fc1.w" (in, out) and "fc1.b" (out,), float32.
+        Of :func:`mlp_network`'s layers: ``nn.Linear`` layers "fc1", "fc2", ...
+        with parameters "fc1.weight" (in, out) and "fc1.bias" (out,), float32.
     """
-    sizes = _hidden_sizes(hidden)
-    activation = _check_activation(activation)
-    n_inputs = _positive(n_inputs, "n_inputs")
-    n_classes = _positive(n_classes, "n_classes")
-    init = _DEFAULT_INIT[activation] if init is None else init
-    if init not in INITS:
-        raise ConfigError(f"unknown init {init!r}; choose one of {', '.join(INITS)} (or None)")
+    return from_architecture(mlp_architecture(hidden, activation, n_inputs=n_inputs,
+                                              n_classes=n_classes, init=init), seed=seed)
 
-    rng = np.random.default_rng(seed)
-    images, labels = Input(name="images"), Input(name="labels")
-    widths = (n_inputs, *sizes, n_classes)
-    params = {}
-    x = images
-    for k, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
-        w, b = Input(name=f"fc{k}.w"), Input(name=f"fc{k}.b")
-        params[w] = _initial_weights(rng, init, fan_in, fan_out)
-        params[b] = np.zeros(fan_out, dtype=np.float32)
-        x = Linear(x, w, b, name=f"fc{k}")
-        if k < len(widths) - 1:
-            x = ACTIVATIONS[activation](x, name=f"{activation}{k}")
-    architecture = {"hidden": list(sizes), "activation": activation,
-                    "n_inputs": n_inputs, "n_classes": n_classes}
-    return Model(images=images, labels=labels, logits=x,
-                 loss=CrossEntropyWithSoftmax(x, labels, name="loss"),
-                 params=params, architecture=architecture)
+
+def mlp_architecture(hidden=(256,), activation: str = "relu", *, n_inputs: int = 784,
+                     n_classes: int = 10, init: str | None = None) -> dict:
+    """The architecture record of :func:`mlp` (the same arguments, but ``seed``), allocating nothing."""
+    network = mlp_network(hidden, activation, n_inputs=n_inputs, n_classes=n_classes, init=init)
+    return architecture_of(network, (n_inputs,), n_classes=n_classes, kind="mlp",
+                           summary=_mlp_summary(network, activation))
+
+
+def _mlp_summary(network, activation) -> str:
+    linear = [layer for layer in network if isinstance(layer, nn.Linear)]
+    widths = [linear[0].in_features, *(layer.out_features for layer in linear)]
+    return f"{'-'.join(str(w) for w in widths)} {activation}"
+
+
+def cnn_network(channels=(32, 64), hidden: int = 128, dropout: float = 0.1, *,
+                image_shape=(1, 28, 28), n_classes: int = 10):
+    """The layers of :func:`cnn`: "conv1", "pool1", "relu1", ..., "flatten", "fc1", "fc2"."""
+    try:
+        channels = tuple(positive(c, "channels") for c in channels)
+    except TypeError:
+        raise ConfigError(f"channels must be a sequence of positive integers, "
+                         f"got {channels!r}") from None
+    if not channels:
+        raise ConfigError("channels must name at least one convolution")
+    hidden = positive(hidden, "hidden")
+    n_classes = positive(n_classes, "n_classes")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+            or not 0 <= dropout < 1:
+        raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}")
+    image_shape = tuple(positive(size, "image_shape") for size in image_shape)
+    if len(image_shape) != 3:
+        raise ConfigError(f"image_shape must be (channels, height, width), got {image_shape!r}")
+    height, width = image_shape[1:]
+    if height >> len(channels) < 1 or width >> len(channels) < 1:
+        raise ConfigError(f"{len(channels)} poolings halve {height}x{width} images to nothing")
+
+    layers, in_channels = {}, image_shape[0]
+    for k, out_channels in enumerate(channels, start=1):
+        layers[f"conv{k}"] = nn.Conv2D(in_channels, out_channels, 3, padding="same")
+        # Pool, then ReLU: the same function as ReLU then pool (max commutes with a
+        # rising function), with the ReLU on a quarter of the values.
+        layers[f"pool{k}"] = nn.MaxPool2D(2)
+        layers[f"relu{k}"] = nn.ReLU()
+        in_channels, height, width = out_channels, height // 2, width // 2
+    layers["flatten"] = nn.Flatten()
+    layers["fc1"] = nn.Linear(in_channels * height * width, hidden)
+    layers[f"relu{len(channels) + 1}"] = nn.ReLU()
+    if dropout:
+        layers["dropout"] = nn.Dropout(float(dropout))
+    layers["fc2"] = nn.Linear(hidden, n_classes)
+    return nn.Sequential(layers)
 
 
 def cnn(channels=(32, 64), hidden: int = 128, dropout: float = 0.1, *,
@@ -251,79 +478,60 @@ def cnn(channels=(32, 64), hidden: int = 128, dropout: float = 0.1, *,
     Returns
     -------
     Model
-        Parameters "conv1.w" (out, in, 3, 3), "conv1.b", ..., "fc1.w", "fc1.b",
-        "fc2.w", "fc2.b", float32; ``input_shape`` is ``image_shape``.
+        Of :func:`cnn_network`'s layers: parameters "conv1.weight" (out, in, 3, 3),
+        "conv1.bias", ..., "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias",
+        float32; ``input_shape`` is ``image_shape``.
     """
-    try:
-        channels = tuple(_positive(c, "channels") for c in channels)
-    except TypeError:
-        raise ConfigError(f"channels must be a sequence of positive integers, "
-                         f"got {channels!r}") from None
-    if not channels:
-        raise ConfigError("channels must name at least one convolution")
-    hidden = _positive(hidden, "hidden")
-    n_classes = _positive(n_classes, "n_classes")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-            or not 0 <= dropout < 1:
-        raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}")
-    image_shape = tuple(_positive(size, "image_shape") for size in image_shape)
-    if len(image_shape) != 3:
-        raise ConfigError(f"image_shape must be (channels, height, width), got {image_shape!r}")
-    height, width = image_shape[1:]
-    if height >> len(channels) < 1 or width >> len(channels) < 1:
-        raise ConfigError(f"{len(channels)} poolings halve {height}x{width} images to nothing")
-
-    rng = np.random.default_rng(seed)
-    images, labels = Input(name="images"), Input(name="labels")
-    params = {}
-    x, in_channels = images, image_shape[0]
-    for k, out_channels in enumerate(channels, start=1):
-        w, b = Input(name=f"conv{k}.w"), Input(name=f"conv{k}.b")
-        fan_in = in_channels * 9
-        params[w] = (rng.standard_normal((out_channels, in_channels, 3, 3))
-                     * math.sqrt(2.0 / fan_in)).astype(np.float32)
-        params[b] = np.zeros(out_channels, dtype=np.float32)
-        x = Conv2D(x, w, b, padding="same", name=f"conv{k}")
-        # Pool, then ReLU: the same function as ReLU then pool (max commutes with a
-        # rising function), with the ReLU on a quarter of the values.
-        x = ReLU(MaxPool2D(x, 2, name=f"pool{k}"), name=f"relu{k}")
-        in_channels, height, width = out_channels, height // 2, width // 2
-    x = Flatten(x, name="flatten")
-    widths = (in_channels * height * width, hidden, n_classes)
-    for k, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
-        w, b = Input(name=f"fc{k}.w"), Input(name=f"fc{k}.b")
-        params[w] = _initial_weights(rng, "he", fan_in, fan_out)
-        params[b] = np.zeros(fan_out, dtype=np.float32)
-        x = Linear(x, w, b, name=f"fc{k}")
-        if k == 1:
-            x = ReLU(x, name=f"relu{len(channels) + 1}")
-            if dropout:
-                x = Dropout(x, dropout, name="dropout")
-    architecture = {"kind": "cnn", "channels": list(channels), "hidden": hidden,
-                    "dropout": float(dropout), "image_shape": list(image_shape),
-                    "n_classes": n_classes}
-    return Model(images=images, labels=labels, logits=x,
-                 loss=CrossEntropyWithSoftmax(x, labels, name="loss"),
-                 params=params, architecture=architecture, input_shape=image_shape)
+    return from_architecture(cnn_architecture(channels, hidden, dropout, image_shape=image_shape,
+                                              n_classes=n_classes), seed=seed)
 
 
-def _initial_weights(rng, init, fan_in, fan_out) -> np.ndarray:
-    if init == "he":
-        weights = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
-    else:
-        limit = math.sqrt(6.0 / (fan_in + fan_out))
-        weights = rng.uniform(-limit, limit, size=(fan_in, fan_out))
-    return weights.astype(np.float32)
+def cnn_architecture(channels=(32, 64), hidden: int = 128, dropout: float = 0.1, *,
+                     image_shape=(1, 28, 28), n_classes: int = 10) -> dict:
+    """The architecture record of :func:`cnn` (the same arguments, but ``seed``), allocating nothing."""
+    network = cnn_network(channels, hidden, dropout, image_shape=image_shape,
+                          n_classes=n_classes)
+    widths = [layer.out_channels for layer in network if isinstance(layer, nn.Conv2D)]
+    widths += [layer.out_features for layer in network if isinstance(layer, nn.Linear)]
+    return architecture_of(network, image_shape, n_classes=n_classes, kind="cnn",
+                           summary=f"cnn {'-'.join(str(w) for w in widths)}")
 
 
 def describe(architecture: dict) -> str:
-    """A short name for an architecture, e.g. "784-256-10 relu" or "cnn 32-64-128-10"."""
+    """A short name for an architecture, e.g. "784-256-10 relu" or "cnn 32-64-128-10".
+
+    A record of layers without a ``summary`` is named by its layers:
+    "Sequential[Conv2D 1-8 3x3, BatchNorm2d 8, ReLU, ...]".
+    """
     try:
+        if "network" in architecture:
+            summary = architecture.get("summary")
+            return summary if isinstance(summary, str) else _layers_summary(
+                architecture["network"])
+        # Records of files written before layers (format version 1).
         if architecture.get("kind") == "cnn":
             widths = [*architecture["channels"], architecture["hidden"],
                       architecture["n_classes"]]
             return f"cnn {'-'.join(str(w) for w in widths)}"
         widths = [architecture["n_inputs"], *architecture["hidden"], architecture["n_classes"]]
         return f"{'-'.join(str(w) for w in widths)} {architecture['activation']}"
-    except (KeyError, TypeError):
+    except (AttributeError, KeyError, TypeError, RecursionError):
         return repr(architecture)
+
+
+def _layers_summary(record, depth=0) -> str:
+    kind = record["layer"]
+    if depth > 3:
+        return "..."
+    if kind == "Sequential":
+        return f"Sequential[{', '.join(_layers_summary(r, depth + 1) for _, r in record['layers'])}]"
+    if kind == "Residual":
+        return f"Residual({_layers_summary(record['body'], depth + 1)})"
+    if kind == "Linear":
+        return f"Linear {record['in_features']}-{record['out_features']}"
+    if kind == "Conv2D":
+        return (f"Conv2D {record['in_channels']}-{record['out_channels']} "
+                f"{'x'.join(str(k) for k in record['kernel_size'])}")
+    if "num_features" in record:
+        return f"{kind} {record['num_features']}"
+    return kind

@@ -1,9 +1,16 @@
 """Saving models to ``.npz`` files and loading them back, safely.
 
-A model file is an ordinary NumPy ``.npz`` archive: each parameter under its
-name ("fc1.w", ...) and a JSON record (format marker, version, architecture,
-input standardisation) under ``__miniflow__``. It is read with
-``allow_pickle=False``, so opening a model file can never run code.
+A model file is an ordinary NumPy ``.npz`` archive: each parameter and state
+array under its name ("fc1.weight", "bn1.running_mean", ...) and a JSON record
+(format marker, version, architecture, input standardisation) under
+``__miniflow__``. It is read with ``allow_pickle=False``, so opening a model
+file can never run code.
+
+Any model built from :mod:`miniflow.nn` layers saves and loads with no code of
+its own: the architecture is the layer tree's record, and
+:func:`miniflow.models.from_architecture` rebuilds it. Files of format version 1,
+written before layers, held a record of their own per kind ("mlp", "cnn") and
+parameters named "fc1.w", "fc1.b": they are translated on loading.
 
 Loading treats the file as hostile. Before any array is allocated, the zip
 directory and every array's ``.npy`` header are read and checked against each
@@ -21,28 +28,27 @@ import struct
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Callable
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelFileError
-from .models import (Model, _check_activation, _hidden_sizes, _positive, cnn, describe, mlp,
-                     standardisation_problem)
+from .errors import ConfigError, ModelFileError
+from .models import (Model, check_activation, cnn_architecture, describe, from_architecture,
+                     hidden_sizes, mlp_architecture, network_of, standardisation_problem)
 
 try:
     import fcntl  # a lock tells a live save's temporary file from a dead one's
 except ImportError:  # Windows: stale temporary files are then left alone
     fcntl = None
 
-__all__ = ["save_model", "load_model", "ModelFileError", "atomic_write", "check_writable",
-           "ARCHITECTURES", "ArchitectureKind"]
+__all__ = ["save_model", "load_model", "ModelFileError", "atomic_write", "check_writable"]
 
 # Marks an .npz as a miniflow model; the version changes when the layout does.
 FORMAT = "miniflow-model"
-VERSION = 1
+VERSION = 2  # 2: the architecture is a layer tree's record; 1: per-kind records ("mlp", "cnn")
+READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "__miniflow__"
 
 # The JSON record is a few hundred bytes; anything near this is not ours.
@@ -156,68 +162,53 @@ def save_model(model: Model, path) -> Path:
     pathlib.Path
         The path written.
     """
+    if model.network is None or "network" not in model.architecture:
+        raise ConfigError("only models built from miniflow.nn layers can be saved (this one's "
+                          "architecture has no layer record); build it with "
+                          "miniflow.models.from_network, or save its params yourself")
     path = Path(path)
     metadata = {"format": FORMAT, "version": VERSION, "architecture": model.architecture,
                 "input_mean": float(model.input_mean), "input_std": float(model.input_std)}
     arrays = {node.name: np.asarray(value, dtype=np.float32)
-              for node, value in model.params.items()}
+              for node, value in (*model.params.items(), *model.state.items())}
     arrays[METADATA_KEY] = np.array(json.dumps(metadata))
     with atomic_write(path) as file:
         np.savez(file, **arrays)
     return path
 
 
-# -- architectures ---------------------------------------------------------------------
+# -- records of format version 1 -----------------------------------------------------
 
-@dataclass(frozen=True)
-class ArchitectureKind:
-    """How to check and rebuild one kind of architecture record.
+def _legacy_architecture(record: dict) -> dict:
+    """The layer record of a version-1 record of kind "mlp" (no "kind") or "cnn".
 
-    Attributes
-    ----------
-    parameter_shapes : callable
-        ``record -> {parameter name: shape}``, computed from the record alone,
-        allocating nothing. Raises ValueError, TypeError or KeyError when the
-        record is unusable. :func:`load_model` compares the result with the
-        stored arrays' headers before any array is read.
-    build : callable
-        ``record -> Model``, with freshly initialised parameters of exactly
-        those names and shapes (called only after the shapes matched).
+    Each was checked field by field: nothing in a file may do more than choose sizes.
     """
+    kind = record.get("kind", "mlp")
+    if kind not in _LEGACY_KINDS:
+        raise _UnknownKind(kind)
+    return _LEGACY_KINDS[kind](record)
 
-    parameter_shapes: Callable[[dict], dict]
-    build: Callable[[dict], Model]
+
+class _UnknownKind(Exception):
+    pass
 
 
-def _mlp_parameter_shapes(record: dict) -> dict:
-    _check_activation(record["activation"])
+def _legacy_mlp(record: dict) -> dict:
+    check_activation(record["activation"])
     hidden = record["hidden"]
-    if not isinstance(hidden, list):  # _hidden_sizes would also take an int or a string
+    if not isinstance(hidden, list):  # hidden_sizes would also take an int or a string
         raise TypeError(f"hidden must be a list of sizes, got {_clip(repr(hidden))}")
-    widths = (_positive(record["n_inputs"], "n_inputs"), *_hidden_sizes(hidden),
-              _positive(record["n_classes"], "n_classes"))
-    shapes = {}
-    for k, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
-        shapes[f"fc{k}.w"], shapes[f"fc{k}.b"] = (fan_in, fan_out), (fan_out,)
-    return shapes
+    return mlp_architecture(hidden_sizes(hidden), record["activation"],
+                            n_inputs=record["n_inputs"], n_classes=record["n_classes"])
 
 
-def _build_mlp(record: dict) -> Model:
-    return mlp(record["hidden"], record["activation"], n_inputs=record["n_inputs"],
-               n_classes=record["n_classes"])
-
-
-#: The keys of a CNN's architecture record, each with the JSON type ``cnn`` writes.
+#: The keys of a version-1 CNN record, each with the JSON type ``cnn`` wrote.
 _CNN_FIELDS = {"kind": str, "channels": list, "hidden": int, "dropout": float,
                "image_shape": list, "n_classes": int}
 
 
-def _checked_cnn_record(record: dict) -> dict:
-    """The record, if it has exactly the keys and JSON types ``cnn`` writes.
-
-    The record comes from a file, and nothing in it may do more than choose
-    sizes: lists must hold integers, numbers must be numbers (not booleans).
-    """
+def _legacy_cnn(record: dict) -> dict:
     if set(record) != set(_CNN_FIELDS):
         raise ValueError(f"a cnn record has the keys {sorted(_CNN_FIELDS)}, "
                          f"this one {sorted(record)}")
@@ -230,38 +221,18 @@ def _checked_cnn_record(record: dict) -> dict:
         if kind is list and not all(isinstance(v, int) and not isinstance(v, bool)
                                     for v in value):
             raise TypeError(f"{key} must be a list of integers, got {_clip(repr(value))}")
-    return record
+    return cnn_architecture(record["channels"], record["hidden"], float(record["dropout"]),
+                            image_shape=record["image_shape"], n_classes=record["n_classes"])
 
 
-def _cnn_parameter_shapes(record: dict) -> dict:
-    record = _checked_cnn_record(record)
-    channels = [_positive(c, "channels") for c in record["channels"]]
-    image_shape = [_positive(size, "image_shape") for size in record["image_shape"]]
-    if not channels or len(image_shape) != 3:
-        raise ValueError(f"channels {channels} and image_shape {image_shape} describe no CNN")
-    if not 0 <= record["dropout"] < 1:
-        raise ValueError(f"dropout must lie in [0, 1), got {record['dropout']!r}")
-    (in_channels, height, width), shapes = image_shape, {}
-    for k, out_channels in enumerate(channels, start=1):
-        shapes[f"conv{k}.w"], shapes[f"conv{k}.b"] = (out_channels, in_channels, 3, 3), \
-            (out_channels,)
-        in_channels, height, width = out_channels, height // 2, width // 2
-    widths = (in_channels * height * width, _positive(record["hidden"], "hidden"),
-              _positive(record["n_classes"], "n_classes"))
-    for k, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:]), start=1):
-        shapes[f"fc{k}.w"], shapes[f"fc{k}.b"] = (fan_in, fan_out), (fan_out,)
-    return shapes
+_LEGACY_KINDS = {"mlp": _legacy_mlp, "cnn": _legacy_cnn}
+# Version 1 named parameters "fc1.w" and "fc1.b"; layers name them as PyTorch does.
+_LEGACY_NAMES = {"weight": "w", "bias": "b"}
 
 
-def _build_cnn(record: dict) -> Model:
-    return cnn(record["channels"], record["hidden"], float(record["dropout"]),
-               image_shape=record["image_shape"], n_classes=record["n_classes"])
-
-
-#: Architecture kinds by the name in the record's ``"kind"`` (absent: ``"mlp"``,
-#: the only kind of format version 1). A new kind of model adds its entry here.
-ARCHITECTURES = {"mlp": ArchitectureKind(_mlp_parameter_shapes, _build_mlp),
-                 "cnn": ArchitectureKind(_cnn_parameter_shapes, _build_cnn)}
+def _legacy_name(name: str) -> str:
+    head, _, tail = name.rpartition(".")
+    return f"{head}.{_LEGACY_NAMES.get(tail, tail)}"
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -296,25 +267,29 @@ def load_model(path, *, architecture: dict | None = None) -> Model:
     with _open_archive(path) as archive:
         with _corruption_reported(path):
             metadata = _read_metadata(archive, path)
-            kind, record, shapes = _check_metadata(metadata, path)
-            _check_parameters(archive, record, shapes, path)
-            model = kind.build(record)
-            if architecture is not None and model.architecture != architecture:
+            record, network, stored_names = _check_metadata(metadata, path)
+            shapes = network.shapes()
+            _check_parameters(archive, metadata["architecture"],
+                              {stored_names(name): shape for name, shape in shapes.items()},
+                              path)
+            if architecture is not None and record != architecture:
                 raise ModelFileError(
                     f"{path} holds a model of another architecture: "
-                    f"{describe(model.architecture)}, not {describe(architecture)}")
-            values = {name: _read_array(archive, name, path) for name in shapes}
-    model.input_mean = float(metadata["input_mean"])
-    model.input_std = float(metadata["input_std"])
-    for node in model.params:
+                    f"{_clip(describe(record))}, not {_clip(describe(architecture))}")
+            stored = {name: _read_array(archive, stored_names(name), path) for name in shapes}
+    values = {}
+    for name, value in stored.items():
         # Cast first: a finite float64 can overflow float32 (refused just below).
         with np.errstate(over="ignore"):
-            value = values[node.name].astype(np.float32, copy=False)
+            value = value.astype(np.float32, copy=False)
         if not np.isfinite(value).all():
-            raise ModelFileError(f"{path} is corrupt: {node.name} holds "
+            raise ModelFileError(f"{path} is corrupt: {stored_names(name)} holds "
                                  f"{np.count_nonzero(~np.isfinite(value))} NaN or infinite "
                                  "values (as float32)")
-        model.params[node] = value
+        values[name] = value
+    model = from_architecture(record, params=values, network=network)
+    model.input_mean = float(metadata["input_mean"])
+    model.input_std = float(metadata["input_std"])
     return model
 
 
@@ -452,23 +427,31 @@ def _read_metadata(archive: _Archive, path: Path) -> dict:
 
 
 def _check_metadata(metadata: dict, path: Path):
-    """Return (ArchitectureKind, architecture record, {name: shape}), each value checked."""
+    """Return (architecture record of layers, its layer tree, name -> stored name), checked.
+
+    Nothing is allocated: the tree's parameters are shapes until a model is assembled.
+    """
     if metadata.get("format") != FORMAT or "version" not in metadata:
         raise ModelFileError(f"{path} is not a miniflow model (its metadata has no "
                              f"{FORMAT!r} format marker)")
-    if type(metadata["version"]) is not int or metadata["version"] != VERSION:
+    version = metadata["version"]
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise ModelFileError(f"{path} is a miniflow model of format version "
-                             f"{_clip(repr(metadata['version']))}; this miniflow reads "
-                             f"version {VERSION}")
+                             f"{_clip(repr(version))}; this miniflow reads version "
+                             f"{' or '.join(str(v) for v in READABLE_VERSIONS)}")
     record = metadata.get("architecture")
-    name = record.get("kind", "mlp") if isinstance(record, dict) else None
-    if isinstance(record, dict) and name not in ARCHITECTURES:
-        raise ModelFileError(f"{path} holds a model of unknown kind {_clip(repr(name))}; "
-                             f"this miniflow knows {', '.join(ARCHITECTURES)}")
+    stored_names = _legacy_name if version == 1 else str
     try:
-        kind = ARCHITECTURES[name]
-        shapes = kind.parameter_shapes(record)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        if version == 1:
+            if not isinstance(record, dict):
+                raise TypeError(f"the record is {_clip(repr(record))}")
+            record = _legacy_architecture(record)
+        network = network_of(record)
+    except _UnknownKind as unknown:
+        raise ModelFileError(f"{path} holds a model of unknown kind "
+                             f"{_clip(repr(unknown.args[0]))}; this miniflow knows "
+                             f"{', '.join(_LEGACY_KINDS)}") from None
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise ModelFileError(f"{path} is corrupt: its architecture record is unusable "
                              f"({type(exc).__name__}: {_clip(str(exc))})") from None
     for key in ("input_mean", "input_std"):
@@ -479,7 +462,7 @@ def _check_metadata(metadata: dict, path: Path):
     problem = standardisation_problem(metadata["input_mean"], metadata["input_std"])
     if problem:
         raise ModelFileError(f"{path} is corrupt: {problem}")
-    return kind, record, shapes
+    return record, network, stored_names
 
 
 def _is_finite_number(value) -> bool:

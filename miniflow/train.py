@@ -29,8 +29,8 @@ import numpy as np
 from .backends import backend_names, get_backend
 from .errors import ConfigError, DataError, TrainingDivergedError
 from .executor import evaluate, run
-from .graph import Input
-from .models import ACTIVATIONS, Model, _hidden_sizes, cnn, mlp
+from .graph import Input, topological_order
+from .models import ACTIVATIONS, Model, cnn, hidden_sizes, mlp
 from .optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from .progress import Progress, diagnose
 from .threads import ThreadPolicy
@@ -156,7 +156,7 @@ class TrainConfig:
         if self.lr is None and self.optimizer == defaults["optimizer"]:
             object.__setattr__(self, "lr", defaults["lr"])
         try:
-            object.__setattr__(self, "hidden", _hidden_sizes(self.hidden))
+            object.__setattr__(self, "hidden", hidden_sizes(self.hidden))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for name, valid in (("activation", ACTIVATIONS), ("optimizer", OPTIMIZERS),
@@ -239,7 +239,7 @@ class TrainResult:
     @property
     def warning(self) -> str | None:
         """Why the run looks like a failure (chance-level accuracy, a loss that grew), or None."""
-        return diagnose(self.history, self.model.architecture["n_classes"])
+        return diagnose(self.history, self.model.n_classes)
 
 
 def check_data(images, labels, *, what: str = "train", n_inputs: int | None = None,
@@ -504,10 +504,16 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, model,
     if config.compile:  # forward and backward compiled once; the optimizer runs as usual
         from .compile import compile as compile_step
         from .compile import untraceable_in_training
+        from .nodes import BatchNorm
 
         reason = untraceable_in_training(model.loss, backend)
         if reason:
             raise ConfigError(f"--compile: {reason}")
+        if model.updates or any(isinstance(node, BatchNorm)
+                                for node in topological_order(model.loss)):
+            raise ConfigError("--compile cannot train a graph with BatchNorm yet (a compiled "
+                              "step returns no running statistics); train it without "
+                              "--compile")
         # One program per shard: a compiled NumPy step fills buffers of its own and
         # returns them, so two shards must never share one.
         compiled = [compile_step(model.loss, optimizer.nodes, backend)
@@ -515,6 +521,7 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, model,
     result = TrainResult(model=model, config=config)
     rng = np.random.default_rng(config.seed)
     step = _Step(model, optimizer.nodes, backend, config.shards, config.seed, compiled, policy)
+    step.state = {node: backend.asarray(value) for node, value in model.state.items()}
     policy.ready()  # the thread count, from how busy the machine was while the data moved
     progress.start(config.epochs * steps_per_epoch)
     started = time.perf_counter()
@@ -537,13 +544,15 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, model,
                     f"{config.lr / 10:g}")
             val_accuracy = val_loss = train_accuracy = None
             if has_val:
-                correct, val_total = _count_correct(model, optimizer.params, x_val, y_val,
+                correct, val_total = _count_correct(model, {**optimizer.params, **step.state},
+                                                    x_val, y_val,
                                                     backend, with_loss=True, map=step.map)
                 val_accuracy = int(correct) / len(val_labels)
                 val_loss = float(val_total) / len(val_labels)
             else:  # the one accuracy there is to show
-                train_accuracy = int(_count_correct(model, optimizer.params, x_train, y_train,
-                                                    backend, map=step.map)) / n
+                train_accuracy = int(_count_correct(model, {**optimizer.params, **step.state},
+                                                    x_train, y_train, backend,
+                                                    map=step.map)) / n
             stats = EpochStats(epoch, config.epochs, loss, val_accuracy,
                                time.perf_counter() - epoch_start, lr, val_loss=val_loss,
                                train_accuracy=train_accuracy, threads=policy.threads)
@@ -557,7 +566,9 @@ def _train(config, train_images, train_labels, val_images, val_labels, *, model,
 
     trained = {node: np.asarray(backend.to_numpy(value), dtype=np.float32)
                for node, value in optimizer.params.items()}
-    result.model = replace(model, params=trained, input_mean=mean, input_std=std)
+    state = {node: np.asarray(backend.to_numpy(value), dtype=np.float32)
+             for node, value in step.state.items()}
+    result.model = replace(model, params=trained, state=state, input_mean=mean, input_std=std)
     return result
 
 
@@ -566,6 +577,10 @@ class _Step:
 
     Dropout's masks are drawn on the device from generators of their own (one
     per shard), so the shuffling stays what it is for graphs without dropout.
+    ``state`` holds the model's state arrays (BatchNorm's running statistics) on
+    the device: each step feeds them and stores the values of the model's
+    ``updates`` that its training run computed (with shards: the shards'
+    weighted by their rows, as the loss).
     """
 
     def __init__(self, model, wrt, backend, shards, seed, compiled, policy):
@@ -576,6 +591,7 @@ class _Step:
         else:
             seeds = np.random.SeedSequence(seed).spawn(shards)
             self.draws = [backend.make_rng(int(s.generate_state(1)[0])) for s in seeds]
+        self.state = {}
         self.pool = None
         if shards > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -593,26 +609,33 @@ class _Step:
         return map(function, items)
 
     def _one(self, params, images, labels, shard):
-        feed = {**params, self.model.images: images, self.model.labels: labels}
+        feed = {**params, **self.state, self.model.images: images, self.model.labels: labels}
         if self.compiled is not None:
-            return self.compiled[shard](feed, training=True, rng=self.draws[shard])
+            return (*self.compiled[shard](feed, training=True, rng=self.draws[shard]), [])
         result = run(self.model.loss, feed, self.wrt, backend=self.backend, training=True,
-                     rng=self.draws[shard])
-        return result.value, result.grads
+                     rng=self.draws[shard], extras=list(self.model.updates.values()))
+        return result.value, result.grads, result.extras
 
     def __call__(self, params, images, labels):
         rows = images.shape[0]
         if self.shards == 1:
-            return self._one(params, images, labels, 0)
+            loss, grads, extras = self._one(params, images, labels, 0)
+            self.state.update(zip(self.model.updates, extras))
+            return loss, grads
         bounds = [rows * k // self.shards for k in range(self.shards + 1)]
         jobs = [(params, images[a:b, ...], labels[a:b], shard)
                 for shard, (a, b) in enumerate(zip(bounds, bounds[1:])) if b > a]
         parts = list(self.map(lambda job: self._one(*job), jobs))
         # The loss is a mean over rows: the batch's is the shards' weighted by their rows.
         shares = [job[1].shape[0] / rows for job in jobs]
-        loss = sum(share * value for share, (value, _) in zip(shares, parts))
-        grads = [sum(share * grads[i] for share, (_, grads) in zip(shares, parts))
+        loss = sum(share * value for share, (value, _, _) in zip(shares, parts))
+        grads = [sum(share * grads[i] for share, (_, grads, _) in zip(shares, parts))
                  for i in range(len(self.wrt))]
+        # A running statistic's update is linear in the batch's statistic: the shards'
+        # updates weighted by their rows are the update by their weighted statistics.
+        self.state.update((node, sum(share * extras[i] for share, (_, _, extras)
+                                     in zip(shares, parts)))
+                          for i, node in enumerate(self.model.updates))
         return loss, grads
 
 
@@ -649,14 +672,15 @@ def evaluate_model(model: Model, images, labels, *, backend="numpy",
     """
     images, labels = check_data(_flat(images, model, "test"), labels, what="test",
                                 n_inputs=model.n_inputs,
-                                n_classes=model.architecture.get("n_classes", 10))
+                                n_classes=model.n_classes)
     if len(labels) == 0:
         raise DataError("test_images is empty: there is nothing to evaluate")
     backend = get_backend(backend)
     with ThreadPolicy(threads) as policy:
         x, y = _to_device(backend, images, labels, model.input_mean, model.input_std,
                           model.input_shape)
-        params = {node: backend.asarray(value) for node, value in model.params.items()}
+        params = {node: backend.asarray(value)
+                  for node, value in (*model.params.items(), *model.state.items())}
         policy.ready()
         return int(_count_correct(model, params, x, y, backend, batch_size)) / len(labels)
 
@@ -680,7 +704,8 @@ def predict_proba(model: Model, images, *, backend="numpy",
     backend = get_backend(backend)
     x, _ = _to_device(backend, images, np.zeros(0, np.int64), model.input_mean,
                       model.input_std, model.input_shape)
-    params = {node: backend.asarray(value) for node, value in model.params.items()}
+    params = {node: backend.asarray(value)
+              for node, value in (*model.params.items(), *model.state.items())}
     batch_size = batch_size or eval_batch_size(model)
     chunks = []
     for start in range(0, len(images), batch_size):
@@ -689,5 +714,5 @@ def predict_proba(model: Model, images, *, backend="numpy",
                           backend=backend)
         chunks.append(np.asarray(backend.to_numpy(softmax(backend.xp, logits))))
     if not chunks:
-        return np.zeros((0, model.architecture.get("n_classes", 10)), np.float32)
+        return np.zeros((0, model.n_classes), np.float32)
     return np.concatenate(chunks).astype(np.float32, copy=False)

@@ -504,7 +504,7 @@ def test_cnn_channels_choose_its_convolutions(fake_data, capsys, tmp_path):
                  "--epochs", "1", "--save", str(path), "--quiet"]) == 0
     capsys.readouterr()
     shapes = {node.name: value.shape for node, value in load_model(path).params.items()}
-    assert shapes["conv2.w"] == (6, 4, 3, 3) and shapes["conv3.w"] == (8, 6, 3, 3)
+    assert shapes["conv2.weight"] == (6, 4, 3, 3) and shapes["conv3.weight"] == (8, 6, 3, 3)
     err = one_error_line(capsys, main(["train", "--model", "cnn", "--channels", "16,0"]), 2)
     assert "channel counts must be positive, got '16,0'" in err
     err = one_error_line(capsys, main(["train", "--channels", "16"]), 1)

@@ -25,7 +25,8 @@ def digits(n, seed=0, side=8):
 def test_cnn_builds_the_documented_graph():
     model = cnn()
     assert [node.name for node in model.params] == [
-        "conv1.w", "conv1.b", "conv2.w", "conv2.b", "fc1.w", "fc1.b", "fc2.w", "fc2.b"]
+        "conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias",
+        "fc2.weight", "fc2.bias"]
     assert model.param("conv2.w").shape == (64, 32, 3, 3)
     assert model.param("fc1.w").shape == (64 * 7 * 7, 128)
     assert model.input_shape == (1, 28, 28) and model.n_inputs == 784

@@ -25,22 +25,23 @@ def test_default_model_names_and_shapes():
     model = mlp()
     assert {name: value.shape for name, value in
             ((node.name, value) for node, value in model.params.items())} == {
-        "fc1.w": (784, 256), "fc1.b": (256,), "fc2.w": (256, 10), "fc2.b": (10,)}
+        "fc1.weight": (784, 256), "fc1.bias": (256,), "fc2.weight": (256, 10), "fc2.bias": (10,)}
     assert all(value.dtype == np.float32 for value in model.params.values())
     assert model.images.name == "images" and model.labels.name == "labels"
     assert isinstance(model.loss, CrossEntropyWithSoftmax) and model.loss.name == "loss"
     assert isinstance(model.logits, Linear) and model.logits.name == "fc2"
     relu = model.logits.inputs[0]
     assert isinstance(relu, ReLU) and relu.inputs[0].name == "fc1"
-    assert model.architecture == {"hidden": [256], "activation": "relu", "n_inputs": 784,
-                                  "n_classes": 10}
+    assert model.architecture["network"] == model.network.record()
+    assert {key: model.architecture[key] for key in ("input_shape", "n_classes", "kind")} == {
+        "input_shape": [784], "n_classes": 10, "kind": "mlp"}
     assert json.loads(json.dumps(model.architecture)) == model.architecture
 
 
 def test_deeper_model_and_its_forward_pass(backend, to_numpy):
     model = mlp((32, 16), "tanh", n_inputs=20, n_classes=3)
     assert [node.name for node in model.params] == [
-        "fc1.w", "fc1.b", "fc2.w", "fc2.b", "fc3.w", "fc3.b"]
+        "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
     assert isinstance(model.logits.inputs[0], Tanh)
     images = np.random.default_rng(0).standard_normal((5, 20)).astype(np.float32)
     logits = evaluate(model.logits, {**model.params, model.images: images}, backend=backend)
@@ -50,9 +51,9 @@ def test_deeper_model_and_its_forward_pass(backend, to_numpy):
 @pytest.mark.parametrize("hidden", [(), 0, [0]])
 def test_no_hidden_layer_is_softmax_regression(hidden):
     model = mlp(hidden)
-    assert [node.name for node in model.params] == ["fc1.w", "fc1.b"]
+    assert [node.name for node in model.params] == ["fc1.weight", "fc1.bias"]
     assert model.logits.name == "fc1" and model.logits.inputs[0] is model.images
-    assert model.architecture["hidden"] == []
+    assert model.architecture["summary"] == "784-10 relu"
 
 
 def test_the_same_seed_gives_the_same_weights():
@@ -96,7 +97,7 @@ def test_other_bad_settings():
 
 
 def test_param_lookup_names_the_choices():
-    with pytest.raises(KeyError, match="fc1.w, fc1.b"):
+    with pytest.raises(KeyError, match="fc1.weight, fc1.bias"):
         mlp(0).param("fc9.w")
 
 
@@ -252,7 +253,8 @@ def test_hostile_files_cost_little_resident_memory(tmp_path):
 def test_a_compressed_model_file_loads(tmp_path):
     model = mlp((8,), n_inputs=6, n_classes=3, seed=2)
     path = tmp_path / "model.npz"
-    hostile.write_archive(path, {**hostile.METADATA, "architecture": model.architecture},
+    hostile.write_archive(path, {**hostile.METADATA, "version": serialize.VERSION,
+                                 "architecture": model.architecture},
                           compression=zipfile.ZIP_DEFLATED,
                           **{node.name: value for node, value in model.params.items()})
     loaded = load_model(path)

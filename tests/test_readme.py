@@ -109,3 +109,11 @@ def test_newton_cg_example_fits_to_rounding():
     namespace = {}
     exec(block("def newton_cg"), namespace)
     assert float(np.linalg.norm(namespace["newton"].grads)) < 1e-8
+
+
+def test_models_built_from_layers_example_trains_saves_and_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the block writes layers.npz
+    namespace = {}
+    exec(block("nn.BatchNorm2d(8)"), namespace)
+    assert namespace["result"].history[-1].val_accuracy == 1.0
+    assert (tmp_path / "layers.npz").exists()

@@ -11,6 +11,7 @@ library.
 - ``losses``: Softmax, LogSoftmax, CrossEntropyWithSoftmax, MeanSquaredError (MSE),
   BinaryCrossEntropyWithLogits, DummyGrad
 - ``conv``: Conv2D, MaxPool2D, AvgPool2D, Dropout, LayerNorm
+- ``norm``: BatchNorm (batch statistics in training runs, running ones otherwise)
 - ``math``: Tan, Sinh, ..., ArcTan2, Log2, LogAddExp, Floor, Round, Sign, Remainder, FloorDivide
 - ``compare``: Less, Greater, Equal, ... (booleans), ArgMax, ArgMin, Cast
 - ``einsum``: Einsum
@@ -19,6 +20,7 @@ library.
 - ``tiling``: Tile, Repeat, BroadcastTo, Flip, Roll
 """
 from .conv import AvgPool2D, Conv2D, Dropout, LayerNorm, MaxPool2D
+from .norm import BatchNorm
 from .elementwise import (ELU, GELU, Abs, Add, Clip, Cos, Div, Exp, Expm1, LeakyReLU, Log, Log1p,
                           LogSigmoid, Maximum, Minimum, Mul, Neg, Pow, ReLU, Sigmoid, Sin, Softplus,
                           Sqrt, Square, StopGradient, Sub, Tanh, Where, erf, sigmoid)
@@ -39,7 +41,7 @@ __all__ = [
     "Where", "StopGradient", "Softplus", "LogSigmoid", "LeakyReLU", "ELU", "GELU", "erf",
     "Reshape", "Flatten", "Transpose", "permute_dims", "MatrixTranspose", "ExpandDims", "Squeeze",
     "Concat", "Stack", "Split", "SplitPart", "Pad", "Index", "Take",
-    "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm",
+    "Conv2D", "MaxPool2D", "AvgPool2D", "Dropout", "LayerNorm", "BatchNorm",
 ]
 
 from .compare import (ArgMax, ArgMin, Cast, Equal, Greater, GreaterEqual, Less, LessEqual,

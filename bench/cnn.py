@@ -105,16 +105,20 @@ class TorchCNN:
 
         nn = torch.nn
         self.torch, self.device = torch, device
-        arch = model.architecture
-        layers, in_channels = [], arch["image_shape"][0]
-        for out_channels in arch["channels"]:
-            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.MaxPool2d(2),
-                       nn.ReLU()]  # miniflow's order
-            in_channels = out_channels
-        side = arch["image_shape"][1] >> len(arch["channels"])
-        layers += [nn.Flatten(), nn.Linear(in_channels * side * side, arch["hidden"]),
-                   nn.ReLU(), nn.Dropout(arch["dropout"]),
-                   nn.Linear(arch["hidden"], arch["n_classes"])]
+        # The same layers, in the same order, read from the model's architecture record.
+        build = {
+            "Conv2D": lambda r: nn.Conv2d(r["in_channels"], r["out_channels"],
+                                          tuple(r["kernel_size"]), stride=tuple(r["stride"]),
+                                          padding=r["padding"] if isinstance(r["padding"], str)
+                                          else tuple(r["padding"])),
+            "MaxPool2D": lambda r: nn.MaxPool2d(tuple(r["kernel_size"])),
+            "ReLU": lambda r: nn.ReLU(),
+            "Flatten": lambda r: nn.Flatten(r["start_axis"]),
+            "Linear": lambda r: nn.Linear(r["in_features"], r["out_features"]),
+            "Dropout": lambda r: nn.Dropout(r["p"]),
+        }
+        layers = [build[record["layer"]](record)
+                  for _, record in model.architecture["network"]["layers"]]
         self.net = nn.Sequential(*layers).to(device)
         with torch.no_grad():
             values = iter(model.params.values())

@@ -363,7 +363,7 @@ def test_miniflow_graph_command_draws_the_model(tmp_path, capsys, options, hidde
     groups, text = parse_svg(out.read_text())
     loss = models.mlp(hidden, activation).loss
     assert len(groups["node"]) == len(topological_order(loss))
-    assert "Input 'fc1.w'" in text and "CrossEntropyWithSoftmax 'loss'" in text
+    assert "Input 'fc1.weight'" in text and "CrossEntropyWithSoftmax 'loss'" in text
 
 
 @needs_graphviz_package

@@ -62,7 +62,7 @@ import threading
 
 import numpy as np
 
-from .errors import GraphError, MiniflowError
+from .errors import GraphError, NotTwiceDifferentiableError
 from .executor import backward_pass, forward_pass, seed_gradient, weak_dtype
 from .graph import Constant, Context, Input, Node, Plan, TracingContext, topological_order
 
@@ -70,8 +70,6 @@ __all__ = ["grad", "vjp", "jvp", "hvp", "jacobian", "hessian", "expand", "Gradie
            "NotTwiceDifferentiableError", "TracingBackend"]
 
 
-class NotTwiceDifferentiableError(MiniflowError):
-    """A gradient was asked through a rule that cannot be traced into nodes."""
 
 
 # -- traced arrays -----------------------------------------------------------------------

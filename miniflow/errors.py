@@ -26,6 +26,10 @@ class NodeError(MiniflowError, ValueError):
     """A node's forward or backward rule failed, or broke the node contract."""
 
 
+class NotTwiceDifferentiableError(MiniflowError):
+    """A gradient was asked through a rule that cannot be traced into nodes."""
+
+
 class ShapeError(NodeError):
     """The shapes reaching a node do not fit together."""
 

@@ -148,7 +148,8 @@ def test_dropout_masks_are_reproducible_from_the_seed(backend):
 
 
 def test_dropout_rate_must_lie_in_0_1():
-    for rate in (-0.1, 1.0, True, "half"):
+    Dropout(Input(), 1.0)  # everything dropped: zeros, as torch's dropout(x, p=1.0)
+    for rate in (-0.1, 1.5, True, "half"):
         with pytest.raises(GraphError, match="Dropout rate must lie in"):
             Dropout(Input(), rate)
 

@@ -13,16 +13,27 @@ The ratio hvp / grad is the claim (target <= 4x; the theory says 2-4x). Examples
   python bench/hvp.py --rounds 5      # smoke run
   python bench/hvp.py --backend torch
   python bench/hvp.py --clock cpu     # steadier on a busy machine
+
+The glibc allocation policy is pinned first (``--malloc``, as in the other
+scripts): an HVP allocates more and larger temporaries than a gradient, so with
+glibc's adaptive threshold one process pays a page fault per page of each and
+the next does not, and the ratio moves by 0.5x between runs.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import miniflow as mf
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's miniflow
+
+import _common as c  # noqa: E402
+import miniflow as mf  # noqa: E402
 
 
 def build(batch=128, hidden=256, seed=0):
@@ -51,7 +62,10 @@ def main(argv=None):
                         help="BLAS threads (1: steady on a shared machine; 0: the library's)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time, steadier where others hold cores")
+    parser.add_argument("--malloc", choices=list(c.MALLOC_POLICIES), default="heap",
+                        help="glibc allocation policy (see bench/_common.py; default: heap)")
     args = parser.parse_args(argv)
+    malloc = c.set_malloc_policy(args.malloc)
     if args.blas_threads:
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.blas_threads)
@@ -73,6 +87,7 @@ def main(argv=None):
         "hvp": lambda: sync([mf.run(products[0], feed, backend=backend,
                                     extras=products[1:]).value]),
     }
+    machine = c.machine_info(malloc, args.blas_threads)  # the load before timing
     times = {name: [] for name in contenders}
     for fn in contenders.values():  # warm-up: plans, caches, BLAS threads
         fn()
@@ -84,6 +99,7 @@ def main(argv=None):
             contenders[name]()
             times[name].append(clock() - start)
     base = statistics.median(times["grad"])
+    print(c.describe(machine))
     print(f"784-256-10 MLP, batch 128, float32, backend {backend.name}, {args.rounds} rounds, "
           f"{args.clock} clock, BLAS threads {args.blas_threads or 'default'}")
     for name in names:

@@ -210,3 +210,16 @@ def test_cnn_quick_compares_miniflow_with_pytorch_from_the_same_weights(tmp_path
         "torch:cpu", "miniflow:numpy", "miniflow:numpy/2 shards"}
     assert set(result["split_ms"]) == {"convolution", "pooling", "rest"}
     assert result["targets"][0]["check"].startswith("miniflow:numpy / torch:cpu")
+
+
+def test_hvp_quick_checks_the_product_and_reports_its_ratio(tmp_path):
+    out = tmp_path / "hvp.json"
+    proc = run_script("hvp.py", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    check_machine(result["machine"])
+    assert set(result["median_ms"]) == {"grad", "grad-graph", "hvp"}
+    assert result["hvp_over_grad"] == pytest.approx(result["median_ms"]["hvp"]
+                                                   / result["median_ms"]["grad"])
+    # The timed HVP is the true one: central differences of the gradient agree.
+    assert result["check_relative_error"] < 1e-6

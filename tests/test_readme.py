@@ -1,4 +1,5 @@
 """The README's Python examples run as written (the GPU one on every backend)."""
+import html
 import re
 import shutil
 from pathlib import Path
@@ -103,6 +104,41 @@ def test_ci_runs_the_readmes_set_up_and_test_commands():
 
 def test_gradients_as_graphs_example_runs():
     exec(block("expand(grad(f, x), feed)"), {})
+
+
+def _drawn_labels(svg_text):
+    """The node labels of a drawing, without the ids that depend on the run (Mul#12 -> Mul)."""
+    return sorted(re.sub(r"#\d+$", "", html.unescape(label))
+                  for label in re.findall(r'font-weight="bold"[^>]*>(.*?)</text>', svg_text))
+
+
+def test_gradient_graph_drawing_runs_and_is_the_one_shown(tmp_path, monkeypatch):
+    pytest.importorskip("graphviz")
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz's dot program is not installed (apt-get install graphviz)")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(block("expand(grad(f, x), feed)"), namespace)
+    exec(block('"lab_gradient.svg"'), namespace)
+    drawn = (tmp_path / "lab_gradient.svg").read_text()
+    shown = (Path(__file__).parent.parent / "docs" / "lab_gradient.svg").read_text()
+    assert "docs/lab_gradient.svg" in README
+    labels = _drawn_labels(drawn)
+    assert labels == ["Add", "Constant", "Input 'y'", "Input 'z'", "Mul", "Mul"]
+    assert labels == _drawn_labels(shown)
+    # d f / d x = y + z = -1 at the feed (Graphviz writes the minus as &#45;)
+    assert "scalar = &#45;1<" in drawn and "scalar = &#45;1<" in shown
+
+
+def test_double_backprop_example_trains():
+    namespace = {}
+    exec(block("lam * batch * mf.Sum(dx * dx)"), namespace)
+    values = namespace["values"]
+    assert all(np.isfinite(values)) and values[-1] < values[0]
+    # The penalty is in the loss: its value exceeds the plain loss at the same weights.
+    mf, model, x, y = (namespace[k] for k in ("mf", "model", "x", "y"))
+    feed = {model.images: x, model.labels: y, **namespace["opt"].params}
+    assert float(mf.evaluate(namespace["penalized"], feed)) > float(mf.evaluate(model.loss, feed))
 
 
 def test_newton_cg_example_fits_to_rounding():

@@ -613,9 +613,14 @@ class Gradient(Node):
                              "output and the upstream gradient as cotangent=")
         plan = Plan.for_(output, wrt)  # errors (not reached, cycles) now, at build time
         leaves = [node for node in topological_order(output) if type(node) is Input]
-        inputs = leaves + ([cotangent] if cotangent is not None else [])
+        # wrt nodes computed inside the graph are inputs too, though their values are
+        # computed again by the passes: differentiating this gradient again with respect
+        # to them needs an edge from them (see _Stop).
+        inner = [node for node in dict.fromkeys(wrt) if type(node) is not Input]
+        inputs = leaves + inner + ([cotangent] if cotangent is not None else [])
         super().__init__(*inputs, name=name)
         self.output, self.wrt, self.has_cotangent = output, tuple(wrt), cotangent is not None
+        self.inner_wrt = tuple(inner)
         labels = {step.node or output for step in plan.feeds if step.integer}
         self.integer_inputs = tuple(k for k, leaf in enumerate(leaves) if leaf in labels)
 
@@ -626,28 +631,40 @@ class Gradient(Node):
         return f"{base} {self.name!r}" if self.name else f"{base} #{self.id}"
 
     def _passes(self, ctx, args, backend):
-        """The output's forward and backward over ``backend``: the gradients, packed."""
+        """The output's forward and backward over ``backend``: the gradients, packed, and
+        the values of ``inner_wrt`` (under tracing, each from a :class:`_Stop` node)."""
         plan = Plan.for_(self.output, self.wrt)
         leaves = len(self.inputs) - self.has_cotangent
         values = [None] * plan.size
         for step in plan.feeds:
             values[step.index] = args[self.inputs.index(step.node or self.output)]
         settings = ctx._run
+        kernels = None
+        if self.inner_wrt and isinstance(backend, TracingBackend):
+            kernels = [None] * plan.size
+            for node in self.inner_wrt:
+                kernels[plan.position(node)] = _Stopped(node)
         contexts = forward_pass(plan, self.output, values, backend, settings=settings,
                                 context=TracingContext if ctx.tracing or backend is not ctx.backend
-                                else Context)
+                                else Context, kernels=kernels)
         cotangent = args[leaves] if self.has_cotangent else None
         seed = seed_gradient(self.output, values[plan.output_index], cotangent, backend.xp)
-        grads = backward_pass(plan, self.output, values, contexts, seed, backend.xp)
+        grads = backward_pass(plan, self.output, values, contexts, seed, backend.xp,
+                              kernels=kernels)
         wanted = [grads[plan.position(node)] for node in self.wrt]
-        return _pack(backend.xp, wanted)
+        return _pack(backend.xp, wanted), [values[plan.position(n)] for n in self.inner_wrt]
+
+    def _stops(self, inner) -> dict:
+        """``{input position: the traced value of that inner wrt node}``."""
+        first = len(self.inputs) - self.has_cotangent - len(self.inner_wrt)
+        return {first + j: value for j, value in enumerate(inner)}
 
     def forward(self, ctx, *args):
         backend = ctx.backend
         if isinstance(backend, TracingBackend) or not any(ctx.needs_input_grad):
             # First order, or expanded inline inside an outer trace.
-            result = self._passes(ctx, args, backend)
-            ctx.save(None, args, result)
+            result, inner = self._passes(ctx, args, backend)
+            ctx.save(None, args, result, self._stops(inner))
             return result
         # Someone differentiates this gradient in this run: write its passes down as nodes.
         tracer, outer = _Tracer(backend, ctx._run, type(ctx)), getattr(_STATE, "tracer", None)
@@ -655,18 +672,65 @@ class Gradient(Node):
                   for a, need in zip(args, ctx.needs_input_grad)]
         _STATE.tracer = tracer
         try:
-            result = self._passes(ctx, traced, TracingBackend(backend))
+            result, inner = self._passes(ctx, traced, TracingBackend(backend))
         finally:
             _STATE.tracer = outer
-        ctx.save(tracer, traced, result)
+        ctx.save(tracer, traced, result, self._stops(inner))
         return _unwrap(result)
 
     def backward(self, ctx, grad):
-        tracer, args, result = ctx.saved
+        tracer, args, result, stops = ctx.saved
         needs = ctx.needs_input_grad
         if tracer is None:  # inside an outer trace: differentiate the expanded nodes there
-            return _traced_vjp(ctx, args, result, grad, needs)
-        return _numeric_vjp(ctx, tracer, args, result, grad, needs)
+            return _traced_vjp(ctx, args, result, grad, needs, stops)
+        return _numeric_vjp(ctx, tracer, args, result, grad, needs, stops)
+
+
+class _Stop(Node):
+    """y = x, recorded after a wrt node computed inside the graph: where its value enters.
+
+    The gradient of a gradient with respect to such a node h (an input of the
+    :class:`Gradient` node beside the Inputs) is taken along the paths from
+    this node only, and the Inputs' along the paths that do not pass it: the
+    outer graph adds the rest by the chain rule through h's own edges
+    (d/dW = direct + d/dh dh/dW, as PyTorch computes it). A node of its own so
+    that it differs from h's input even when h's forward returns its input.
+
+    A rule that reads its own output in backward (Tanh's) reads h's node, not
+    this one: that use counts with h's inputs. PyTorch counts it with h, so
+    d/dh of a gradient with respect to h's inputs can differ from its answer;
+    derivatives with respect to the Inputs (total derivatives) do not.
+    """
+
+    arity = 1
+
+    def forward(self, ctx, x):
+        return x
+
+    def backward(self, ctx, grad):
+        return (grad,)
+
+
+class _Stopped:
+    """A wrt node's rules, with its traced value passed through a recorded :class:`_Stop`."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def forward(self, ctx, *args):
+        value = self.node.forward(ctx, *args)
+        if not isinstance(value, Traced):
+            return value
+        tracer = _tracer()
+        stop = tracer.run(_Stop(value.node))
+        # A source of the gradient, as the Inputs are: it carries a gradient even where
+        # nothing above it does (the Inputs were not asked for).
+        found = tracer.record[stop.node]
+        tracer.record[stop.node] = (found[0], found[1], True)
+        return stop
+
+    def backward(self, ctx, grad):
+        return self.node.backward(ctx, grad)
 
 
 def _pack(xp, grads):
@@ -736,18 +800,25 @@ def _differentiable_ancestors(root, stop) -> set:
     return seen
 
 
-def _numeric_vjp(ctx, tracer, args, result, grad, needs):
-    """The gradient of the recorded passes, by the executor's backward over their nodes."""
+def _numeric_vjp(ctx, tracer, args, result, grad, needs, stops):
+    """The gradient of the recorded passes, by the executor's backward over their nodes.
+
+    ``stops``: ``{input position: traced value}`` of the wrt nodes computed
+    inside the graph; the gradient stops there (see :class:`_Stop`).
+    """
     xp, record = ctx.xp, tracer.record
     out = [xp.zeros_like(_unwrap(a)) if need else None for a, need in zip(args, needs)]
     if not isinstance(result, Traced) or not record[result.node][2]:
         return tuple(out)  # the gradient does not depend on what is asked
-    sources = {a.node for a in args}
+    args = [stops.get(k, a) for k, a in enumerate(args)]
+    sources = {a.node for a in args if isinstance(a, Traced)}
     reached = _differentiable_ancestors(result.node, sources)
-    wrt = [a.node for a, need in zip(args, needs) if need and a.node in reached]
+    wrt = [a.node for a, need in zip(args, needs)
+           if need and isinstance(a, Traced) and a.node in reached]
     if not wrt:
         return tuple(out)
-    plan = Plan(result.node, wrt)
+    plan = Plan(result.node, wrt, frozenset(v.node for v in stops.values()
+                                            if isinstance(v, Traced)))
     values, contexts = [None] * plan.size, [None] * plan.size
     for i, node in enumerate(plan.nodes):
         found = record.get(node)
@@ -755,17 +826,18 @@ def _numeric_vjp(ctx, tracer, args, result, grad, needs):
             values[i], contexts[i] = found[0], found[1]
     grads = backward_pass(plan, result.node, values, contexts, grad, xp)
     for k, a in enumerate(args):
-        if needs[k] and a.node in reached:
+        if needs[k] and isinstance(a, Traced) and a.node in reached:
             out[k] = grads[plan.position(a.node)]
     return tuple(out)
 
 
-def _traced_vjp(ctx, args, result, grad, needs):
+def _traced_vjp(ctx, args, result, grad, needs, stops):
     """Inside an outer trace: the gradient of this gradient's expanded nodes, itself traced.
 
     The expanded nodes ran on real arrays; their forward runs again over the
     tracing backend (fed with the traced arguments), so that their backward
-    rules see traced values and write the next order down too.
+    rules see traced values and write the next order down too. An inner wrt
+    node's :class:`_Stop` is fed with the outer value of that node.
     """
     backend = ctx.backend
     xp = backend.xp
@@ -773,9 +845,14 @@ def _traced_vjp(ctx, args, result, grad, needs):
     if not isinstance(result, Traced):
         return tuple(out)
     fed = {a.node: a for a in args if isinstance(a, Traced)}
+    nodes = [a.node if isinstance(a, Traced) else None for a in args]
+    for k, stop in stops.items():
+        if isinstance(stop, Traced) and isinstance(args[k], Traced):
+            fed[stop.node] = args[k]
+            nodes[k] = stop.node
     reached = _differentiable_ancestors(result.node, set(fed))
-    wrt = [a.node for a, need in zip(args, needs)
-           if need and isinstance(a, Traced) and a.node in reached]
+    wrt = [node for node, need in zip(nodes, needs) if need and node is not None
+           and node in reached]
     if not wrt:
         return tuple(out)
     plan = Plan(result.node, wrt, frozenset(fed))
@@ -786,9 +863,9 @@ def _traced_vjp(ctx, args, result, grad, needs):
     contexts = forward_pass(plan, result.node, values, backend, settings=ctx._run,
                             context=TracingContext)
     grads = backward_pass(plan, result.node, values, contexts, grad, xp)
-    for k, a in enumerate(args):
-        if needs[k] and isinstance(a, Traced) and a.node in reached:
-            out[k] = grads[plan.position(a.node)]
+    for k, node in enumerate(nodes):
+        if needs[k] and node is not None and node in reached:
+            out[k] = grads[plan.position(node)]
     return tuple(out)
 
 
@@ -818,7 +895,9 @@ def grad(output, wrt, cotangent=None):
     output : Node
         A scalar node (or any node, with ``cotangent``).
     wrt : Node or sequence of Node
-        What to differentiate with respect to.
+        What to differentiate with respect to: Inputs, or nodes computed inside
+        the graph (the result can be differentiated again with respect to
+        either; see :class:`_Stop` for what d/dh means for an inner node h).
     cotangent : Node or number, optional
         The upstream gradient of a non-scalar output (``tf.gradients``'
         ``grad_ys``): the result is then the vector-Jacobian product.
@@ -1102,13 +1181,14 @@ def expand(gradient, feed_dict, backend=None):
     tracer, outer = _Tracer(backend), getattr(_STATE, "tracer", None)
     args = []
     for leaf in node.inputs:
-        value = backend.accept(feed_dict[leaf], what=leaf)
+        value = backend.accept(feed_dict[leaf] if leaf in feed_dict else
+                               _evaluate(leaf, feed_dict, backend), what=leaf)
         args.append(tracer.placeholder(value, leaf) if backend.is_floating(value.dtype)
                     else tracer.constant(value))
     ctx = Context(backend, backend.xp, [a.value for a in args], (True,) * len(args))
     _STATE.tracer = tracer
     try:
-        result = node._passes(ctx, args, TracingBackend(backend))
+        result, _ = node._passes(ctx, args, TracingBackend(backend))
         if part is not None:
             wrt = [tracer.constant(evaluate_value) for evaluate_value in
                    (_evaluate(w, feed_dict, backend) for w in part.inputs[1:])]

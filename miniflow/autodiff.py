@@ -49,7 +49,7 @@ is about 3):
 - ``vjp``: one gradient.
 - ``jvp``: about 3 gradients (the linear map u -> J^T u, transposed by a
   second reverse pass: the "double-vjp" trick).
-- ``hvp``: one traced gradient plus its reverse pass: 2-4 gradients (3.7 measured
+- ``hvp``: one traced gradient plus its reverse pass: 2-4 gradients (3.5 measured
   by ``bench/hvp.py`` on the 784-256-10 MLP at batch 128).
 - ``jacobian``: one reverse pass per output element.
 - ``hessian``: one ``hvp`` per input element.
@@ -954,7 +954,7 @@ def _inner(grads, vectors):
     it meets the vectors in one node, :class:`_PackedDot`. Going through the
     :class:`GradientPart` of each node instead would make the reverse pass
     build a zero-padded copy of the whole packed vector per part and add them
-    up (on the MLP of ``bench/hvp.py``: HVP 4.2x a gradient, against 3.7-3.8x).
+    up (on the MLP of ``bench/hvp.py``: HVP 4.1x a gradient, against 3.5x).
     """
     from .nodes import Add, Mul, Sum
     if len(grads) > 1 and all(isinstance(g, GradientPart) for g in grads):

@@ -16,9 +16,11 @@ from .layers import (ELU, GELU, LAYERS, AvgPool2D, BatchNorm1d, BatchNorm2d, Con
                      ReLU, Residual, Sequential, Sigmoid, Tanh, from_record, register)
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .attention import MultiHeadAttention, PositionalEmbedding, TransformerBlock
+from .lm import CharLM
 
 __all__ = ["Layer", "LAYERS", "INITIALIZERS", "register", "from_record", "Linear", "Conv2D",
            "MaxPool2D", "AvgPool2D", "Flatten", "Dropout", "LayerNorm", "BatchNorm1d",
            "BatchNorm2d", "Embedding", "Sequential", "Residual", "ReLU", "Sigmoid", "Tanh",
            "GELU", "LeakyReLU", "ELU", "Identity", "RNNCell", "LSTMCell", "GRUCell", "RNN",
-           "LSTM", "GRU", "MultiHeadAttention", "PositionalEmbedding", "TransformerBlock"]
+           "LSTM", "GRU", "MultiHeadAttention", "PositionalEmbedding", "TransformerBlock",
+           "CharLM"]

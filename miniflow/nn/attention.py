@@ -3,8 +3,8 @@
 >>> from miniflow import Input, nn
 >>> block = nn.TransformerBlock(128, 4, causal=True)
 >>> y = block(Input("x"))                     # x: (steps, batch, 128), time-major
->>> [name for name, _ in block.named_parameters()][:4]
-['self_attn.in_proj_weight', 'self_attn.in_proj_bias', 'self_attn.out_proj.weight', 'self_attn.out_proj.bias']
+>>> [name for name, _ in block.named_parameters()][:3]
+['self_attn.in_proj_weight', 'self_attn.in_proj_bias', 'self_attn.out_proj.weight']
 
 :class:`MultiHeadAttention` holds ``torch.nn.MultiheadAttention``'s parameters
 under its names and layouts (``in_proj_weight`` (3 E, E), ``out_proj.weight``
@@ -21,7 +21,8 @@ import math
 from .. import nodes
 from ..errors import ConfigError, ShapeError
 from ..graph import Node
-from .layers import GELU, LayerNorm, Layer, Linear, ReLU, _bool, _int, _real, register
+from .layers import (GELU, Layer, LayerNorm, Linear, ReLU, check_bool, check_int, check_real,
+                     register)
 
 __all__ = ["MultiHeadAttention", "PositionalEmbedding", "TransformerBlock", "SplitHeads",
            "MergeHeads", "CausalMask", "AddPositions"]
@@ -108,7 +109,7 @@ class AddPositions(Node):
         if x.shape[0] > table.shape[0]:
             raise ShapeError(f"{x.shape[0]} steps, but the positional table has "
                              f"{table.shape[0]} rows (max_len)")
-        return x + ctx.xp.expand_dims(table[:x.shape[0]], axis=1)
+        return x + ctx.xp.expand_dims(table[:x.shape[0], :], axis=1)
 
     def backward(self, ctx, grad):
         xp = ctx.xp
@@ -148,13 +149,13 @@ class MultiHeadAttention(Layer):
 
     def __init__(self, embed_dim, num_heads, bias=True, causal=False):
         super().__init__()
-        self.embed_dim = _int(embed_dim, "embed_dim")
-        self.num_heads = _int(num_heads, "num_heads")
+        self.embed_dim = check_int(embed_dim, "embed_dim")
+        self.num_heads = check_int(num_heads, "num_heads")
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"embed_dim {self.embed_dim} must be divisible by num_heads "
                               f"{self.num_heads}")
-        self.has_bias = _bool(bias, "bias")
-        self.causal = _bool(causal, "causal")
+        self.has_bias = check_bool(bias, "bias")
+        self.causal = check_bool(causal, "causal")
         E = self.embed_dim
         self.in_proj_weight = self.add_parameter("in_proj_weight", (3 * E, E), "xavier_uniform",
                                                  E, 3 * E)
@@ -198,14 +199,14 @@ class PositionalEmbedding(Layer):
     """Adds a learned embedding of each position: ``x + weight[:steps, None]``.
 
     x (steps, batch, embedding_dim), time-major; ``weight`` (max_len,
-    embedding_dim) starts normal with std ``init_std`` (GPT-2's 0.02 by default).
+    embedding_dim) starts normal with std 0.02, as GPT-2's.
     """
 
     def __init__(self, max_len, embedding_dim):
         super().__init__()
-        self.max_len = _int(max_len, "max_len")
-        self.embedding_dim = _int(embedding_dim, "embedding_dim")
-        # fan_in 2500 makes he_normal's std 0.02 (GPT-2's start for positions).
+        self.max_len = check_int(max_len, "max_len")
+        self.embedding_dim = check_int(embedding_dim, "embedding_dim")
+        # fan_in 5000 makes he_normal's std sqrt(2 / 5000) = 0.02.
         self.weight = self.add_parameter("weight", (self.max_len, self.embedding_dim),
                                          "he_normal", 5000, self.embedding_dim)
 
@@ -228,15 +229,15 @@ class TransformerBlock(Layer):
     def __init__(self, d_model, num_heads, dim_feedforward=None, activation="gelu",
                  causal=True, eps=1e-5):
         super().__init__()
-        self.d_model = _int(d_model, "d_model")
-        self.num_heads = _int(num_heads, "num_heads")
+        self.d_model = check_int(d_model, "d_model")
+        self.num_heads = check_int(num_heads, "num_heads")
         self.dim_feedforward = 4 * self.d_model if dim_feedforward is None else \
-            _int(dim_feedforward, "dim_feedforward")
+            check_int(dim_feedforward, "dim_feedforward")
         if activation not in ("relu", "gelu"):
             raise ConfigError(f"activation must be 'relu' or 'gelu', got {activation!r}")
         self.activation = activation
-        self.causal = _bool(causal, "causal")
-        self.eps = _real(eps, "eps", 0, open_low=True, open_high=True)
+        self.causal = check_bool(causal, "causal")
+        self.eps = check_real(eps, "eps", 0, open_low=True, open_high=True)
         self.self_attn = self.add_layer("self_attn", MultiHeadAttention(
             self.d_model, self.num_heads, causal=self.causal))
         self.linear1 = self.add_layer("linear1", Linear(self.d_model, self.dim_feedforward,

@@ -25,7 +25,7 @@ from .. import nodes
 from ..errors import ConfigError, ShapeError
 from ..graph import Node
 from ..nodes import sigmoid
-from .layers import Layer, _bool, _int, register
+from .layers import Layer, check_bool, check_int, register
 
 __all__ = ["RNNCell", "LSTMCell", "GRUCell", "RNN", "LSTM", "GRU", "Recurrence"]
 
@@ -109,7 +109,7 @@ class Recurrence(Node):
                 recurrent = recurrent + b_hh
             h_prev, c_prev = h, c
             if self.mode == "lstm":
-                gates = projected[t] + recurrent
+                gates = projected[t, ...] + recurrent
                 act = sigmoid(xp, gates)
                 i, f, o = act[:, :hidden], act[:, hidden:2 * hidden], act[:, 3 * hidden:]
                 g = xp.tanh(gates[:, 2 * hidden:3 * hidden])
@@ -118,7 +118,7 @@ class Recurrence(Node):
                 h = o * tc
                 saved.append((h_prev, c_prev, i, f, g, o, tc))
             elif self.mode == "gru":
-                xt = projected[t]
+                xt = projected[t, ...]
                 rz = sigmoid(xp, xt[:, :2 * hidden] + recurrent[:, :2 * hidden])
                 r, z = rz[:, :hidden], rz[:, hidden:]
                 hn = recurrent[:, 2 * hidden:]
@@ -126,7 +126,7 @@ class Recurrence(Node):
                 h = (1 - z) * n + z * h_prev
                 saved.append((h_prev, r, z, n, hn))
             else:
-                pre = projected[t] + recurrent
+                pre = projected[t, ...] + recurrent
                 h = xp.tanh(pre) if self.mode == "rnn_tanh" else \
                     xp.where(pre > 0, pre, xp.zeros_like(pre))
                 saved.append((h_prev, h))
@@ -142,10 +142,10 @@ class Recurrence(Node):
         x, w_ih, w_hh, b_ih, b_hh, h0, c0 = self._unpack(ctx.inputs)
         steps, batch = x.shape[0], x.shape[1]
         dh_next = xp.zeros((batch, hidden), dtype=grad.dtype)
-        dc_next = grad[steps] if self.mode == "lstm" else None
+        dc_next = grad[steps, ...] if self.mode == "lstm" else None
         d_inputs, d_recurrents = [None] * steps, [None] * steps
         for t in range(steps - 1, -1, -1):
-            dh = grad[t] + dh_next
+            dh = grad[t, ...] + dh_next
             if self.mode == "lstm":
                 h_prev, c_prev, i, f, g, o, tc = saved[t]
                 dc = dc_next + dh * o * (1 - tc * tc)
@@ -199,9 +199,9 @@ class _Cell(Layer):
 
     def __init__(self, input_size, hidden_size, bias=True):
         super().__init__()
-        self.input_size = _int(input_size, "input_size")
-        self.hidden_size = _int(hidden_size, "hidden_size")
-        self.has_bias = _bool(bias, "bias")
+        self.input_size = check_int(input_size, "input_size")
+        self.hidden_size = check_int(hidden_size, "hidden_size")
+        self.has_bias = check_bool(bias, "bias")
         gates = GATES[self.mode] * self.hidden_size
         self.weight_ih = _torch_uniform(self, "weight_ih", (gates, self.input_size),
                                         self.hidden_size)
@@ -303,10 +303,10 @@ class _Sequence(Layer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True):
         super().__init__()
-        self.input_size = _int(input_size, "input_size")
-        self.hidden_size = _int(hidden_size, "hidden_size")
-        self.num_layers = _int(num_layers, "num_layers")
-        self.has_bias = _bool(bias, "bias")
+        self.input_size = check_int(input_size, "input_size")
+        self.hidden_size = check_int(hidden_size, "hidden_size")
+        self.num_layers = check_int(num_layers, "num_layers")
+        self.has_bias = check_bool(bias, "bias")
         gates = GATES[self.mode] * self.hidden_size
         self.weights = []
         for k in range(self.num_layers):

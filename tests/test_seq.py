@@ -520,3 +520,36 @@ def test_charlm_refuses_bad_settings():
     model = from_network(_tiny_lm(), (6,), n_classes=7)
     with pytest.raises(ConfigError, match="outside the vocabulary: 'z'"):
         sample(model, "abz", 3)
+
+
+# -- the benchmarks run (their numbers are not asserted: CI machines are noisy) --------------
+
+@pytest.mark.parametrize("script", ["seq.py", "seq_quality.py"])
+def test_the_sequence_benchmarks_run(script, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "result.json"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(root / "bench" / script), "--quick", "--json",
+                           str(out)], capture_output=True, text=True, timeout=600, cwd=root,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    assert result["machine"]["load_average"] is not None
+    if script == "seq.py":
+        names = {r["contender"] for r in result["results"]}
+        assert names == {"miniflow:lstm", "torch:lstm", "miniflow:transformer",
+                         "torch:transformer"}
+        for r in result["results"]:  # same weights, same batch: the same first loss
+            twin = next(s for s in result["results"] if s["contender"].split(":")[1] ==
+                        r["contender"].split(":")[1] and s is not r)
+            assert r["first_loss"] == pytest.approx(twin["first_loss"], rel=1e-4)
+            assert r["ratio_paired"] > 0
+    else:
+        assert result["settings"]["steps"] == 20
+        assert result["miniflow"]["bpc"] == pytest.approx(result["torch"]["bpc"], rel=0.02)
+        assert len(result["miniflow"]["train_bpc"]) == len(result["torch"]["train_bpc"]) == 20

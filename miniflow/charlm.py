@@ -324,7 +324,8 @@ def _torch_module(torch, network):
                 self.positions = Positions()
                 self.blocks = tnn.ModuleList([
                     tnn.TransformerEncoderLayer(width, network.num_heads, 4 * width, dropout=0.0,
-                                                activation="gelu", norm_first=True)
+                                                activation=tnn.GELU(approximate="tanh"),
+                                                norm_first=True)
                     for _ in range(network.num_layers)])
                 self.norm = tnn.LayerNorm(width)
                 out = width

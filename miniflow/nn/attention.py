@@ -25,7 +25,7 @@ from .layers import (GELU, Layer, LayerNorm, Linear, ReLU, check_bool, check_int
                      register)
 
 __all__ = ["MultiHeadAttention", "PositionalEmbedding", "TransformerBlock", "SplitHeads",
-           "MergeHeads", "CausalMask", "AddPositions"]
+           "MergeHeads", "CausalMask", "AddPositions", "SelfAttention"]
 
 
 # -- the nodes attention needs -------------------------------------------------------------
@@ -95,6 +95,61 @@ class CausalMask(Node):
         return (xp.where(_causal_keep(xp, grad.shape), grad, xp.zeros_like(grad)),)
 
 
+class SelfAttention(Node):
+    """Multi-head scaled dot-product attention of (steps, batch, 3 E) projections
+    ``[q | k | v]``: softmax(q k^T / sqrt(d)) v per head, merged to (steps, batch, E).
+
+    One node, so its backward gives the three projections' gradients as one
+    array (three slices of one input would each scatter a full-size gradient).
+    ``causal`` hides every later step from each query.
+    """
+
+    arity = 1
+
+    def __init__(self, qkv, heads, causal=False, name=None):
+        super().__init__(qkv, name=name)
+        self.heads, self.causal = heads, causal
+
+    def forward(self, ctx, qkv):
+        xp = ctx.xp
+        if qkv.ndim != 3 or qkv.shape[2] % (3 * self.heads):
+            raise ShapeError(f"expects (steps, batch, 3 * embed_dim) with embed_dim divisible "
+                             f"by {self.heads} heads, got shape {tuple(qkv.shape)}")
+        width = qkv.shape[2] // 3
+        split = _split_heads_of(xp, self.heads)
+        q, k, v = (split(qkv[..., part * width:(part + 1) * width]) for part in range(3))
+        q = q * (1.0 / math.sqrt(width // self.heads))
+        scores = q @ xp.matrix_transpose(k)
+        if self.causal:
+            scores = xp.where(_causal_keep(xp, scores.shape), scores,
+                              xp.full_like(scores, -math.inf))
+        scores = scores - xp.max(scores, axis=-1, keepdims=True)
+        p = xp.exp(scores)
+        p = p / xp.sum(p, axis=-1, keepdims=True)
+        ctx.save(q, k, v, p)
+        return _merge(xp, p @ v)
+
+    def backward(self, ctx, grad):
+        xp = ctx.xp
+        q, k, v, p = ctx.saved
+        d_out = _split_heads_of(xp, self.heads)(grad)
+        d_p = d_out @ xp.matrix_transpose(v)
+        d_v = xp.matrix_transpose(p) @ d_out
+        # Softmax's backward; masked positions have p = 0, so their gradient is 0.
+        d_s = p * (d_p - xp.sum(d_p * p, axis=-1, keepdims=True))
+        d_q = (d_s @ k) * (1.0 / math.sqrt(q.shape[-1]))
+        d_k = xp.matrix_transpose(d_s) @ q
+        return (xp.concat([_merge(xp, d_q), _merge(xp, d_k), _merge(xp, d_v)], axis=-1),)
+
+
+def _split_heads_of(xp, heads):
+    def split(x):
+        steps, batch, width = x.shape
+        return xp.permute_dims(xp.reshape(x, (steps, batch, heads, width // heads)),
+                               (1, 2, 0, 3))
+    return split
+
+
 class AddPositions(Node):
     """x (steps, batch, d) plus the first ``steps`` rows of a (max_len, d) table."""
 
@@ -131,8 +186,16 @@ class _Projection(Layer):
         self.bias = self.add_parameter("bias", (features,), "zeros") if bias else None
 
     def build(self, x):
-        y = nodes.MatMul(x, nodes.MatrixTranspose(self.weight))
-        return y if self.bias is None else nodes.Add(y, self.bias, name=self._name())
+        return _affine(x, self.weight, self.bias, name=self._name())
+
+
+def _affine(x, weight, bias, name=None):
+    """``x @ weight.T + bias`` for a PyTorch-layout weight (out, in). The Linear node
+    takes the weight's gradient as one product over all the rows of x (a MatMul of a
+    stack would make one per leading index, then sum them)."""
+    if bias is None:
+        return nodes.MatMul(x, nodes.MatrixTranspose(weight), name=name)
+    return nodes.Linear(x, nodes.MatrixTranspose(weight), bias, name=name)
 
 
 @register
@@ -164,30 +227,36 @@ class MultiHeadAttention(Layer):
         self.out_proj = self.add_layer("out_proj", _Projection(E, self.has_bias))
 
     def _project(self, x, part):
-        E = self.embed_dim
-        y = nodes.MatMul(x, nodes.MatrixTranspose(self.in_proj_weight[part * E:(part + 1) * E]))
-        return y if self.in_proj_bias is None else y + self.in_proj_bias[part * E:(part + 1) * E]
+        rows = slice(part * self.embed_dim, (part + 1) * self.embed_dim)
+        return _affine(x, self.in_proj_weight[rows],
+                       None if self.in_proj_bias is None else self.in_proj_bias[rows])
 
     def build(self, query, key=None, value=None):
         key = query if key is None else key
         value = key if value is None else value
+        heads = self.num_heads
         if key is query and value is query:
-            # Self-attention: the three projections as one product, then cut.
-            qkv = nodes.MatMul(query, nodes.MatrixTranspose(self.in_proj_weight))
-            if self.in_proj_bias is not None:
-                qkv = qkv + self.in_proj_bias
-            q, k, v = nodes.Split(qkv, 3, axis=-1)
+            # Self-attention: the three projections as one product, and the attention itself
+            # one node, whose backward hands back one (steps, batch, 3 E) gradient.
+            qkv = _affine(query, self.in_proj_weight, self.in_proj_bias)
+            out = self.out_proj(SelfAttention(qkv, heads, self.causal))
+            q, k, _ = nodes.Split(qkv, 3, axis=-1)
         else:
             q, k, v = (self._project(x, part) for part, x in enumerate((query, key, value)))
+            out = self.out_proj(MergeHeads(nodes.MatMul(self._weights(q, k),
+                                                        SplitHeads(v, heads))))
+        # The weights are a branch of their own: a graph that ignores them never runs it.
+        return out, nodes.Mean(self._weights(q, k), axis=1)
+
+    def _weights(self, q, k):
+        """softmax(q k^T / sqrt(d)) per head, (batch, heads, steps, keys)."""
         heads = self.num_heads
-        q, k, v = (SplitHeads(x, heads) for x in (q, k, v))
         scale = 1.0 / math.sqrt(self.embed_dim // heads)
-        scores = nodes.MatMul(q * scale, nodes.MatrixTranspose(k))
+        scores = nodes.MatMul(SplitHeads(q, heads) * scale,
+                              nodes.MatrixTranspose(SplitHeads(k, heads)))
         if self.causal:
             scores = CausalMask(scores)
-        weights = nodes.Softmax(scores, axis=-1)
-        out = self.out_proj(MergeHeads(nodes.MatMul(weights, v)))
-        return out, nodes.Mean(weights, axis=1)
+        return nodes.Softmax(scores, axis=-1)
 
     def config(self):
         return {"embed_dim": self.embed_dim, "num_heads": self.num_heads, "bias": self.has_bias,
@@ -224,6 +293,8 @@ class TransformerBlock(Layer):
     As ``torch.nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward,
     dropout=0, activation, norm_first=True)`` and the same parameter names;
     x (steps, batch, d_model), time-major. ``causal`` masks the future.
+    ``activation``: "relu", "gelu" (exact) or "gelu_tanh" (the tanh form, GPT-2's;
+    PyTorch's ``activation=nn.GELU(approximate="tanh")``).
     """
 
     def __init__(self, d_model, num_heads, dim_feedforward=None, activation="gelu",
@@ -233,8 +304,9 @@ class TransformerBlock(Layer):
         self.num_heads = check_int(num_heads, "num_heads")
         self.dim_feedforward = 4 * self.d_model if dim_feedforward is None else \
             check_int(dim_feedforward, "dim_feedforward")
-        if activation not in ("relu", "gelu"):
-            raise ConfigError(f"activation must be 'relu' or 'gelu', got {activation!r}")
+        if activation not in ("relu", "gelu", "gelu_tanh"):
+            raise ConfigError(f"activation must be 'relu', 'gelu' or 'gelu_tanh', got "
+                              f"{activation!r}")
         self.activation = activation
         self.causal = check_bool(causal, "causal")
         self.eps = check_real(eps, "eps", 0, open_low=True, open_high=True)
@@ -248,7 +320,8 @@ class TransformerBlock(Layer):
                                                         bias_init="torch_uniform"))
         self.norm1 = self.add_layer("norm1", LayerNorm(self.d_model, eps=self.eps))
         self.norm2 = self.add_layer("norm2", LayerNorm(self.d_model, eps=self.eps))
-        self.act = GELU() if activation == "gelu" else ReLU()
+        self.act = ReLU() if activation == "relu" else \
+            GELU("tanh" if activation == "gelu_tanh" else "none")
 
     def build(self, x):
         attended, _ = self.self_attn(self.norm1(x))

@@ -55,7 +55,8 @@ class CharLM(Layer):
             self.positions = self.add_layer("positions", PositionalEmbedding(
                 self.context, self.embedding_dim))
             self.blocks = self.add_layer("blocks", Sequential(*[
-                TransformerBlock(self.embedding_dim, self.num_heads, causal=True)
+                TransformerBlock(self.embedding_dim, self.num_heads,
+                                 activation="gelu_tanh", causal=True)
                 for _ in range(self.num_layers)]))
             self.norm = self.add_layer("norm", LayerNorm(self.embedding_dim))
             width = self.embedding_dim

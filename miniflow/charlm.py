@@ -345,3 +345,57 @@ def _torch_module(torch, network):
             return self.head(x).permute(1, 2, 0), state
 
     return Twin()
+
+
+# -- the command ------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    """``python -m miniflow.charlm [--text FILE] ...``: train, report bits per character,
+    sample, optionally save. Without ``--text``, CPython's help topics."""
+    import argparse
+
+    from .serialize import save_model
+
+    p = argparse.ArgumentParser(prog="python -m miniflow.charlm", description=main.__doc__)
+    p.add_argument("--text", metavar="FILE", help="a UTF-8 text file (default: CPython's "
+                   "help topics, pydoc_data.topics)")
+    p.add_argument("--kind", choices=["lstm", "transformer"], default="lstm")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--embedding", type=int, default=64, help="embedding width (the "
+                   "transformer's model width)")
+    p.add_argument("--hidden", type=int, default=256, help="the LSTM's hidden size")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm limit; 0: none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", type=int, default=300, metavar="N", help="characters to sample")
+    p.add_argument("--prompt", default="The ")
+    p.add_argument("--save", metavar="PATH", help="write the model here (.npz)")
+    args = p.parse_args(argv)
+    if args.text is None:
+        text = python_help_text()
+    else:
+        with open(args.text, encoding="utf-8") as f:
+            text = f.read()
+    every = max(1, args.steps // 20)
+    result = train_charlm(
+        text, kind=args.kind, steps=args.steps, batch_size=args.batch_size,
+        seq_len=args.seq_len, embedding_dim=args.embedding, hidden_size=args.hidden,
+        num_layers=args.layers, num_heads=args.heads, lr=args.lr,
+        clip=args.clip or None, seed=args.seed,
+        log=lambda step, bits: print(f"step {step}: {bits:.3f} bits/char (train)", flush=True)
+        if step % every == 0 else None)
+    print(f"held-out: {result.bpc:.3f} bits per character after {result.steps} steps "
+          f"({result.seconds:.0f} s)")
+    if args.sample:
+        print(sample(result, args.prompt, args.sample, seed=args.seed))
+    if args.save:
+        print(f"saved {save_model(result.model, args.save)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

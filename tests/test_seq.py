@@ -554,3 +554,18 @@ def test_the_sequence_benchmarks_run(script, tmp_path):
         assert result["settings"]["steps"] == 20
         assert result["miniflow"]["bpc"] == pytest.approx(result["torch"]["bpc"], rel=0.02)
         assert len(result["miniflow"]["train_bpc"]) == len(result["torch"]["train_bpc"]) == 20
+
+
+def test_the_charlm_command_trains_samples_and_saves(tmp_path, capsys):
+    from miniflow.charlm import main, python_help_text
+
+    text = tmp_path / "text.txt"
+    text.write_text(python_help_text()[:6000], encoding="utf-8")
+    saved = tmp_path / "lm.npz"
+    assert main(["--text", str(text), "--steps", "4", "--batch-size", "4", "--seq-len", "16",
+                 "--embedding", "8", "--hidden", "8", "--layers", "1", "--sample", "20",
+                 "--prompt", "Th", "--save", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "held-out: " in out and "bits per character after 4 steps" in out
+    assert "\nTh" in out and saved.exists()
+    assert load_model(saved).network.vocabulary == "".join(sorted(set(text.read_text())))

@@ -62,6 +62,23 @@ def torch_training(model, train_ids, valid_ids, steps, batch, seq_len):
     return total / count / math.log(2), history
 
 
+def both(text, vocabulary, start, first, steps, batch, seq_len, sizes):
+    """Train miniflow's and PyTorch's runs; their results and wall times."""
+    from miniflow.charlm import encode, train_charlm
+
+    began = time.perf_counter()
+    ours = train_charlm(text, steps=steps, batch_size=batch, seq_len=seq_len, lr=LR, clip=CLIP,
+                        valid_fraction=VALID, params=first, **sizes)
+    ours_s = time.perf_counter() - began
+    split = int(len(text) * (1 - VALID))
+    began = time.perf_counter()
+    theirs_bpc, theirs_history = torch_training(
+        start, encode(text[:split], vocabulary), encode(text[split:], vocabulary), steps, batch,
+        seq_len)
+    theirs_s = time.perf_counter() - began
+    return ours, ours_s, theirs_bpc, theirs_history, theirs_s
+
+
 def main(argv=None) -> int:
     p = c.parser(__doc__, "seq_quality")
     p.add_argument("--steps", type=int, help="training steps (default 300; quick 20)")
@@ -70,7 +87,7 @@ def main(argv=None) -> int:
     malloc = c.set_malloc_policy(args.malloc)
     import torch
 
-    from miniflow.charlm import encode, python_help_text, train_charlm
+    from miniflow.charlm import python_help_text
     from miniflow.models import from_network
     from miniflow.nn import CharLM
 
@@ -88,16 +105,9 @@ def main(argv=None) -> int:
                          n_classes=len(vocabulary), seed=args.seed)
     first = {node.name: value for node, value in start.params.items()}
 
-    began = time.perf_counter()
-    ours = train_charlm(text, steps=steps, batch_size=batch, seq_len=seq_len, lr=LR, clip=CLIP,
-                        valid_fraction=VALID, params=first, **sizes)
-    ours_s = time.perf_counter() - began
-    split = int(len(text) * (1 - VALID))
-    began = time.perf_counter()
-    theirs_bpc, theirs_history = torch_training(
-        start, encode(text[:split], vocabulary), encode(text[split:], vocabulary), steps, batch,
-        seq_len)
-    theirs_s = time.perf_counter() - began
+    with c.blas_limit(args.blas_threads):
+        ours, ours_s, theirs_bpc, theirs_history, theirs_s = both(
+            text, vocabulary, start, first, steps, batch, seq_len, sizes)
 
     gap = ours.bpc / theirs_bpc - 1
     machine = c.machine_info(malloc, args.blas_threads)

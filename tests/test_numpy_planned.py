@@ -178,3 +178,34 @@ def test_gemm_declines_what_it_cannot_describe():
     frozen.flags.writeable = False
     assert not gemm.add_product(frozen, a, b, a_transposed=True)
     assert not c.any() and not frozen.any()
+
+
+def test_jax_step_checks_each_labels_array_once_and_every_new_one():
+    """JAX arrays never change, so a labels array found in range is not looked at
+    again; every other array is, and a bad one is refused."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from miniflow.errors import NodeError
+
+    images, labels, params, loss = mlp("relu")
+    feed = feed_for(images, labels, params, batch=7, features=5, hidden=4, classes=5,
+                    dtype=np.float32)
+    feed = {node: jnp.asarray(value) for node, value in feed.items()}
+    step = miniflow.compile(loss, params, backend="jax.numpy")
+    step(feed)  # compiles (the ordinary run checks these labels)
+    looked = []
+    real = type(step)._host
+
+    def host(self, array):
+        looked.append(array)
+        return real(self, array)
+
+    step._host = host.__get__(step)
+    step(feed)
+    step(feed)
+    assert len(looked) == 1  # the second call reused the first's verdict
+    bad = np.asarray(feed[labels]).copy()
+    bad[2] = 5
+    with pytest.raises(NodeError, match=r"labels.* must lie in \[0, 5\)"):
+        step({**feed, labels: jnp.asarray(bad)})

@@ -47,3 +47,18 @@ def test_chunks_bound_the_columns(monkeypatch):
     monkeypatch.setattr(conv, "_windows", counting)
     miniflow.evaluate(y, feed)
     assert seen == [3, 3, 1]
+
+
+def test_bias_of_another_dtype_promotes_as_before():
+    """The bias is added in place only where that keeps the result's dtype."""
+    rng = np.random.default_rng(2)
+    x, w, b = Input("x"), Input("w"), Input("b")
+    y = Conv2D(x, w, b, padding=1)
+    feed = {x: rng.standard_normal((2, 2, 4, 4)).astype(np.float32),
+            w: rng.standard_normal((3, 2, 3, 3)).astype(np.float32),
+            b: rng.standard_normal(3)}  # float64
+    out = miniflow.evaluate(y, feed)
+    assert out.dtype == np.float64
+    want = miniflow.evaluate(Conv2D(x, w, padding=1), feed).astype(np.float64) \
+        + feed[b][None, :, None, None]
+    np.testing.assert_allclose(out, want, rtol=1e-6)

@@ -257,33 +257,53 @@ class Conv2D(_Windowed):
         padded = pad2d(xp, _channels_last(xp, x), pads)
         n, o = x.shape[0], w.shape[0]
         width = kernel[0] * kernel[1] * x.shape[1]
-        if not any(ctx.needs_input_grad) and width > o:
+        training = any(ctx.needs_input_grad)
+        # Arrays this rule makes may be changed in place (a bias added into the
+        # product: no second output-sized array) where the library allows it and no
+        # compiler is tracing.
+        in_place = getattr(ctx.backend, "writable_arrays", False) \
+            and not getattr(ctx, "tracing", False)
+        if not training and width > o:
             # No gradient will read the columns (evaluation), and they are width / O
             # times the size of the output: made a few images at a time instead.
             per_image = oh * ow * width * _itemsize(xp, x.dtype)
             chunk = max(1, EVAL_COLUMN_BYTES // per_image)
             if chunk < n:
                 weights = xp.matrix_transpose(_weight_rows(xp, w))
+                y = xp.empty((n * oh * ow, o), dtype=x.dtype) if in_place else None
                 parts = []
                 for start in range(0, n, chunk):
                     cols = _windows(ctx, padded[start:start + chunk], kernel, self.stride,
                                     self.dilation, (oh, ow))
                     m = cols.shape[0]
-                    parts.append(xp.reshape(cols, (m * oh * ow, width)) @ weights)
+                    part = xp.reshape(cols, (m * oh * ow, width)) @ weights
                     del cols  # before the next chunk's columns are made
-                y = xp.concat(parts, axis=0)
-                del parts
-                if b is not None:
-                    y = y + b
-                return _channels_first(xp, xp.reshape(y, (n, oh, ow, o)))
+                    if in_place:
+                        y[start * oh * ow:(start + m) * oh * ow, :] = part
+                    else:
+                        parts.append(part)
+                    del part
+                if not in_place:
+                    y = xp.concat(parts, axis=0)
+                    del parts
+                return _channels_first(xp, xp.reshape(self._add_bias(y, b, in_place),
+                                                      (n, oh, ow, o)))
         cols = _windows(ctx, padded, kernel, self.stride, self.dilation, (oh, ow))
         # Sizes spelled out, not -1: -1 is ambiguous when the batch is empty.
         rows = xp.reshape(cols, (n * oh * ow, cols.shape[3] * cols.shape[4]))  # a row per pixel
-        ctx.save(rows, cols.shape, padded.shape, pads)
-        y = rows @ xp.matrix_transpose(_weight_rows(xp, w))
-        if b is not None:
-            y = y + b
+        if training:  # (evaluating, nothing reads them after this product)
+            ctx.save(rows, cols.shape, padded.shape, pads)
+        y = self._add_bias(rows @ xp.matrix_transpose(_weight_rows(xp, w)), b, in_place)
         return _channels_first(xp, xp.reshape(y, (n, oh, ow, o)))
+
+    @staticmethod
+    def _add_bias(y, b, in_place):
+        if b is None:
+            return y
+        if in_place and b.dtype == y.dtype:
+            y += b  # y is this rule's own product
+            return y
+        return y + b  # (a bias of another dtype promotes y: a new array)
 
     def backward(self, ctx, grad):
         xp = ctx.xp

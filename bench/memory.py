@@ -145,8 +145,11 @@ def main(argv=None) -> int:
     p.add_argument("--validation-size", type=int, default=None,
                    help=f"rows held out (default {VALIDATION}; --quick: {QUICK_VALIDATION}, "
                         "so 5,000 train)")
-    p.add_argument("--threads", default="auto",
-                   help="each process's BLAS/PyTorch threads (default: %(default)s)")
+    p.add_argument("--threads", default=str(len(os.sched_getaffinity(0))),
+                   help="each process's BLAS/PyTorch threads (default: the usable cores, "
+                        "%(default)s here: what the CLI's 'auto' picks on a quiet machine; "
+                        "'auto' follows the load, and the memory with it: the CNN's training "
+                        "evaluates two batches at once when it has two threads)")
     p.add_argument("--child", help=argparse_hidden())
     args = p.parse_args(argv)
     validation = args.validation_size if args.validation_size is not None else (

@@ -32,6 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+# The miniflow of the checkout this script is in, not whichever one is installed:
+# a script's own folder, not the working directory, heads sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 

@@ -24,7 +24,8 @@ from .distributed import cluster_client
 from .errors import MiniflowError, UsageError
 from .models import ACTIVATIONS, cnn, describe, mlp
 from .optim import OPTIMIZERS, SCHEDULES
-from .serialize import atomic_write, check_writable, load_model, save_model
+from .files import atomic_write, check_writable
+from .serialize import load_model, save_model
 from .progress import Progress, diagnose, plural
 from .threads import THREADS_INSTALL_HINT
 from .train import DEFAULT_LR, MODEL_DEFAULTS, MODELS, TrainConfig, evaluate_model, train

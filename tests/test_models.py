@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import miniflow.serialize as serialize
+import miniflow.files as files
 from miniflow import CrossEntropyWithSoftmax, Linear, ReLU, Sigmoid, Tanh, evaluate
 from miniflow.models import Model, mlp
 from miniflow.serialize import ModelFileError, check_writable, load_model, save_model
@@ -280,13 +281,13 @@ def test_a_255_character_name_saves(tmp_path):
 
 def _temporaries(folder, path):
     return sorted(name for name in os.listdir(folder)
-                  if name.startswith(serialize._temporary_prefix(path)))
+                  if name.startswith(files._temporary_prefix(path)))
 
 
-@pytest.mark.skipif(serialize.fcntl is None, reason="needs POSIX file locks")
+@pytest.mark.skipif(files.fcntl is None, reason="needs POSIX file locks")
 def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
     path = tmp_path / "model.npz"
-    prefix = serialize._temporary_prefix(path)
+    prefix = files._temporary_prefix(path)
     stale = tmp_path / f"{prefix}killed.tmp"
     stale.write_bytes(b"PK\x03\x04 half an archive")
     live = tmp_path / f"{prefix}running.tmp"
@@ -297,7 +298,7 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
         (tmp_path / name).write_text("not a temporary of this save")
     (tmp_path / others[-1]).mkdir()
     with open(live, "rb") as held:
-        serialize.fcntl.flock(held, serialize.fcntl.LOCK_EX)  # as a save in progress holds it
+        files.fcntl.flock(held, files.fcntl.LOCK_EX)  # as a save in progress holds it
         save_model(mlp(0), path)
     assert not stale.exists()
     assert live.exists() and all((tmp_path / name).exists() for name in others)
@@ -306,12 +307,12 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
 
 def test_a_save_in_progress_holds_its_temporary_file_locked(tmp_path):
     path = tmp_path / "model.npz"
-    with serialize.atomic_write(path) as file:
+    with files.atomic_write(path) as file:
         file.write(b"partial")
         [name] = _temporaries(tmp_path, path)
         assert len(name) < 32
-        if serialize.fcntl is not None:
-            serialize._remove_stale_temporaries(tmp_path, serialize._temporary_prefix(path))
+        if files.fcntl is not None:
+            files._remove_stale_temporaries(tmp_path, files._temporary_prefix(path))
             assert _temporaries(tmp_path, path) == [name]  # kept: its save is alive
     assert path.read_bytes() == b"partial" and os.listdir(tmp_path) == ["model.npz"]
 

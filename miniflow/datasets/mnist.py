@@ -19,7 +19,6 @@ import operator
 import os
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MnistChecksumError, MnistNotFoundError
+from ..files import atomic_write
 from .idx import MnistFormatError, read_idx
 
 # Tried in turn for each missing file. The original site often answers 403
@@ -539,21 +539,6 @@ def _describe_failure(exc):
 
 
 def _write_atomically(path, data):
-    """Write `data` to `path` so that `path` never holds a partial file.
-
-    The bytes go to a hidden temporary file in the same folder (so the final
-    rename stays on one file system and is atomic), are flushed to disk, and
-    only then take the final name. On any failure the temporary is removed.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); a dataset is ordinary data.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write `data` to `path` so that `path` never holds a partial file."""
+    with atomic_write(path) as file:
+        file.write(data)

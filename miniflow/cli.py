@@ -1,7 +1,7 @@
 """The ``miniflow`` command line: train and evaluate MNIST models, draw their graph.
 
-    miniflow train [--model cnn] [--backend numpy] [--epochs 10] [--save model.npz] ...
-    miniflow evaluate model.npz
+    miniflow train [--model cnn] [--backend numpy] [--epochs 10] [--save model.safetensors] ...
+    miniflow evaluate model.safetensors
     miniflow graph [--model cnn] --out mlp.svg
 
 Every user error ends the program with one ``miniflow: error: ...`` message on
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train data-parallel on Dask: local:N starts N one-thread workers, "
                      "tcp://HOST:PORT joins a running scheduler (needs miniflow[dask])")
     run.add_argument("--save", metavar="PATH", type=_save_path,
-                     help="write the trained model here (.npz), after training")
+                     help="write the trained model here (a safetensors file), after training")
     run.add_argument("--plot", metavar="PATH", type=_plot_path,
                      help=f"draw the loss and accuracy per epoch; .png, .svg or .pdf "
                      f"(needs matplotlib: {PLOT_INSTALL_HINT})")
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("evaluate", help="report a saved model's test accuracy",
                                 description="Reload a model saved by 'miniflow train --save' "
                                 "and report its accuracy on the MNIST test set.")
-    score.add_argument("path", metavar="PATH", help="the saved model (.npz)")
+    score.add_argument("path", metavar="PATH", help="the saved model (.safetensors; .npz of miniflow 0.x also loads)")
     score.add_argument("--model", choices=MODELS, default=None,
                        help="refuse a file holding another kind of model (default: any)")
     _add_data_option(score)

@@ -137,11 +137,11 @@ def test_a_failed_save_leaves_the_existing_file_untouched(tmp_path, monkeypatch,
     save_model(mlp(0, seed=1), path)
     before = path.read_bytes()
 
-    def half_written(file, **arrays):
-        file.write(b"PK\x03\x04 half an archive")
+    def half_written(file, tensors, metadata):
+        file.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{half a header")
         raise failure()
 
-    monkeypatch.setattr(serialize.np, "savez", half_written)
+    monkeypatch.setattr(serialize, "write_safetensors", half_written)
     with pytest.raises(failure):
         save_model(mlp(0, seed=2), path)
     assert path.read_bytes() == before
@@ -151,7 +151,7 @@ def test_a_failed_save_leaves_the_existing_file_untouched(tmp_path, monkeypatch,
 def test_loading_a_file_that_is_not_a_model(tmp_path):
     text = tmp_path / "notes.npz"
     text.write_text("hello")
-    with pytest.raises(ModelFileError, match="not a miniflow model \\(not an .npz archive\\)"):
+    with pytest.raises(ModelFileError, match="not a miniflow model \\(neither a safetensors file nor an .npz"):
         load_model(text)
     other = tmp_path / "other.npz"
     np.savez(other, weights=np.zeros(3))
@@ -168,11 +168,21 @@ def test_loading_a_truncated_or_damaged_file(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="corrupt or truncated"):
         load_model(truncated)
+    # safetensors has no checksum: damage to the weights' bytes loads (as long
+    # as they stay finite); damage to the header that declares them does not.
     damaged = tmp_path / "damaged.npz"
-    middle = len(data) // 2
-    damaged.write_bytes(data[:middle] + bytes(1000) + data[middle + 1000:])
-    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+    damaged.write_bytes(data[:20] + b"\x00" * 40 + data[60:])
+    with pytest.raises(ModelFileError, match="not a miniflow model|corrupt"):
         load_model(damaged)
+    old = tmp_path / "old.npz"  # an .npz of format version 2, damaged in its middle
+    hostile.write_archive(old, {**hostile.METADATA, "version": 2,
+                                "architecture": mlp(0).architecture},
+                          **{node.name: value for node, value in mlp(0).params.items()})
+    data = old.read_bytes()
+    middle = len(data) // 2
+    old.write_bytes(data[:middle] + bytes(1000) + data[middle + 1000:])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_model(old)
 
 
 def _write_archive(path, metadata, **arrays):
@@ -254,7 +264,7 @@ def test_hostile_files_cost_little_resident_memory(tmp_path):
 def test_a_compressed_model_file_loads(tmp_path):
     model = mlp((8,), n_inputs=6, n_classes=3, seed=2)
     path = tmp_path / "model.npz"
-    hostile.write_archive(path, {**hostile.METADATA, "version": serialize.VERSION,
+    hostile.write_archive(path, {**hostile.METADATA, "version": 2,
                                  "architecture": model.architecture},
                           compression=zipfile.ZIP_DEFLATED,
                           **{node.name: value for node, value in model.params.items()})

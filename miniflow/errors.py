@@ -60,6 +60,10 @@ class NotSafetensorsError(SafetensorsError):
     """The bytes do not even start as a safetensors file (no length field and JSON header)."""
 
 
+class DataFileError(MiniflowError, ValueError):
+    """A data file given to train on (``--data FILE.npz``) is missing or not of the documented form."""
+
+
 class MnistFormatError(MiniflowError, ValueError):
     """A data file is malformed: not IDX, truncated, bad gzip, wrong shape.
 

@@ -62,10 +62,11 @@ def load_npz(path, *, validation_size: int = 0) -> ArrayData:
     path = Path(path)
     validation_size = operator.index(validation_size)
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise DataFileError(f"{path} is a single .npy array, not an .npz of named "
-                                    f"arrays ({', '.join(ARRAY_NAMES)})")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataFileError(f"{path} is a single .npy array, not an .npz of named "
+                                f"arrays ({', '.join(ARRAY_NAMES)})")
+        with archive:
             unknown = sorted(set(archive.files) - set(ARRAY_NAMES))
             if unknown:
                 raise DataFileError(f"{path} holds arrays named {unknown[:5]}; a data file's "

@@ -112,8 +112,8 @@ def test_newton_cg_example_fits_to_rounding():
 
 
 def test_models_built_from_layers_example_trains_saves_and_loads(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the block writes layers.npz
+    monkeypatch.chdir(tmp_path)  # the block writes layers.safetensors
     namespace = {}
     exec(block("nn.BatchNorm2d(8)"), namespace)
     assert namespace["result"].history[-1].val_accuracy == 1.0
-    assert (tmp_path / "layers.npz").exists()
+    assert (tmp_path / "layers.safetensors").exists()

@@ -121,3 +121,23 @@ def test_a_model_file_whose_tensors_are_not_its_architectures_is_refused(tmp_pat
         write_safetensors(file, arrays, metadata)
     with pytest.raises(ModelFileError, match="floating point"):
         load_model(path)
+
+
+def test_a_file_declaring_terabytes_is_refused_in_little_memory(tmp_path):
+    import tracemalloc
+
+    path = save_model(mlp((3,), n_inputs=4, n_classes=2), tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    header["fc1.weight"]["shape"] = [1 << 20, 1 << 20]  # 4 TiB of float32
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelFileError, match="corrupt or truncated.*fc1.weight"):
+            load_model(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

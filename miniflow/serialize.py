@@ -31,6 +31,7 @@ import json
 import math
 import os
 import struct
+import tokenize
 import zipfile
 import zlib
 from contextlib import contextmanager
@@ -270,9 +271,10 @@ def _check_asked(record: dict, architecture, path: Path) -> None:
             f"{_clip(describe(record))}, not {_clip(describe(architecture))}")
 
 
-# What zipfile, zlib and NumPy's .npy reader raise on damaged bytes.
+# What zipfile, zlib and NumPy's .npy reader raise on damaged bytes (the reader
+# tokenizes a header as Python source: an unclosed bracket is a TokenError).
 _CORRUPTION = (zipfile.BadZipFile, zlib.error, struct.error, ValueError, EOFError, OSError,
-               KeyError, NotImplementedError)
+               KeyError, NotImplementedError, tokenize.TokenError)
 
 
 @contextmanager

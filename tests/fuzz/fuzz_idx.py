@@ -1,5 +1,8 @@
 """Fuzz the IDX reader and the gzip layer in front of it with atheris.
 
+libFuzzer adds what it finds to the first corpus folder: give it a scratch
+copy (cp -r tests/fuzz/regressions/idx /tmp/corpus), not the regressions.
+
     python tests/fuzz/fuzz_idx.py -max_total_time=60 [corpus folder ...]
 
 Any exception other than MnistFormatError is a crash: atheris stops and

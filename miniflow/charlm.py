@@ -349,14 +349,15 @@ def _torch_module(torch, network):
 
 # -- the command ------------------------------------------------------------------------------
 
-def main(argv=None) -> int:
-    """``python -m miniflow.charlm [--text FILE] ...``: train, report bits per character,
-    sample, optionally save. Without ``--text``, CPython's help topics."""
+def main(argv=None, *, prog="python -m miniflow.charlm") -> int:
+    """``python -m miniflow.charlm [--text FILE] ...`` (or ``miniflow train --model charlm``):
+    train, report bits per character, sample, optionally save. Without ``--text``,
+    CPython's help topics."""
     import argparse
 
     from .serialize import save_model
 
-    p = argparse.ArgumentParser(prog="python -m miniflow.charlm", description=main.__doc__)
+    p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
     p.add_argument("--text", metavar="FILE", help="a UTF-8 text file (default: CPython's "
                    "help topics, pydoc_data.topics)")
     p.add_argument("--kind", choices=["lstm", "transformer"], default="lstm")
@@ -372,7 +373,8 @@ def main(argv=None) -> int:
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm limit; 0: none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sample", type=int, default=300, metavar="N", help="characters to sample")
-    p.add_argument("--prompt", default="The ")
+    p.add_argument("--prompt", default=None, help="the sample's first characters (default: "
+                   "'The ', or the text's first four characters where 'The ' is not in it)")
     p.add_argument("--save", metavar="PATH", help="write the model here (a .safetensors file)")
     args = p.parse_args(argv)
     if args.text is None:
@@ -391,7 +393,10 @@ def main(argv=None) -> int:
     print(f"held-out: {result.bpc:.3f} bits per character after {result.steps} steps "
           f"({result.seconds:.0f} s)")
     if args.sample:
-        print(sample(result, args.prompt, args.sample, seed=args.seed))
+        prompt = args.prompt
+        if prompt is None:
+            prompt = "The " if set("The ") <= set(text) else text[:4]
+        print(sample(result, prompt, args.sample, seed=args.seed))
     if args.save:
         print(f"saved {save_model(result.model, args.save)}")
     return 0

@@ -286,7 +286,9 @@ def _add_architecture_options(parser):
     parser.add_argument("--model", type=_model_spec, default="mlp", metavar="MODEL",
                         help="mlp: fully connected layers; cnn: two 3x3 convolutions with "
                         "max pooling, then a dense layer; or package.module:function, a "
-                        "function returning a miniflow Model (default: %(default)s)")
+                        "function returning a miniflow Model (default: %(default)s). "
+                        "train --model charlm --text FILE trains a character-level language "
+                        "model instead (see train --model charlm --help)")
     parser.add_argument("--hidden", type=_hidden, default=None,
                         help="hidden layer sizes, e.g. 256 or 512,256; 0 for softmax "
                         "regression; one size for the cnn's dense layer (default: 256 for "
@@ -517,6 +519,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None
     try:
+        language_model = _language_model_argv(argv)
+        if language_model is not None:
+            # A language model trains on a text, in windows carried from batch to batch
+            # (truncated BPTT), not on labelled rows: its options and runner are its own.
+            from .charlm import main as charlm_main
+
+            return charlm_main(language_model, prog=f"{PROG} train --model charlm")
         args = build_parser().parse_args(argv)
         args.handler(args)
     except UsageError as exc:
@@ -539,6 +548,19 @@ def main(argv=None) -> int:
         return _fail(f"unexpected {type(exc).__name__}{': ' if message else ''}{message} "
                      f"(a bug in miniflow{hint})", EXIT_FAILURE, show)
     return 0
+
+
+def _language_model_argv(argv):
+    """The arguments after ``train --model charlm`` (either spelling), or None."""
+    if argv[:1] != ["train"]:
+        return None
+    rest = argv[1:]
+    for i, word in enumerate(rest):
+        if word == "--model=charlm":
+            return rest[:i] + rest[i + 1:]
+        if word == "--model" and rest[i + 1:i + 2] == ["charlm"]:
+            return rest[:i] + rest[i + 2:]
+    return None
 
 
 def _wants_traceback(args, argv) -> bool:

@@ -652,3 +652,23 @@ def test_a_bad_model_spec_is_one_clear_error(tmp_path, capsys, monkeypatch, spec
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert re.search(f"argument --model: .*{message}", err), err
+
+
+def test_train_model_charlm_trains_a_language_model_on_a_text_file(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    saved = tmp_path / "lm.safetensors"
+    status = main(["train", "--model", "charlm", "--text", str(text), "--steps", "3",
+                   "--batch-size", "4", "--seq-len", "16", "--embedding", "8", "--hidden", "16",
+                   "--layers", "1", "--sample", "20", "--save", str(saved)])
+    out = capsys.readouterr().out
+    assert status == 0
+    bits = float(re.search(r"held-out: ([\d.]+) bits per character", out).group(1))
+    assert 0 < bits < 8  # 9 distinct characters: a uniform guess is log2(9) = 3.2 bits
+    assert saved.exists()
+
+
+def test_train_model_charlm_reports_a_missing_text_file_in_one_line(tmp_path, capsys):
+    status = main(["train", "--model=charlm", "--text", str(tmp_path / "absent.txt")])
+    err = capsys.readouterr().err
+    assert status == 1 and "absent.txt" in err and len(err.strip().splitlines()) == 1

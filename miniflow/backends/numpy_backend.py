@@ -48,6 +48,58 @@ class NumpyBackend(Backend):
     def own_gradients(self, grads):
         return _own_arrays(grads)
 
+    # The columns of a convolution (see miniflow.nodes.conv.windows): one copy out of
+    # a strided view of the padded images, instead of a stack of kh*kw slices (which
+    # makes each slice, then copies it again into the stack).
+    def windows(self, x, kernel, stride, dilation, out_size):
+        (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
+        n, _, _, c = x.shape
+        s0, s1, s2, s3 = x.strides
+        view = np.lib.stride_tricks.as_strided(
+            x, (n, oh, ow, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3),
+            writeable=False)
+        cols = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+        np.copyto(cols, view)
+        return cols.reshape(n, oh, ow, kh * kw, c)
+
+    # Max pooling whose windows tile the image (2x2 by 2 of an even image, the CNN's):
+    # the same winners as MaxPool2D's scan (the first largest value of each window),
+    # from one pass per kernel offset. None when a window holds a NaN, whose winner
+    # (the last NaN) the general scan finds.
+    def max_pool_tiles(self, x, kernel, track):
+        (kh, kw) = kernel
+        n, h, w, c = x.shape  # channels last
+        tiles = x.reshape(n, h // kh, kh, w // kw, kw, c)
+        pieces = [tiles[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
+        largest = np.array(pieces[0], copy=True)
+        for piece in pieces[1:]:
+            np.maximum(largest, piece, out=largest)
+        if not track:
+            return largest, None
+        if np.isnan(largest).any():
+            return None
+        # The winner is the number of offsets before the first one equal to the
+        # maximum: a running "none equal yet" flag, added up (bools as int8).
+        behind = np.not_equal(pieces[0], largest)
+        winner = behind.view(np.int8).copy()
+        differs = np.empty(largest.shape, dtype=bool)
+        for piece in pieces[1:-1]:
+            np.not_equal(piece, largest, out=differs)
+            np.logical_and(behind, differs, out=behind)
+            np.add(winner, behind.view(np.int8), out=winner)
+        return largest, winner
+
+    # The gradient of max_pool_tiles: each window's gradient to its winner, zeros
+    # elsewhere (a where, not a product: a NaN gradient must not reach the others),
+    # written in one pass (the windows tile the image: nothing to add).
+    def max_pool_tiles_grad(self, winner, grad, kernel):
+        (kh, kw) = kernel
+        n, oh, ow, c = grad.shape
+        offsets = np.arange(kh * kw, dtype=winner.dtype).reshape(kh, kw)
+        hit = winner[:, :, None, :, None, :] == offsets[None, None, :, None, :, None]
+        out = np.where(hit, grad[:, :, None, :, None, :], grad.dtype.type(0))
+        return out.reshape(n, oh * kh, ow * kw, c)
+
     # The adjoint of sliding windows (convolution and pooling backward, see
     # miniflow.nodes.conv): the same sums as the Array-API version there, as in-place
     # adds into one array instead of a padded copy per kernel offset.

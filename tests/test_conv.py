@@ -62,10 +62,11 @@ def test_numpy_fold_equals_the_array_api_fold_exactly(stride, dilation):
 
 @pytest.mark.parametrize("stride,dilation", [((1, 1), (1, 1)), ((2, 3), (1, 1)),
                                              ((1, 2), (2, 1)), ((3, 3), (2, 2))])
-def test_numpy_windows_equal_the_array_api_windows_exactly(stride, dilation):
+@pytest.mark.parametrize("channels", [1, 3, 16])  # both of NumPy's ways to copy them
+def test_numpy_windows_equal_the_array_api_windows_exactly(stride, dilation, channels):
     kernel, out = (3, 2), (4, 5)
     shape = (2, dilation[0] * (kernel[0] - 1) + stride[0] * (out[0] - 1) + 1 + 1,
-             dilation[1] * (kernel[1] - 1) + stride[1] * (out[1] - 1) + 1, 3)
+             dilation[1] * (kernel[1] - 1) + stride[1] * (out[1] - 1) + 1, channels)
     # A channels-last view of NCHW memory, as the nodes pass it.
     x = np.ascontiguousarray(rng.standard_normal(shape).astype(np.float32)
                              .transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)

@@ -78,8 +78,9 @@ class NumpyBackend(Backend):
         n, h, w, c = x.shape  # channels last
         tiles = x.reshape(n, h // kh, kh, w // kw, kw, c)
         pieces = [tiles[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
-        largest = np.array(pieces[0], copy=True)
-        for piece in pieces[1:]:
+        largest = np.maximum(pieces[0], pieces[1]) if len(pieces) > 1 \
+            else np.array(pieces[0], copy=True)
+        for piece in pieces[2:]:
             np.maximum(largest, piece, out=largest)
         if not track:
             return largest, None

@@ -374,6 +374,9 @@ class MaxPool2D(_Pool2D):
 
     def forward(self, ctx, x):
         xp = ctx.xp
+        tiled = self._tiled(ctx, x)
+        if tiled is not None:
+            return tiled
         slices, padded_shape, pads = self._slices(ctx, x, -math.inf)
         # A running maximum over the kernel offsets (no (..., kh*kw) copy of the
         # windows) and, when a gradient will flow back, the offset of each window's
@@ -396,8 +399,26 @@ class MaxPool2D(_Pool2D):
                     seen = xp.logical_or(seen, real[k])
                 winner = xp.maximum(winner, xp.astype(beats, index_type) * k)
             largest = xp.maximum(largest, piece)
-        ctx.save(winner, len(slices), padded_shape, pads)
+        ctx.save(winner, len(slices), padded_shape, pads, False)
         return _channels_first(xp, largest)
+
+    def _tiled(self, ctx, x):
+        """The backend's fast path for windows that tile x exactly (no padding, stride =
+        kernel, sizes divisible), or None where it does not apply."""
+        fast = getattr(ctx.backend, "max_pool_tiles", None)
+        if fast is None or getattr(ctx, "tracing", False) or x.ndim != 4 \
+                or self.stride != self.kernel or any(sum(self.padding, ())) \
+                or x.shape[2] % self.kernel[0] or x.shape[3] % self.kernel[1] \
+                or 0 in x.shape or self.kernel[0] * self.kernel[1] > 127:
+            return None
+        found = fast(_channels_last(ctx.xp, x), self.kernel, ctx.needs_input_grad[0])
+        if found is None:  # a NaN: the general scan decides its winner
+            return None
+        largest, winner = found
+        count = self.kernel[0] * self.kernel[1]
+        padded_shape = (x.shape[0], x.shape[2], x.shape[3], x.shape[1])
+        ctx.save(winner, count, padded_shape, ((0, 0), (0, 0)), True)
+        return _channels_first(ctx.xp, largest)
 
     def _real_pixels(self, xp, x, pads):
         """For each kernel offset, (1, OH, OW, 1): whether the pixel seen there is x's, not
@@ -408,8 +429,11 @@ class MaxPool2D(_Pool2D):
 
     def backward(self, ctx, grad):
         xp = ctx.xp
-        winner, count, padded_shape, pads = ctx.saved
+        winner, count, padded_shape, pads, tiled = ctx.saved
         grad = _channels_last(xp, grad)
+        fast = getattr(ctx.backend, "max_pool_tiles_grad", None)
+        if tiled and fast is not None and not getattr(ctx, "tracing", False):
+            return (_channels_first(xp, fast(winner, grad, self.kernel)),)
         pieces = [xp.where(winner == k, grad, 0.0) for k in range(count)]
         return (self._fold_back(ctx, pieces, padded_shape, pads),)
 

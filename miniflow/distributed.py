@@ -44,7 +44,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .errors import ClusterError, ConfigError
+from .errors import ClusterError, ConfigError, WorkerGoneError
 from .executor import run
 from .loop import epoch_seed
 
@@ -134,7 +134,11 @@ def _reach(distributed, address: str, timeout: float):
 
     def attempt():
         try:
-            outcome["client"] = distributed.Client(address, timeout=timeout)
+            # Not the process's default scheduler: a Client makes itself the default as
+            # it starts, so one left hanging here would take every later dask
+            # computation of the program with it. miniflow hands its client on by hand.
+            outcome["client"] = distributed.Client(address, timeout=timeout,
+                                                   set_as_default=False)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller below
             outcome["error"] = exc
 
@@ -366,14 +370,6 @@ def _lost_worker(exc) -> bool:
 _RUN_IDS = itertools.count()
 #: Seconds between looks at which workers are alive while waiting for a step.
 POLL_S = 0.5
-
-
-class WorkerGoneError(OSError):
-    """A worker holding a shard or a replica left the cluster while the driver waited.
-
-    A task pinned to a worker that is gone waits for it for ever, rather than
-    failing: the driver looks at the workers alive while it waits, and raises
-    this (an OSError, so the step is recovered as for any lost worker)."""
 
 
 class ClusterStep:

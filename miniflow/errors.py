@@ -134,3 +134,20 @@ class ThreadsError(MiniflowError, ValueError):
 
 class ClusterError(MiniflowError, RuntimeError):
     """The cluster cannot be reached, or lost its workers and cannot finish the run."""
+
+
+class WorkerGoneError(MiniflowError, OSError):
+    """A worker holding a shard or a replica left the cluster while the driver waited.
+
+    A task pinned to a worker that is gone waits for it for ever, rather than
+    failing: the driver looks at the workers alive while it waits, and raises
+    this (an OSError, so the step is recovered as for any lost worker)."""
+
+
+class StopTraining(MiniflowError):
+    """Raised by a callback (``on_step`` or ``on_epoch``) to end the run there.
+
+    The run ends normally: the model as trained so far is returned, and saved
+    where it would have been at the end. (An ``on_epoch`` returning False does
+    the same after its epoch.)
+    """

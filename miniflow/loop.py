@@ -27,18 +27,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, TrainingDivergedError
+from .errors import ConfigError, StopTraining, TrainingDivergedError
 
 __all__ = ["EpochStats", "StopTraining", "EarlyStopping", "fit", "epoch_seed"]
-
-
-class StopTraining(Exception):
-    """Raised by a callback (``on_step`` or ``on_epoch``) to end the run there.
-
-    The run ends normally: the model as trained so far is returned, and saved
-    where it would have been at the end. (An ``on_epoch`` returning False does
-    the same after its epoch.)
-    """
 
 
 @dataclass(frozen=True)

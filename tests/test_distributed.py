@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("dask")
+dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
+
+import dask.array  # noqa: E402
 
 import miniflow.distributed as md  # noqa: E402
 from miniflow import cli  # noqa: E402
@@ -419,8 +421,13 @@ def test_a_silent_port_is_an_error_within_a_bounded_time(monkeypatch):
                 return
 
     threading.Thread(target=accept, daemon=True).start()
+    scheduler = dask.config.get("scheduler", None)
     try:
         with pytest.raises(md.ClusterError, match="nothing answered as a scheduler within 3 s"):
             md.connect(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout=2)
     finally:
         server.close()
+    # The abandoned attempt must not become the process's scheduler: every later dask
+    # computation (dask.array backends included) would wait on it for ever.
+    assert dask.config.get("scheduler", None) == scheduler
+    assert dask.array.ones(3).sum().compute() == 3.0

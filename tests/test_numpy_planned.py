@@ -9,18 +9,11 @@ import numpy as np
 import pytest
 
 import miniflow
-from miniflow import CrossEntropyWithSoftmax, Input, Linear, ReLU, Sigmoid, Tanh, value_and_grad
+from miniflow import CrossEntropyWithSoftmax, Input, Linear, Sigmoid, value_and_grad
 from miniflow.backends import numpy_planned
 from miniflow.backends.numpy_planned import numpy_gemm
 
-
-def mlp(activation):
-    images, labels = Input("images"), Input("labels")
-    params = [Input(n) for n in ("w1", "b1", "w2", "b2")]
-    w1, b1, w2, b2 = params
-    act = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}[activation]
-    loss = CrossEntropyWithSoftmax(Linear(act(Linear(images, w1, b1)), w2, b2), labels)
-    return images, labels, params, loss
+from test_compile import mlp
 
 
 def feed_for(images, labels, params, batch, features, hidden, classes=10, dtype=np.float64,
@@ -40,6 +33,15 @@ def sgd_by_hand(loss, feed, params, lr):
     """value_and_grad, then param - lr * grad: what step.sgd must give."""
     value, grads = value_and_grad(loss, feed, params)
     return value, [feed[p] - lr * g for p, g in zip(params, grads)]
+
+
+def assert_three_steps_match_by_hand(step, loss, feed, params, lr):
+    for _ in range(3):
+        want_value, want_params = sgd_by_hand(loss, feed, params, lr)
+        value, updated = step.sgd(feed, lr)
+        np.testing.assert_allclose(value, want_value, rtol=1e-12)
+        for got, want in zip(updated, want_params):
+            np.testing.assert_allclose(got, want, rtol=1e-10)
 
 
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
@@ -85,12 +87,7 @@ def test_a_weight_read_twice_is_updated_after_backward():
     feed = {x: rng.standard_normal((9, 6)), w: rng.standard_normal((6, 6)) / 3,
             b1: rng.standard_normal(6), b2: rng.standard_normal(6), labels: rng.integers(0, 6, 9)}
     step = miniflow.compile(loss, params, backend="numpy")
-    for _ in range(3):
-        want_value, want_params = sgd_by_hand(loss, feed, params, 0.3)
-        value, updated = step.sgd(feed, 0.3)
-        np.testing.assert_allclose(value, want_value, rtol=1e-12)
-        for got, want in zip(updated, want_params):
-            np.testing.assert_allclose(got, want, rtol=1e-10)
+    assert_three_steps_match_by_hand(step, loss, feed, params, 0.3)
     ((entry, _),) = step._compiled.values()
     assert 0 not in [w for _, _, w in entry["applied"]]
 
@@ -102,12 +99,7 @@ def test_a_weight_sharing_memory_with_the_data_is_updated_after_backward():
     feed = feed_for(images, labels, params, batch=6, features=6, hidden=6)
     feed[images] = feed[params[0]][:, :]  # the same memory, another array
     step = miniflow.compile(loss, params, backend="numpy")
-    for _ in range(3):
-        want_value, want_params = sgd_by_hand(loss, feed, params, 0.2)
-        value, updated = step.sgd(feed, 0.2)
-        np.testing.assert_allclose(value, want_value, rtol=1e-12)
-        for got, want in zip(updated, want_params):
-            np.testing.assert_allclose(got, want, rtol=1e-10)
+    assert_three_steps_match_by_hand(step, loss, feed, params, 0.2)
 
 
 @pytest.mark.parametrize("activation", ["relu", "sigmoid"])

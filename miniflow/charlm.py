@@ -33,7 +33,7 @@ from .executor import run
 from .graph import Input
 from .models import Model, from_network, positive
 from .nn import CharLM
-from .optim import Adam
+from .optim import Adam, clip_grad_norm
 
 __all__ = ["CharLM", "CharLMResult", "train_charlm", "bits_per_character", "sample", "torch_twin",
            "clip_grad_norm", "training_graph", "python_help_text", "encode", "stream_batches"]
@@ -73,21 +73,6 @@ def stream_batches(ids: np.ndarray, batch_size: int, seq_len: int):
 
 
 # -- gradient clipping ---------------------------------------------------------------------
-
-def clip_grad_norm(grads, max_norm: float, xp=np):
-    """``(grads scaled so their global L2 norm is at most max_norm, the norm before)``.
-
-    As ``torch.nn.utils.clip_grad_norm_``: one norm over all the gradients together,
-    scale ``max_norm / (norm + 1e-6)`` where that is below 1.
-    """
-    if not max_norm > 0:
-        raise ConfigError(f"max_norm must be positive, got {max_norm!r}")
-    total = math.sqrt(sum(float(xp.sum(g * g)) for g in grads))
-    scale = max_norm / (total + 1e-6)
-    if scale >= 1:
-        return list(grads), total
-    return [g * scale for g in grads], total
-
 
 # -- training --------------------------------------------------------------------------------
 
@@ -207,7 +192,7 @@ def train_charlm(text: str, *, kind: str = "lstm", steps: int = 1000, batch_size
         model.params = {node: np.asarray(params[node.name], np.float32) for node in model.params}
     graph = _graph_of(network)
     be = get_backend(backend)
-    opt = Adam(model.params, lr=lr, backend=be)
+    opt = Adam(model.params, lr=lr, backend=be, clip_norm=clip)
     history, started, done = [], time.perf_counter(), 0
     while done < steps:
         state = graph.zero_state(batch_size, be.xp, be.xp.float32)
@@ -215,10 +200,7 @@ def train_charlm(text: str, *, kind: str = "lstm", steps: int = 1000, batch_size
             out = run(graph.loss, graph.feed(opt.params, be.asarray(inputs), be.asarray(targets),
                                              state),
                       opt.nodes, backend=be.name, extras=graph.final)
-            grads = out.grads
-            if clip is not None:
-                grads, _ = clip_grad_norm(grads, clip, be.xp)
-            opt.step(grads)
+            opt.step(out.grads)
             state = list(out.extras) or None  # values: no gradient crosses the window
             bits = float(be.to_numpy(out.value)) / math.log(2)
             history.append(bits)

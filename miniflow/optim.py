@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 
 from .backends import get_backend, infer_backend
-from .errors import OptimizerError, ShapeError
+from .errors import ConfigError, OptimizerError, ShapeError
 
 __all__ = [
-    "Optimizer", "SGD", "Momentum", "Adam", "RMSprop", "OPTIMIZERS", "DEFAULT_LR",
+    "clip_grad_norm", "Optimizer", "SGD", "Momentum", "Adam", "RMSprop", "OPTIMIZERS", "DEFAULT_LR",
     "make_optimizer", "register_optimizer", "OptimizerError", "ConstantLR", "StepDecay", "CosineDecay", "OneCycle", "SCHEDULES",
     "make_schedule",
 ]
@@ -188,6 +188,23 @@ def make_schedule(name: str, lr: float, total_steps: int):
 
 # -- optimizers ----------------------------------------------------------------------
 
+def clip_grad_norm(grads, max_norm: float, xp=None):
+    """``(grads scaled so their global L2 norm is at most max_norm, the norm before)``.
+
+    As ``torch.nn.utils.clip_grad_norm_``: one norm over all the gradients together,
+    scale ``max_norm / (norm + 1e-6)`` where that is below 1. The norm and the scale
+    stay on the device (a 0-d array): no step waits for the host. ``xp``: the
+    gradients' namespace (default: NumPy). Optimizers apply it with ``clip_norm=``.
+    """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+        raise ConfigError(f"max_norm must be positive, got {max_norm!r}")
+    if xp is None:
+        import numpy as xp
+    norm = xp.sqrt(sum(xp.sum(grad * grad) for grad in grads))
+    scale = xp.minimum(xp.ones_like(norm), max_norm / (norm + 1e-6))
+    return [grad * xp.astype(scale, grad.dtype) for grad in grads], norm
+
+
 class Optimizer:
     """Base class: owns the parameters and applies one update rule per step.
 
@@ -278,12 +295,7 @@ class Optimizer:
                 self.params[node] = self._update(node, param, grad, lr)
 
     def _clipped(self, grads):
-        """``grads`` scaled so their global L2 norm is at most ``clip_norm``, as PyTorch's
-        ``clip_grad_norm_``: the scale stays on the device (no wait for the host)."""
-        xp = self.xp
-        norm = xp.sqrt(sum(xp.sum(grad * grad) for grad in grads))
-        scale = xp.minimum(xp.ones_like(norm), self.clip_norm / (norm + 1e-6))
-        return [grad * xp.astype(scale, grad.dtype) for grad in grads]
+        return clip_grad_norm(grads, self.clip_norm, self.xp)[0]
 
     def state_dict(self) -> dict:
         """The optimizer's progress as host NumPy arrays: ``{"step_count": int,

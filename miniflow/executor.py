@@ -128,7 +128,8 @@ def run(output: Node, feed_dict: dict, wrt=(), backend=None, *, hooks=None,
     extras = _node_tuple(extras, "extras") if extras else ()
     backend, plan, values, grads, wrt_grads = _execute(
         output, feed_dict, (wrt,) if single else wrt, backend, _hook_tuple(hooks),
-        RunSettings(None, training, rng) if training or rng is not None else None, extras)
+        RunSettings(None, training, rng) if training or rng is not None else None, extras,
+        keep_all)
     result = RunResult(values[plan.output_index], wrt_grads[0] if single else wrt_grads,
                        [values[i] for i in plan.extra_indexes], backend)
     if keep_all:
@@ -205,8 +206,12 @@ def accuracy(node: Node, feed_dict: dict, backend=None) -> float:
 
 # -- one run ------------------------------------------------------------------------
 
-def _execute(output, feed_dict, wrt, backend, hooks=None, settings=None, extras=()):
-    """Forward, then backward if ``wrt``: ``(backend, plan, values, grads, wrt grads)``."""
+def _execute(output, feed_dict, wrt, backend, hooks=None, settings=None, extras=(),
+             keep_all=False):
+    """Forward, then backward if ``wrt``: ``(backend, plan, values, grads, wrt grads)``.
+
+    Without ``wrt`` or ``keep_all``, ``values`` keeps only the output and the extras.
+    """
     _apply_thread_policy()  # miniflow.set_threads; without one, a global read
     if not isinstance(output, Node):
         raise GraphError(f"the output must be a Node, not {type(output).__name__} "
@@ -227,7 +232,8 @@ def _execute(output, feed_dict, wrt, backend, hooks=None, settings=None, extras=
     values = _feed(plan, output, feed_dict, backend)
     # Fed values are checked before anything runs; computed ones (rarely asked for) after.
     all_checked = _check_differentiable(wrt, wrt_positions, values, backend)
-    contexts = forward_pass(plan, output, values, backend, settings=settings, hooks=hooks)
+    contexts = forward_pass(plan, output, values, backend, settings=settings, hooks=hooks,
+                            release=not wrt and not keep_all)
     if not wrt:
         return backend, plan, values, None, []
     if not all_checked:
@@ -334,25 +340,28 @@ def _feed(plan: Plan, output, feed_dict, backend) -> list:
 
 
 def forward_pass(plan: Plan, output, values, backend, *, settings=None, hooks=None,
-                 kernels=None, context=Context) -> list:
+                 kernels=None, context=Context, release=False) -> list:
     """Compute every node's value into ``values`` (the fed ones already set, by plan
     position); return the nodes' contexts, which backward needs.
 
     ``kernels``, a list by plan position, replaces a node's rules by an object
     with the same ``forward(ctx, *args)`` and ``backward(ctx, grad)`` (None: the
     node's own). ``context`` is the Context class the nodes see (a tracing one
-    tells them no value may go to the host).
+    tells them no value may go to the host). With ``release`` (a forward-only
+    run), each value is dropped after its last reader and no context is kept:
+    the run then holds only what is still to be read, as PyTorch under no_grad.
     """
     contexts = [None] * plan.size
     xp = backend.xp
-    for step in plan.forward_steps:
+    releases = plan.releases if release else None
+    for n, step in enumerate(plan.forward_steps):
         node = step.node or output
         i = step.index
         rules = node if kernels is None or kernels[i] is None else kernels[i]
         args = [values[j] for j in step.inputs]  # a list: a generator into tuple() costs 2x
         if step.weak:
             _convert_weak_numbers(step, args, values, backend)
-        ctx = contexts[i] = context(backend, xp, args, step.needs_input_grad, settings)
+        ctx = context(backend, xp, args, step.needs_input_grad, settings)
         try:
             if hooks is None:
                 values[i] = rules.forward(ctx, *args)
@@ -362,6 +371,12 @@ def forward_pass(plan: Plan, output, values, backend, *, settings=None, hooks=No
             raise failed.error from None
         except Exception as exc:
             raise _failure(node, "forward", args, exc) from exc
+        if releases is None:
+            contexts[i] = ctx
+        else:
+            del args, ctx
+            for j in releases[n]:
+                values[j] = None
     return contexts
 
 

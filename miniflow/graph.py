@@ -7,6 +7,7 @@ threads, at the same time.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import numbers
 import threading
@@ -566,6 +567,26 @@ class Plan:
         # on the output would make a reference cycle, so it is rebuilt per call.
         self.cacheable = not extras or not any(
             output in topological_order(extra, stop=fed) for extra in extras if extra is not output)
+
+    @functools.cached_property
+    def releases(self) -> list[tuple[int, ...]]:
+        """For each forward step, the positions whose last reader it is.
+
+        A forward-only run drops those values as soon as the step has run, so
+        it holds only what later steps still read (evaluating a CNN on 1,000
+        images would otherwise keep every layer's output to the end). The
+        output and the extras are never dropped.
+        """
+        last_reader = {}
+        for k, step in enumerate(self.forward_steps):
+            for j in step.inputs:
+                last_reader[j] = k
+        for j in (self.output_index, *self.extra_indexes):
+            last_reader.pop(j, None)
+        releases = [[] for _ in self.forward_steps]
+        for j, k in last_reader.items():
+            releases[k].append(j)
+        return [tuple(positions) for positions in releases]
 
     @staticmethod
     def _not_reached(output, node, fed) -> str:

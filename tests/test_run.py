@@ -326,6 +326,45 @@ def test_the_plan_cache_is_bounded():
     assert grown < filled, (grown, filled)
 
 
+@pytest.mark.parametrize("entry", ["evaluate", "run", "run with extras"])
+def test_a_forward_only_run_holds_only_the_values_still_to_be_read(entry):
+    # A chain of 12 nodes, each value 8 MB: without gradients to come, a value is
+    # dropped after its last reader, so the run peaks near what one node needs (its
+    # input, its output and its temporaries), not twelve values
+    # (as PyTorch under no_grad). keep_all and a backward pass keep every value.
+    x = Input("x")
+    chain, mid = x, None
+    for k in range(12):
+        chain = Sigmoid(chain) if k % 2 else chain * 1.5
+        mid = chain if k == 5 else mid
+    x_value = np.random.default_rng(0).standard_normal(1_000_000)
+    extras = [mid] if entry == "run with extras" else []
+
+    def peak(call):
+        tracemalloc.start()
+        try:
+            result = call()
+            return tracemalloc.get_traced_memory()[1] / 8e6, result
+        finally:
+            tracemalloc.stop()
+
+    if entry == "evaluate":
+        lean, value = peak(lambda: evaluate(chain, {x: x_value}))
+    else:
+        lean, result = peak(lambda: run(chain, {x: x_value}, extras=extras))
+        value = result.value
+        if extras:  # an extra is the run's result: kept
+            expected_mid = x_value
+            for k in range(6):
+                expected_mid = 1 / (1 + np.exp(-expected_mid)) if k % 2 else expected_mid * 1.5
+            np.testing.assert_allclose(result.extras[0], expected_mid)
+    full, kept = peak(lambda: run(chain, {x: x_value}, keep_all=True))
+    assert lean < 6, lean
+    assert full > 11, full
+    np.testing.assert_array_equal(value, kept.value)
+    assert len(kept.values) == 12 + 1 + 6  # the chain, the fed x and the six 1.5s
+
+
 @pytest.mark.parametrize("how", ["plain", "wrt the output", "dummy", "fed", "extras", "extra above"])
 def test_a_graph_nobody_references_is_freed_without_the_cycle_collector(how):
     gc.collect()

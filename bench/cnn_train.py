@@ -23,7 +23,6 @@ both sides; ratios are miniflow / PyTorch wall time per seed.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess

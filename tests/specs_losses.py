@@ -68,9 +68,13 @@ class LabCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, labels = ctx.saved_tensors
+        # Grad mode is on here only under create_graph=True: then this rule is itself
+        # recorded (second derivatives), so it differentiates the saved logits, not a copy.
+        create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            free = logits.detach().requires_grad_()
-            (theirs,) = torch.autograd.grad(F.cross_entropy(free, labels), free, grad)
+            source = logits if create_graph else logits.detach().requires_grad_()
+            (theirs,) = torch.autograd.grad(F.cross_entropy(source, labels), source, grad,
+                                            create_graph=create_graph)
         at_label = F.one_hot(labels, logits.shape[1]).bool() & torch.isinf(grad)
         ours = (torch.softmax(logits, 1) - 1) * (grad / logits.shape[0])
         return torch.where(at_label, ours, theirs), None

@@ -515,8 +515,12 @@ class ELU(Node):
     def backward(self, ctx, grad):
         xp, (x,) = ctx.xp, ctx.inputs
         # x <= 0 picks the exponential side, so that at x = nan the gradient passes
-        # unchanged, as in PyTorch's elu_backward.
-        return (xp.where(x <= 0, grad * self.alpha * xp.exp(xp.minimum(x, 0)), grad),)
+        # unchanged, as in PyTorch's elu_backward. Its exponent is x below 0 and the
+        # constant 0 elsewhere (not min(x, 0), whose tie at x = 0 passes on a share):
+        # so that, differentiated again, the rule's derivative at x = 0 is 0, as
+        # PyTorch's elu_double_backward makes it (it keeps only x < 0).
+        below = xp.where(x < 0, x, xp.zeros((), dtype=x.dtype))
+        return (xp.where(x <= 0, grad * self.alpha * xp.exp(below), grad),)
 
 
 class GELU(Node):

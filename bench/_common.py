@@ -36,6 +36,11 @@ from typing import Callable
 
 import numpy as np
 
+# A script's own folder (bench/), not the working directory, heads sys.path: without
+# this line `python bench/X.py` would time whichever miniflow is installed, not this
+# checkout's. Every script imports this module before miniflow.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FEATURES, CLASSES = 784, 10
 LEARNING_RATE = 0.01

@@ -6,8 +6,9 @@ and the tests, where a distributed.py would shadow the distributed package.)
 One step is what ``train(..., client=...)`` does per batch: draw a random
 batch of row indices, compute the loss and gradients over the batch's shards
 on the workers (NumPy backend per shard), add them with one Dask task, and
-update the parameters with SGD on the driver. Contenders, timed in
-interleaved rounds from this process:
+have every worker's replica apply the SGD update from that total (the workers
+keep the parameters and the optimizer's state: only row indices go out, only
+the loss comes back). Contenders, timed in interleaved rounds from this process:
 
   numpy          the same step in this process, BLAS limited to one thread: the reference
   futures:1      miniflow.distributed on a LocalCluster of 1 worker process (1 thread,
@@ -39,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# This checkout's miniflow, not another one installed in the environment.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common as c  # noqa: E402
 
 # (hidden, batch, rows in the data set): the data holds two batches, so each
@@ -58,7 +61,6 @@ class Step:
         from miniflow.models import mlp
 
         self.model = mlp((hidden,), "relu", n_inputs=c.FEATURES, n_classes=c.CLASSES, seed=seed)
-        self.architecture = ((hidden,), "relu", c.FEATURES, c.CLASSES)
         self.params = [np.array(p, copy=True) for p in self.model.params.values()]
         self.batch, self.data = batch, data
         self.rng = np.random.default_rng(seed)
@@ -83,17 +85,21 @@ class NumpyStep(Step):
 
 
 class FuturesStep(Step):
+    """The trainer's own cluster step (miniflow.distributed.ClusterStep) and its optimizer."""
+
     def __init__(self, client, hidden, batch, data):
         import miniflow.distributed as md
+        from miniflow.train import TrainConfig
 
         super().__init__(hidden, batch, data)
-        self.client, self.md = client, md
-        self.shards = md.ShardedDataset(client, *data)
+        config = TrainConfig(hidden=(hidden,), optimizer="sgd", lr=LR, schedule="constant",
+                             shards=1)
+        self.step, self.optimizer = md.cluster_training(client, self.model, config, *data,
+                                                        lambda _: LR)
 
     def run(self):
-        loss, grads = self.md._robust_step(self.client, self.shards, self.architecture,
-                                           self.params, self.draw())
-        self.update(grads, 1 / self.batch)
+        loss, total = self.step(None, self.draw())
+        self.optimizer.step(total)
 
 
 class DaskArrayStep(Step):

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The miniflow of the checkout this script is in, not whichever one is installed:
+# a script's own folder, not the working directory, heads sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 
@@ -72,24 +75,24 @@ class MiniflowCNN:
 
 class ShardedMiniflowCNN(MiniflowCNN):
     """The step as ``miniflow train`` runs the CNN: the batch in row shards computed at once
-    in threads, one BLAS thread each (the trainer's own step object, miniflow.train._Step)."""
+    in threads, one BLAS thread each (the trainer's own step, miniflow.train.LocalStep)."""
 
     def __init__(self, backend: str, model, shards: int, **kwargs):
         from types import SimpleNamespace
 
         from threadpoolctl import ThreadpoolController
 
-        from miniflow.train import _Step
+        from miniflow.train import LocalStep
 
         super().__init__(backend, model, **kwargs)
         self.name = f"{self.backend.name}/{shards} shards"
         self.controller = ThreadpoolController()
-        self.sharded = _Step(model, self.nodes, self.backend, shards, 0, None,
-                             SimpleNamespace(workers=shards))
+        self.sharded = LocalStep(model, self.nodes, self.backend, shards=shards,
+                                 policy=SimpleNamespace(workers=shards))
 
     def step(self, x, y):
         with self.controller.limit(limits=1, user_api="blas"):
-            loss, grads = self.sharded(dict(zip(self.nodes, self.params)), x, y)
+            loss, grads = self.sharded.compute(dict(zip(self.nodes, self.params)), x, y)
         for i, grad in enumerate(grads):
             p = self.params[i]
             p -= self.lr * grad

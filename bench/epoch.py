@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The miniflow of the checkout this script is in, not whichever one is installed:
+# a script's own folder, not the working directory, heads sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 from step import REFERENCE  # noqa: E402

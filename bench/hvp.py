@@ -13,16 +13,27 @@ The ratio hvp / grad is the claim (target <= 4x; the theory says 2-4x). Examples
   python bench/hvp.py --rounds 5      # smoke run
   python bench/hvp.py --backend torch
   python bench/hvp.py --clock cpu     # steadier on a busy machine
+
+The glibc allocation policy is pinned first (``--malloc``, as in the other
+scripts): an HVP allocates more and larger temporaries than a gradient, so with
+glibc's adaptive threshold one process pays a page fault per page of each and
+the next does not, and the ratio moves by 0.5x between runs.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-import miniflow as mf
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's miniflow
+
+import _common as c  # noqa: E402
+import miniflow as mf  # noqa: E402
 
 
 def build(batch=128, hidden=256, seed=0):
@@ -51,7 +62,15 @@ def main(argv=None):
                         help="BLAS threads (1: steady on a shared machine; 0: the library's)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time, steadier where others hold cores")
+    parser.add_argument("--malloc", choices=list(c.MALLOC_POLICIES), default="heap",
+                        help="glibc allocation policy (see bench/_common.py; default: heap)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds: a smoke run")
+    parser.add_argument("--json", type=Path, default=c.RESULTS_DIR / "hvp.json", metavar="PATH",
+                        help="where to write the results (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds = 3
+    malloc = c.set_malloc_policy(args.malloc)
     if args.blas_threads:
         from threadpoolctl import threadpool_limits
         threadpool_limits(args.blas_threads)
@@ -73,6 +92,8 @@ def main(argv=None):
         "hvp": lambda: sync([mf.run(products[0], feed, backend=backend,
                                     extras=products[1:]).value]),
     }
+    error = check(loss, params, vectors, feed, products, backend)
+    machine = c.machine_info(malloc, args.blas_threads)  # the load before timing
     times = {name: [] for name in contenders}
     for fn in contenders.values():  # warm-up: plans, caches, BLAS threads
         fn()
@@ -84,12 +105,50 @@ def main(argv=None):
             contenders[name]()
             times[name].append(clock() - start)
     base = statistics.median(times["grad"])
+    print(c.describe(machine))
     print(f"784-256-10 MLP, batch 128, float32, backend {backend.name}, {args.rounds} rounds, "
           f"{args.clock} clock, BLAS threads {args.blas_threads or 'default'}")
     for name in names:
         t = statistics.median(times[name])
         print(f"  {name:11s} {t * 1e3:8.2f} ms   {t / base:5.2f}x grad")
-    return statistics.median(times["hvp"]) / base
+    ratio = statistics.median(times["hvp"]) / base
+    print(f"hvp against central differences of the gradient (float64, {backend.name}): "
+          + (f"relative error {error:.1e}" if error is not None else "not checked, no float64"))
+    c.write_json(args.json, {
+        "machine": machine, "backend": backend.name, "rounds": args.rounds, "clock": args.clock,
+        "median_ms": {name: statistics.median(times[name]) * 1e3 for name in names},
+        "hvp_over_grad": ratio, "target": 4.0, "check_relative_error": error})
+    return ratio
+
+
+def check(loss, params, vectors, feed, products, backend, eps=1e-8):
+    """The HVP's relative error against (g(w + eps v) - g(w - eps v)) / 2 eps, in float64
+    (None where the backend holds no float64).
+
+    So that a faster HVP cannot be a wrong one. eps must keep every ReLU input on
+    its side of the kink between the two points: at this seed the smallest
+    |input| / |its rate of change along v| is 3e-7 (eps = 1e-6 crosses kinks and
+    the difference is off by 100%); float64 leaves ~1e-9 of rounding at 1e-8.
+    """
+    if np.asarray(backend.to_numpy(backend.asarray(np.zeros(1)))).dtype != np.float64:
+        return None  # JAX without jax_enable_x64: differences of float32 gradients are noise
+    as64 = {k: np.asarray(backend.to_numpy(v)) for k, v in feed.items()}
+    as64 = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in as64.items()}
+    on = lambda arrays: [np.asarray(backend.to_numpy(a)) for a in arrays]  # noqa: E731
+    result = mf.run(products[0], {k: backend.asarray(v) for k, v in as64.items()},
+                    backend=backend, extras=products[1:])
+    got = on([result.value, *result.extras])
+
+    def gradient(sign):
+        moved = dict(as64)
+        for p, v in zip(params, vectors):
+            moved[p] = as64[p] + sign * eps * as64[v]
+        moved = {k: backend.asarray(v) for k, v in moved.items()}
+        return on(mf.value_and_grad(loss, moved, params, backend=backend)[1])
+
+    want = [(a - b) / (2 * eps) for a, b in zip(gradient(1), gradient(-1))]
+    flat = lambda arrays: np.concatenate([a.ravel() for a in arrays])  # noqa: E731
+    return float(np.linalg.norm(flat(got) - flat(want)) / np.linalg.norm(flat(want)))
 
 
 if __name__ == "__main__":

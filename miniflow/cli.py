@@ -1,7 +1,7 @@
 """The ``miniflow`` command line: train and evaluate MNIST models, draw their graph.
 
-    miniflow train [--model cnn] [--backend numpy] [--epochs 10] [--save model.npz] ...
-    miniflow evaluate model.npz
+    miniflow train [--model cnn] [--backend numpy] [--epochs 10] [--save model.safetensors] ...
+    miniflow evaluate model.safetensors
     miniflow graph [--model cnn] --out mlp.svg
 
 Every user error ends the program with one ``miniflow: error: ...`` message on
@@ -19,12 +19,13 @@ from pathlib import Path
 
 from . import __version__
 from .backends import backend_names, get_backend
-from .datasets import MNIST_TRAIN_SIZE, load_mnist, load_mnist_test
+from .datasets import MNIST_TRAIN_SIZE, load_mnist, load_mnist_test, load_npz
 from .distributed import cluster_client
 from .errors import MiniflowError, UsageError
-from .models import ACTIVATIONS, cnn, describe, mlp
+from .models import ACTIVATIONS, Model, cnn, describe, mlp
 from .optim import OPTIMIZERS, SCHEDULES
-from .serialize import atomic_write, check_writable, load_model, save_model
+from .files import atomic_write, check_writable
+from .serialize import load_model, save_model
 from .progress import Progress, diagnose, plural
 from .threads import THREADS_INSTALL_HINT
 from .train import DEFAULT_LR, MODEL_DEFAULTS, MODELS, TrainConfig, evaluate_model, train
@@ -102,6 +103,47 @@ def _data_dir(text):
     return text
 
 
+def _model_spec(text):
+    """'mlp', 'cnn', or 'package.module:function' (checked for form here, imported later)."""
+    if text in MODELS:
+        return text
+    module, colon, function = text.partition(":")
+    if not colon or not function.isidentifier() or not all(
+            part.isidentifier() for part in module.split(".")):
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(MODELS)} or package.module:function (a function that "
+            f"returns a miniflow Model), got {text!r}")
+    return text
+
+
+def model_from_spec(spec: str) -> Model:
+    """Import ``package.module:function`` and call it; it must return a :class:`Model`."""
+    import importlib
+
+    module_name, _, function_name = spec.partition(":")
+    where = f"argument --model: {spec!r}"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"{where}: no module named {exc.name!r} (is it on PYTHONPATH, or "
+                         "installed?)") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise UsageError(f"{where}: module {module_name!r} has no function {function_name!r}")
+    model = function()
+    if not isinstance(model, Model):
+        raise UsageError(f"{where}: {function_name}() returned {type(model).__name__}, not a "
+                         "miniflow Model (see miniflow.models.from_network)")
+    return model
+
+
+def _data_file(text):
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return text
+
+
 def _plot_path(text):
     suffix = Path(text).suffix.lower()
     if suffix not in PLOT_FORMATS:
@@ -175,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train data-parallel on Dask: local:N starts N one-thread workers, "
                      "tcp://HOST:PORT joins a running scheduler (needs miniflow[dask])")
     run.add_argument("--save", metavar="PATH", type=_save_path,
-                     help="write the trained model here (.npz), after training")
+                     help="write the trained model here (a safetensors file), after training")
     run.add_argument("--plot", metavar="PATH", type=_plot_path,
                      help=f"draw the loss and accuracy per epoch; .png, .svg or .pdf "
                      f"(needs matplotlib: {PLOT_INSTALL_HINT})")
@@ -187,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("evaluate", help="report a saved model's test accuracy",
                                 description="Reload a model saved by 'miniflow train --save' "
                                 "and report its accuracy on the MNIST test set.")
-    score.add_argument("path", metavar="PATH", help="the saved model (.npz)")
+    score.add_argument("path", metavar="PATH", help="the saved model (.safetensors; .npz of miniflow 0.x also loads)")
     score.add_argument("--model", choices=MODELS, default=None,
                        help="refuse a file holding another kind of model (default: any)")
     _add_data_option(score)
@@ -241,9 +283,12 @@ def _channels(text):
 
 
 def _add_architecture_options(parser):
-    parser.add_argument("--model", choices=MODELS, default="mlp",
+    parser.add_argument("--model", type=_model_spec, default="mlp", metavar="MODEL",
                         help="mlp: fully connected layers; cnn: two 3x3 convolutions with "
-                        "max pooling, then a dense layer (default: %(default)s)")
+                        "max pooling, then a dense layer; or package.module:function, a "
+                        "function returning a miniflow Model (default: %(default)s). "
+                        "train --model charlm --text FILE trains a character-level language "
+                        "model instead (see train --model charlm --help)")
     parser.add_argument("--hidden", type=_hidden, default=None,
                         help="hidden layer sizes, e.g. 256 or 512,256; 0 for softmax "
                         "regression; one size for the cnn's dense layer (default: 256 for "
@@ -264,9 +309,14 @@ def _add_threads_option(parser):
 
 
 def _add_data_option(parser):
-    parser.add_argument("--data-dir", metavar="DIR", type=_data_dir,
-                        help="folder with the MNIST files (default: $MINIFLOW_DATA, "
-                        "else ~/.cache/miniflow/mnist)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data-dir", metavar="DIR", type=_data_dir,
+                        help="folder with the four IDX files under MNIST's names: MNIST, or "
+                        "any set of its form, e.g. Fashion-MNIST (default: $MINIFLOW_DATA, "
+                        "else ~/.cache/miniflow/mnist, verified as the canonical MNIST)")
+    source.add_argument("--data", metavar="FILE.npz", type=_data_file,
+                        help="an .npz of arrays named x_train, y_train and optionally "
+                        "x_val, y_val, x_test, y_test")
 
 
 # -- the commands ----------------------------------------------------------------
@@ -281,9 +331,25 @@ def _compilable_or_notice(backend: str) -> bool:
     return reason is None
 
 
+def _load_data(args, validation_size):
+    """The data to train on: --data's .npz, --data-dir's IDX set, or the verified MNIST."""
+    if args.data is not None:
+        return load_npz(args.data, validation_size=validation_size)
+    if validation_size >= MNIST_TRAIN_SIZE and args.data_dir is None:
+        raise UsageError(f"argument --validation-size: must lie in [0, {MNIST_TRAIN_SIZE}) "
+                         f"(the MNIST training set has {MNIST_TRAIN_SIZE} images), got "
+                         f"{validation_size} (see '{PROG} train --help')")
+    # A folder given by hand may hold another set of MNIST's form (Fashion-MNIST):
+    # only the default folder, where MNIST is downloaded, must hold MNIST itself.
+    options = {} if args.data_dir is None else {"verify": False}
+    return load_mnist(args.data_dir, validation_size=validation_size,
+                      progress=False if args.quiet else None, **options)
+
+
 def _train_command(args) -> None:
     started = time.perf_counter()
-    config = TrainConfig(model=args.model, hidden=args.hidden, channels=args.channels,
+    custom = None if args.model in MODELS else model_from_spec(args.model)
+    config = TrainConfig(model=args.model if custom is None else "mlp", hidden=args.hidden, channels=args.channels,
                          activation=args.activation, optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
                          momentum=args.momentum, epochs=args.epochs,
                          batch_size=args.batch_size, seed=args.seed, backend=args.backend,
@@ -296,29 +362,31 @@ def _train_command(args) -> None:
     if args.plot:
         _require_matplotlib()
         check_writable(args.plot, "plot")
-    if config.validation_size >= MNIST_TRAIN_SIZE:
-        raise UsageError(f"argument --validation-size: must lie in [0, {MNIST_TRAIN_SIZE}) "
-                         f"(the MNIST training set has {MNIST_TRAIN_SIZE} images), got "
-                         f"{config.validation_size} (see '{PROG} train --help')")
     backend = get_backend(config.backend)
-    mnist = load_mnist(args.data_dir, validation_size=config.validation_size,
-                       progress=False if args.quiet else None)
+    data = _load_data(args, config.validation_size)
+    n_classes = getattr(data, "n_classes", 10)
 
-    steps = config.epochs * math.ceil(len(mnist.train_labels) / config.batch_size)
+    steps = config.epochs * math.ceil(len(data.train_labels) / config.batch_size)
     with Progress(steps, bar=False if args.quiet else None, lines=not args.quiet) as progress, \
             cluster_client(args.cluster) as client:
-        result = train(config, mnist.train_images, mnist.train_labels,
-                       mnist.val_images, mnist.val_labels,
+        result = train(config, data.train_images, data.train_labels,
+                       data.val_images, data.val_labels,
                        on_epoch=progress.epoch, on_step=progress.step, threads=args.threads,
-                       client=client)
-    test_accuracy = evaluate_model(result.model, mnist.test_images, mnist.test_labels,
-                                   backend=backend, threads=args.threads)
+                       client=client, model=custom,
+                       **({} if n_classes is None else {"n_classes": n_classes}))
+    test_accuracy = None
+    if data.test_images is not None and data.test_labels.dtype.kind == "i":
+        test_accuracy = evaluate_model(result.model, data.test_images, data.test_labels,
+                                       backend=backend, threads=args.threads)
     if args.save:
         save_model(result.model, args.save)
     if args.plot:
         _plot_history(result.history, args.plot)
 
-    print(f"test accuracy: {test_accuracy:.2%}")
+    if test_accuracy is not None:
+        print(f"test accuracy: {test_accuracy:.2%}")
+    else:
+        print("test accuracy: none (the data file has no x_test and y_test of class labels)")
     where = backend.name if client is None else f"{args.cluster} ({backend.name} per worker)"
     print(f"wall time: {time.perf_counter() - started:.2f} s "
           f"(training {result.seconds:.2f} s, {plural(config.epochs, 'epoch')} on "
@@ -354,7 +422,15 @@ def _evaluate_command(args) -> None:
         raise MiniflowError(f"{args.path} holds a {kind} ({describe(model.architecture)}), "
                             f"not a {args.model}")
     backend = get_backend(args.backend)
-    images, labels = load_mnist_test(args.data_dir)
+    if args.data is not None:
+        data = load_npz(args.data)
+        if data.test_images is None:
+            raise UsageError(f"argument --data: {args.data} has no x_test and y_test to "
+                             "evaluate on")
+        images, labels = data.test_images, data.test_labels
+    else:
+        options = {} if args.data_dir is None else {"verify": False}
+        images, labels = load_mnist_test(args.data_dir, **options)
     accuracy = evaluate_model(model, images, labels, backend=backend, threads=args.threads)
     print(f"test accuracy: {accuracy:.2%}")
 
@@ -362,6 +438,12 @@ def _evaluate_command(args) -> None:
 def _graph_command(args) -> None:
     from .viz import draw  # graphviz, if at all, is needed only here
 
+    if args.model not in MODELS:
+        model = model_from_spec(args.model)
+        out = args.out or f"{args.model.partition(':')[2]}.svg"
+        draw(model.loss, out)
+        print(f"wrote the graph of {args.model} ({describe(model.architecture)}) to {out}")
+        return
     config = TrainConfig(model=args.model, hidden=args.hidden, channels=args.channels,
                          activation=args.activation)
     out = args.out or f"{args.model}.svg"
@@ -437,6 +519,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None
     try:
+        language_model = _language_model_argv(argv)
+        if language_model is not None:
+            # A language model trains on a text, in windows carried from batch to batch
+            # (truncated BPTT), not on labelled rows: its options and runner are its own.
+            from .charlm import main as charlm_main
+
+            return charlm_main(language_model, prog=f"{PROG} train --model charlm")
         args = build_parser().parse_args(argv)
         args.handler(args)
     except UsageError as exc:
@@ -459,6 +548,19 @@ def main(argv=None) -> int:
         return _fail(f"unexpected {type(exc).__name__}{': ' if message else ''}{message} "
                      f"(a bug in miniflow{hint})", EXIT_FAILURE, show)
     return 0
+
+
+def _language_model_argv(argv):
+    """The arguments after ``train --model charlm`` (either spelling), or None."""
+    if argv[:1] != ["train"]:
+        return None
+    rest = argv[1:]
+    for i, word in enumerate(rest):
+        if word == "--model=charlm":
+            return rest[:i] + rest[i + 1:]
+        if word == "--model" and rest[i + 1:i + 2] == ["charlm"]:
+            return rest[:i] + rest[i + 2:]
+    return None
 
 
 def _wants_traceback(args, argv) -> bool:

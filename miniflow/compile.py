@@ -166,13 +166,14 @@ class CompiledStep:
         return kernels if any(k is not None for k in kernels) else None
 
     def interpret(self, fed, *, seed_scale=None, kernels=None, accumulate=None,
-                  context=TracingContext, settings=None):
+                  context=TracingContext, settings=None, seed=None):
         """The executor's interpreter on ``fed`` (values in ``plan.feeds`` order, then a
         DummyGrad's gradient): ``(output value, [gradient per wrt node], values)``.
 
         With the default ``context`` no value goes to the host, so a compiler can
         trace it. ``seed_scale`` multiplies d output / d output (SGD folds the
-        learning rate in there, so every gradient comes out scaled).
+        learning rate in there, so every gradient comes out scaled); ``seed``, when
+        given, is that product already made (for a signature run before).
         """
         plan, output, backend = self.plan, self.output, self.backend
         if kernels is None and context is TracingContext:
@@ -183,15 +184,22 @@ class CompiledStep:
         contexts = forward_pass(plan, output, values, backend, settings=settings, kernels=kernels,
                                 context=context)
         out = values[plan.output_index]
+        if seed is None:
+            seed = self.seed(out, fed, seed_scale)
+        grads = backward_pass(plan, output, values, contexts, seed, backend.xp,
+                              kernels=kernels, accumulate=accumulate)
+        return out, [grads[i] for i in self.wrt_positions], values
+
+    def seed(self, out, fed, seed_scale=None):
+        """d output / d output for the output value ``out``, times ``seed_scale``."""
+        output = self.output
         seed = seed_gradient(output, out, fed[-1] if output.gradient_is_fed else None,
-                             backend.xp)
+                             self.backend.xp)
         if seed_scale is not None:
             # A number stays weak (a float32 seed stays float32, whatever lr's type).
             seed = seed * (float(seed_scale) if isinstance(seed_scale, numbers.Real)
                            else seed_scale)
-        grads = backward_pass(plan, output, values, contexts, seed, backend.xp,
-                              kernels=kernels, accumulate=accumulate)
-        return out, [grads[i] for i in self.wrt_positions], values
+        return seed
 
     def _fed(self, feed_dict) -> list:
         if not isinstance(feed_dict, dict):
@@ -214,7 +222,7 @@ class CompiledStep:
     def _entry(self, feed_dict, fed):
         """(compiled version, label bounds to check or None) for these feeds' signature,
         compiling on first sight (when the ordinary run has checked the labels)."""
-        signature = tuple((tuple(v.shape), v.dtype) for v in fed)
+        signature = tuple([(tuple(v.shape), v.dtype) for v in fed])
         found = self._compiled.get(signature)
         if found is None:
             # The ordinary executor first: a bad feed fails here with its clear error,
@@ -378,6 +386,7 @@ class JaxStep(CompiledStep):
         self._jit_vg = jax.jit(value_and_grads, **self.options)
         self._jit_sgd = jax.jit(sgd, **self.options)
         self._lr = None  # (lr, the same as a device scalar)
+        self._labels_checked = {}  # (feed, n, also allowed) -> the array last found in range
 
     def _compile(self, fed):
         return None  # jax.jit compiles on the first call with these shapes
@@ -386,6 +395,16 @@ class JaxStep(CompiledStep):
         import numpy as np
 
         return np.asarray(array)  # a read-only view JAX caches: ~20x faster than DLPack
+
+    def _check_labels(self, fed, bounds):
+        # JAX arrays never change: labels found in range stay so while the same array
+        # is fed again (an evaluation set, a batch reused), and need no second look.
+        checked = self._labels_checked
+        fresh = [bound for bound in bounds if checked.get(bound[:3]) is not fed[bound[0]]]
+        if fresh:
+            super()._check_labels(fed, fresh)
+            for bound in fresh:
+                checked[bound[:3]] = fed[bound[0]]
 
     def _value_and_grad(self, entry, fed, settings=None):
         return self._jit_vg(fed)
@@ -603,27 +622,124 @@ class PlannedNumpyStep(CompiledStep):
         def accumulate(j, total, grad):
             return np.add(total, grad, out=totals[j])
 
-        return {"kernels": kernels, "accumulate": accumulate}
+        out = values[plan.output_index]
+        return {"kernels": kernels, "accumulate": accumulate,
+                "applied": self._updates_kernels_apply(kernels),
+                # The seed of a scalar output, made once per learning rate (below).
+                "seed": None if self.output.gradient_is_fed else (self.seed(out, fed), None),
+                "last_fed": None}
+
+    def _updates_kernels_apply(self, kernels) -> list:
+        """``(kernel, input position, wrt position)`` for each parameter whose SGD
+        update its consumer's kernel can apply itself (``kernel.updates``).
+
+        Only for a parameter exactly one node reads, once: updated in place
+        during backward, it must not be read after that by any other rule. (A
+        rule that fails later in the same backward leaves it updated: the step
+        fails, part applied, as an optimizer stepping parameter by parameter.)
+        """
+        plan = self.plan
+        reads = {}
+        for step in plan.forward_steps:
+            for k, j in enumerate(step.inputs):
+                reads.setdefault(j, []).append((step, k))
+        applied = []
+        for w, i in enumerate(self.wrt_positions):
+            if len(reads.get(i, ())) != 1 or self.wrt_positions.count(i) != 1:
+                continue
+            (step, k), = reads[i]
+            kernel = kernels[step.index]
+            if kernel is not None and k in getattr(kernel, "updates", ()) \
+                    and step.needs_input_grad[k]:
+                applied.append((kernel, k, w))
+        return applied
+
+    def _fed(self, feed_dict) -> list:
+        # The hot path of a training step: plain arrays of a kind the plan takes are
+        # used as they are (as NumpyBackend.accept would); anything else goes there.
+        import numpy as np
+
+        if isinstance(feed_dict, dict) and not self.output.gradient_is_fed:
+            fed = []
+            try:
+                for step in self.plan.feeds:
+                    value = feed_dict[step.node or self.output]
+                    if type(value) is not np.ndarray \
+                            or value.dtype.kind not in ("iu" if step.integer else "biuf"):
+                        return super()._fed(feed_dict)
+                    fed.append(value)
+            except KeyError:
+                return super()._fed(feed_dict)  # says which node is missing
+            return fed
+        return super()._fed(feed_dict)
+
+    def _seed(self, entry, seed_scale):
+        """The seed for this call from the entry's cache (the last learning rate's),
+        or None where the output's gradient is fed (or lr is not a plain number)."""
+        cached = entry["seed"]
+        if cached is None:
+            return None
+        ones, last = cached
+        if seed_scale is None:
+            return ones
+        if not isinstance(seed_scale, numbers.Real):
+            return None
+        if last is None or last[0] != seed_scale:
+            last = (seed_scale, ones * float(seed_scale))
+            entry["seed"] = (ones, last)
+        return last[1]
 
     def _run(self, entry, fed, seed_scale=None, settings=None):
         value, grads, _ = self.interpret(fed, seed_scale=seed_scale, kernels=entry["kernels"],
                                          accumulate=entry["accumulate"], context=Context,
-                                         settings=settings)
+                                         settings=settings, seed=self._seed(entry, seed_scale))
         # A copy of the output: a kernel's buffer is overwritten by the next call.
         return (value.copy() if getattr(value, "ndim", 0) else value), grads
 
     def _value_and_grad(self, entry, fed, settings=None):
         return self._run(entry, fed, settings=settings)
 
+    @staticmethod
+    def _apply_in_kernels(entry, fed, params):
+        """``([(kernel, inputs it updates)], {wrt positions updated})`` for these feeds:
+        no update in a kernel for a parameter whose memory another fed array shares
+        (a rule could read it after the update). Checked again only when the fed
+        arrays are not the last call's."""
+        import numpy as np
+
+        last = entry["last_fed"]
+        if last is not None and len(last[0]) == len(fed) \
+                and all([a is b for a, b in zip(fed, last[0])]):
+            return last[1]
+        by_kernel, done = {}, set()
+        for kernel, k, w in entry["applied"]:
+            p = params[w]
+            if not any(q is not p and np.may_share_memory(p, q) for q in fed):
+                by_kernel[kernel] = by_kernel.get(kernel, ()) + (k,)
+                done.add(w)
+        found = (list(by_kernel.items()), done)
+        entry["last_fed"] = (list(fed), found)
+        return found
+
     def _sgd(self, entry, fed, lr, settings=None):
         import numpy as np
 
         # Gradients are linear in the seed: seeding with lr makes every gradient come
-        # out already scaled, so the update is one in-place subtraction per parameter.
+        # out already scaled, so the update is one in-place subtraction per parameter,
+        # done by the kernel that makes the gradient where it can (in cache, and for
+        # a weight inside the matrix product: one pass over it fewer), here for the rest.
         params = self._params(fed)
-        value, grads = self._run(entry, fed, seed_scale=lr, settings=settings)
-        for p, g in zip(params, grads):
-            np.subtract(p, g, out=p)
+        applying, done = self._apply_in_kernels(entry, fed, params)
+        for kernel, inputs in applying:
+            kernel.applying = inputs
+        try:
+            value, grads = self._run(entry, fed, seed_scale=lr, settings=settings)
+        finally:
+            for kernel, _ in applying:
+                kernel.applying = ()
+        for w, (p, g) in enumerate(zip(params, grads)):
+            if w not in done:
+                np.subtract(p, g, out=p)
         return value, params
 
 

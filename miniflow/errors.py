@@ -52,6 +52,18 @@ class ModelFileError(MiniflowError, ValueError):
     """A model file is missing, corrupt, not a miniflow model, or not the model expected."""
 
 
+class SafetensorsError(MiniflowError, ValueError):
+    """The bytes are not a well-formed safetensors file; the message says what is wrong."""
+
+
+class NotSafetensorsError(SafetensorsError):
+    """The bytes do not even start as a safetensors file (no length field and JSON header)."""
+
+
+class DataFileError(MiniflowError, ValueError):
+    """A data file given to train on (``--data FILE.npz``) is missing or not of the documented form."""
+
+
 class MnistFormatError(MiniflowError, ValueError):
     """A data file is malformed: not IDX, truncated, bad gzip, wrong shape.
 
@@ -122,3 +134,20 @@ class ThreadsError(MiniflowError, ValueError):
 
 class ClusterError(MiniflowError, RuntimeError):
     """The cluster cannot be reached, or lost its workers and cannot finish the run."""
+
+
+class WorkerGoneError(MiniflowError, OSError):
+    """A worker holding a shard or a replica left the cluster while the driver waited.
+
+    A task pinned to a worker that is gone waits for it for ever, rather than
+    failing: the driver looks at the workers alive while it waits, and raises
+    this (an OSError, so the step is recovered as for any lost worker)."""
+
+
+class StopTraining(MiniflowError):
+    """Raised by a callback (``on_step`` or ``on_epoch``) to end the run there.
+
+    The run ends normally: the model as trained so far is returned, and saved
+    where it would have been at the end. (An ``on_epoch`` returning False does
+    the same after its epoch.)
+    """

@@ -130,23 +130,40 @@ class Model:
         """The parameter Inputs, in order."""
         return list(self.params)
 
-    def predict_proba(self, images, *, backend="numpy"):
-        """Class probabilities (N, n_classes) for raw images, as a NumPy array.
-
-        ``images`` are as given to training: (N, features) or (N, *input_shape),
-        e.g. pixels in [0, 1]; the model's own standardisation is applied.
-        """
-        from .train import predict_proba
-
+    def _check_standardisation(self):
         # Checked again here: the fields may have been set after construction.
         problem = standardisation_problem(self.input_mean, self.input_std)
         if problem:
             raise ConfigError(f"Model: {problem}")
+
+    def outputs(self, images, *, backend="numpy"):
+        """The model's outputs (``logits``) for raw images, a NumPy float32 array: a
+        classifier's class scores, a regression's predictions.
+
+        ``images`` are as given to training: (N, features) or (N, *input_shape);
+        the model's own standardisation is applied.
+        """
+        from .evaluation import predict
+
+        self._check_standardisation()
+        return predict(self, images, backend=backend)
+
+    def predict_proba(self, images, *, backend="numpy"):
+        """Class probabilities (N, n_classes) for raw images, as a NumPy array
+        (see :meth:`outputs`)."""
+        from .evaluation import predict_proba
+
+        self._check_standardisation()
         return predict_proba(self, images, backend=backend)
 
     def predict(self, images, *, backend="numpy"):
-        """The most probable class of each image, (N,) int64 (see :meth:`predict_proba`)."""
-        return self.predict_proba(images, backend=backend).argmax(axis=-1)
+        """A classifier's most probable class of each image, (N,) int64; a regression's
+        predictions (:meth:`outputs`)."""
+        outputs = self.outputs(images, backend=backend)
+        if self.architecture.get("loss", "cross_entropy") == "mse" \
+                or not self.architecture.get("n_classes") and outputs.ndim != 2:
+            return outputs
+        return outputs.argmax(axis=-1)
 
     def param(self, name: str) -> np.ndarray:
         """The parameter (or state) array called ``name`` (e.g. "fc1.weight").
@@ -163,8 +180,22 @@ class Model:
                        f"{', '.join(node.name for node in (*self.params, *self.state))}")
 
     def save(self, path):
-        """Write the model to ``path``, atomically (see :func:`miniflow.serialize.save_model`)."""
+        """Write the model to ``path``, atomically (see :func:`miniflow.serialize.save_model`).
+
+        Raises
+        ------
+        ConfigError
+            Before writing anything, for a graph built by hand: a file must say how
+            to rebuild the graph, and only a model of layers has that record.
+        """
         from .serialize import save_model
+
+        if self.network is None and not {"network", "kind", "hidden"} & set(self.architecture):
+            raise ConfigError("this model's graph was built by hand (its architecture has "
+                              "no layer record), so a file could not rebuild it: only models "
+                              "built from miniflow.nn layers can be saved "
+                              "(models.from_network); or save its parameters yourself "
+                              "(model.params)")
 
         return save_model(self, path)
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import math
 
 from .backends import get_backend, infer_backend
-from .errors import OptimizerError, ShapeError
+from .errors import ConfigError, OptimizerError, ShapeError
 
 __all__ = [
-    "Optimizer", "SGD", "Momentum", "Adam", "RMSprop", "OPTIMIZERS", "make_optimizer",
-    "OptimizerError", "ConstantLR", "StepDecay", "CosineDecay", "OneCycle", "SCHEDULES",
+    "clip_grad_norm", "Optimizer", "SGD", "Momentum", "Adam", "RMSprop", "OPTIMIZERS", "DEFAULT_LR",
+    "make_optimizer", "register_optimizer", "OptimizerError", "ConstantLR", "StepDecay", "CosineDecay", "OneCycle", "SCHEDULES",
     "make_schedule",
 ]
 
@@ -188,6 +188,23 @@ def make_schedule(name: str, lr: float, total_steps: int):
 
 # -- optimizers ----------------------------------------------------------------------
 
+def clip_grad_norm(grads, max_norm: float, xp=None):
+    """``(grads scaled so their global L2 norm is at most max_norm, the norm before)``.
+
+    As ``torch.nn.utils.clip_grad_norm_``: one norm over all the gradients together,
+    scale ``max_norm / (norm + 1e-6)`` where that is below 1. The norm and the scale
+    stay on the device (a 0-d array): no step waits for the host. ``xp``: the
+    gradients' namespace (default: NumPy). Optimizers apply it with ``clip_norm=``.
+    """
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not max_norm > 0:
+        raise ConfigError(f"max_norm must be positive, got {max_norm!r}")
+    if xp is None:
+        import numpy as xp
+    norm = xp.sqrt(sum(xp.sum(grad * grad) for grad in grads))
+    scale = xp.minimum(xp.ones_like(norm), max_norm / (norm + 1e-6))
+    return [grad * xp.astype(scale, grad.dtype) for grad in grads], norm
+
+
 class Optimizer:
     """Base class: owns the parameters and applies one update rule per step.
 
@@ -207,13 +224,24 @@ class Optimizer:
         from the arrays given (NumPy for host data).
     """
 
-    def __init__(self, params: dict, lr, *, weight_decay: float = 0.0, backend=None):
+    #: The names of the per-parameter state dicts (``{node: array}``) a subclass keeps:
+    #: what :meth:`state_dict` saves and a checkpoint restores.
+    slots: tuple = ()
+
+    def __init__(self, params: dict, lr, *, weight_decay: float = 0.0, backend=None,
+                 clip_norm: float | None = None):
         if not isinstance(params, dict) or not params:
             raise OptimizerError("params must be a non-empty dict {Input node: array}")
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) \
                 or not 0 <= weight_decay < math.inf:
             raise OptimizerError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
         self.weight_decay = float(weight_decay)
+        if clip_norm is not None and (isinstance(clip_norm, bool)
+                                      or not isinstance(clip_norm, (int, float))
+                                      or not 0 < clip_norm < math.inf):
+            raise OptimizerError(f"clip_norm must be a positive number or None, got "
+                                 f"{clip_norm!r}")
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.schedule = lr if callable(lr) else ConstantLR(lr)
         if backend is None:
             backend = infer_backend((node.label, value) for node, value in params.items())
@@ -252,6 +280,8 @@ class Optimizer:
                                  f"got {len(grads)}")
         lr = self.schedule(self.step_count)
         self.step_count += 1
+        if self.clip_norm is not None:
+            grads = self._clipped(grads)
         for node, grad in zip(self.nodes, grads):
             param = self.params[node]
             if grad.shape != param.shape:
@@ -263,6 +293,38 @@ class Optimizer:
                 self._update_in_place(node, param, grad, lr)
             else:
                 self.params[node] = self._update(node, param, grad, lr)
+
+    def _clipped(self, grads):
+        return clip_grad_norm(grads, self.clip_norm, self.xp)[0]
+
+    def state_dict(self) -> dict:
+        """The optimizer's progress as host NumPy arrays: ``{"step_count": int,
+        "params": [array per node], slot: [array per node], ...}``, in ``self.nodes``
+        order, so a checkpoint resumes the exact run."""
+        import numpy as np
+
+        to_host = self.backend.to_numpy
+        state = {"step_count": self.step_count,
+                 "params": [np.array(to_host(self.params[node])) for node in self.nodes]}
+        for slot in self.slots:
+            values = getattr(self, slot)
+            state[slot] = [np.array(to_host(values[node])) for node in self.nodes]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s record (of an optimizer of the same kind)."""
+        for key in ("params", *self.slots):
+            if key not in state or len(state[key]) != len(self.nodes):
+                raise OptimizerError(f"the optimizer state has no {key!r} for "
+                                     f"{len(self.nodes)} parameters: it was saved by another "
+                                     f"optimizer or model")
+        for node, value in zip(self.nodes, state["params"]):
+            self.params[node] = self._own(self.backend.accept(value, what=node.label))
+        for slot in self.slots:
+            values = getattr(self, slot)
+            for node, value in zip(self.nodes, state[slot]):
+                values[node] = self._own(self.backend.accept(value, what=node.label))
+        self.step_count = int(state["step_count"])
 
     def _update(self, node, param, grad, lr):
         """Return the updated ``param`` as a new array (state arrays are replaced too)."""
@@ -314,11 +376,14 @@ class Momentum(Optimizer):
         Look ahead along the velocity (Sutskever et al., 2013).
     """
 
+    slots = ("velocity",)
+
     def __init__(self, params, lr, momentum: float = 0.9, *, nesterov: bool = False,
-                 weight_decay: float = 0.0, backend=None):
+                 weight_decay: float = 0.0, backend=None, clip_norm=None):
         if not 0 <= momentum < 1:
             raise OptimizerError(f"momentum must lie in [0, 1), got {momentum!r}")
-        super().__init__(params, lr, weight_decay=weight_decay, backend=backend)
+        super().__init__(params, lr, weight_decay=weight_decay, backend=backend,
+                         clip_norm=clip_norm)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
         self.velocity = self._zeros()
 
@@ -352,15 +417,18 @@ class Adam(Optimizer):
         Keeps the step finite where ``v`` is 0; > 0.
     """
 
+    slots = ("m", "v")
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps: float = 1e-8, *,
-                 weight_decay: float = 0.0, backend=None):
+                 weight_decay: float = 0.0, backend=None, clip_norm=None):
         beta1, beta2 = betas
         for name, beta in (("betas[0]", beta1), ("betas[1]", beta2)):
             if not 0 <= beta < 1:
                 raise OptimizerError(f"{name} must lie in [0, 1), got {beta!r}")
         if not eps > 0:
             raise OptimizerError(f"eps must be positive, got {eps!r}")
-        super().__init__(params, lr, weight_decay=weight_decay, backend=backend)
+        super().__init__(params, lr, weight_decay=weight_decay, backend=backend,
+                         clip_norm=clip_norm)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.m, self.v = self._zeros(), self._zeros()
 
@@ -406,13 +474,16 @@ class RMSprop(Optimizer):
         Keeps the step finite where ``s`` is 0; > 0.
     """
 
+    slots = ("square_avg",)
+
     def __init__(self, params, lr=1e-3, alpha: float = 0.99, eps: float = 1e-8, *,
-                 weight_decay: float = 0.0, backend=None):
+                 weight_decay: float = 0.0, backend=None, clip_norm=None):
         if not 0 <= alpha < 1:
             raise OptimizerError(f"alpha must lie in [0, 1), got {alpha!r}")
         if not eps > 0:
             raise OptimizerError(f"eps must be positive, got {eps!r}")
-        super().__init__(params, lr, weight_decay=weight_decay, backend=backend)
+        super().__init__(params, lr, weight_decay=weight_decay, backend=backend,
+                         clip_norm=clip_norm)
         self.alpha, self.eps = float(alpha), float(eps)
         self.square_avg = self._zeros()
 
@@ -429,25 +500,52 @@ class RMSprop(Optimizer):
         param -= lr * grad / (self.xp.sqrt(s) + self.eps)
 
 
-#: The optimizers ``make_optimizer`` knows, by name.
-OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "rmsprop")
+# -- the registry: adding an optimizer is one entry here ------------------------------
+
+#: name -> (build(params, lr, momentum, **common) -> Optimizer, default learning rate).
+_REGISTRY: dict = {}
+
+
+def register_optimizer(name: str, build, default_lr: float) -> None:
+    """Make ``name`` known to :func:`make_optimizer`, ``TrainConfig`` and ``miniflow train``.
+
+    ``build(params, lr, momentum, **common)`` returns the optimizer; ``common`` holds
+    ``weight_decay``, ``backend`` and ``clip_norm``, to pass on to :class:`Optimizer`.
+    ``default_lr`` is the rate used when a run gives none.
+    """
+    _check_lr(default_lr)
+    _REGISTRY[name] = (build, float(default_lr))
+    DEFAULT_LR[name] = float(default_lr)
+
+
+#: The optimizers ``make_optimizer`` knows, by name: a live view of the registry, so
+#: one registered later is a valid choice everywhere at once.
+OPTIMIZERS = _REGISTRY.keys()
+#: The learning rate each optimizer uses when none is given.
+DEFAULT_LR: dict = {}
+
+register_optimizer("sgd", lambda params, lr, momentum, **common: SGD(params, lr, **common), 0.1)
+register_optimizer("momentum", lambda params, lr, momentum, **common:
+                   Momentum(params, lr, momentum, **common), 0.1)
+register_optimizer("nesterov", lambda params, lr, momentum, **common:
+                   Momentum(params, lr, momentum, nesterov=True, **common), 0.1)
+# ``momentum`` is Adam's first beta.
+register_optimizer("adam", lambda params, lr, momentum, **common:
+                   Adam(params, lr, betas=(momentum, 0.999), **common), 0.001)
+register_optimizer("rmsprop", lambda params, lr, momentum, **common:
+                   RMSprop(params, lr, **common), 0.001)
 
 
 def make_optimizer(name: str, params: dict, lr, *, momentum: float = 0.9,
-                   weight_decay: float = 0.0, backend=None):
-    """The optimizer called ``name``: ``"sgd"``, ``"momentum"``, ``"nesterov"``, ``"adam"``
-    or ``"rmsprop"``.
+                   weight_decay: float = 0.0, backend=None, clip_norm: float | None = None):
+    """The optimizer registered as ``name`` (see :data:`OPTIMIZERS`).
 
     ``momentum`` is used by the two momentum methods (and as Adam's first beta).
     The other arguments are as for :class:`Optimizer`.
     """
-    decay = {"weight_decay": weight_decay, "backend": backend}
-    if name == "sgd":
-        return SGD(params, lr, **decay)
-    if name in ("momentum", "nesterov"):
-        return Momentum(params, lr, momentum, nesterov=name == "nesterov", **decay)
-    if name == "adam":
-        return Adam(params, lr, betas=(momentum, 0.999), **decay)
-    if name == "rmsprop":
-        return RMSprop(params, lr, **decay)
-    raise OptimizerError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    if name not in _REGISTRY:
+        raise OptimizerError(f"unknown optimizer {name!r}; choose one of "
+                             f"{', '.join(_REGISTRY)}")
+    build, _ = _REGISTRY[name]
+    return build(params, lr, momentum, weight_decay=weight_decay, backend=backend,
+                 clip_norm=clip_norm)

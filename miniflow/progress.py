@@ -47,7 +47,8 @@ def diagnose(history, n_classes: int, accuracy: float | None = None) -> str | No
     Parameters
     ----------
     history : sequence of EpochStats
-    n_classes : int
+    n_classes : int or None
+        None for a regression: only the loss is judged.
     accuracy : float, optional
         The accuracy to judge (e.g. on the test set); by default the last
         epoch's validation accuracy, else its training accuracy.
@@ -68,7 +69,7 @@ def diagnose(history, n_classes: int, accuracy: float | None = None) -> str | No
         if accuracy is None:
             accuracy = getattr(last, "train_accuracy", None)
     problems = []
-    uniform_loss = math.log(n_classes)
+    uniform_loss = math.log(n_classes) if n_classes else math.inf
     if last.loss > uniform_loss:
         problems.append(f"the final training loss {last.loss:.4g} is above {uniform_loss:.4g}, "
                         f"what guessing every class equally likely scores")
@@ -77,7 +78,7 @@ def diagnose(history, n_classes: int, accuracy: float | None = None) -> str | No
                         f"{last.loss:.4g} (epoch {last.epoch})")
     advice = ("the learning rate is probably too high: try a lower one" if problems else
               "try another learning rate, or more epochs")
-    chance = 1 / n_classes
+    chance = 1 / n_classes if n_classes else 0.0
     if accuracy is not None and accuracy < 1.5 * chance:
         problems.append(f"the accuracy {accuracy:.2%} is at chance level "
                         f"({chance:.0%} for {n_classes} classes)")

@@ -1,10 +1,17 @@
-"""Saving models to ``.npz`` files and loading them back, safely.
+"""Saving models to safetensors files and loading them back, safely.
 
-A model file is an ordinary NumPy ``.npz`` archive: each parameter and state
-array under its name ("fc1.weight", "bn1.running_mean", ...) and a JSON record
-(format marker, version, architecture, input standardisation) under
-``__miniflow__``. It is read with ``allow_pickle=False``, so opening a model
-file can never run code.
+A model file is a safetensors file (see :mod:`miniflow.safetensors_format`):
+each parameter and state array as a float32 tensor under its name
+("fc1.weight", "bn1.running_mean", ...), and in the header's ``__metadata__``,
+under the key ``miniflow``, a JSON record: format marker, version,
+architecture, input standardisation. The format holds no code and declares
+every array's size up front, so reading it allocates nothing its size does
+not account for. The ``safetensors`` package (PyTorch, JAX, ...) reads these
+files as they are.
+
+Files of format versions 1 and 2 (miniflow 0.x) are NumPy ``.npz`` archives,
+the same arrays plus the JSON record under ``__miniflow__``; they still load,
+read with ``allow_pickle=False``.
 
 Any model built from :mod:`miniflow.nn` layers saves and loads with no code of
 its own: the architecture is the layer tree's record, and
@@ -12,7 +19,7 @@ its own: the architecture is the layer tree's record, and
 written before layers, held a record of their own per kind ("mlp", "cnn") and
 parameters named "fc1.w", "fc1.b": they are translated on loading.
 
-Loading treats the file as hostile. Before any array is allocated, the zip
+Loading treats the file as hostile. For an ``.npz``, before any array is allocated, the zip
 directory and every array's ``.npy`` header are read and checked against each
 other and against the metadata, and the total size the arrays would take is
 bounded by the size of the file itself. A corrupt, forged or oversized file
@@ -20,36 +27,35 @@ therefore fails fast with :class:`ModelFileError`, without a burst of memory.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import struct
-import tempfile
+import tokenize
 import zipfile
 import zlib
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ConfigError, ModelFileError
+from .files import atomic_write, check_writable
+from .safetensors_format import (NotSafetensorsError, SafetensorsError,
+                                  read_header, read_tensor, write_safetensors)
 from .models import (Model, check_activation, cnn_architecture, describe, from_architecture,
                      hidden_sizes, mlp_architecture, network_of, standardisation_problem)
-
-try:
-    import fcntl  # a lock tells a live save's temporary file from a dead one's
-except ImportError:  # Windows: stale temporary files are then left alone
-    fcntl = None
 
 __all__ = ["save_model", "load_model", "ModelFileError", "atomic_write", "check_writable"]
 
 # Marks an .npz as a miniflow model; the version changes when the layout does.
 FORMAT = "miniflow-model"
-VERSION = 2  # 2: the architecture is a layer tree's record; 1: per-kind records ("mlp", "cnn")
-READABLE_VERSIONS = (1, 2)
-METADATA_KEY = "__miniflow__"
+# 3: safetensors; 2: .npz, the architecture a layer tree's record; 1: .npz, per-kind records
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+METADATA_KEY = "__miniflow__"  # of an .npz (versions 1 and 2)
+SAFETENSORS_KEY = "miniflow"  # in a safetensors file's __metadata__ (version 3)
 
 # The JSON record is a few hundred bytes; anything near this is not ours.
 _MAX_METADATA_BYTES = 1 << 20
@@ -58,104 +64,24 @@ _MAX_METADATA_BYTES = 1 << 20
 # weights, and is refused before it is inflated: a "zip bomb".
 _MAX_INFLATION = 16
 _INFLATION_ALLOWANCE = 1 << 20  # tiny files compress oddly; never matters for memory
-# Temporary files of a save are ".mf-<tag>-<random>.tmp", <tag> a hash of the
-# target's name: short, so a 255-byte name still saves, and recognisable, so
-# the next save to the same place can remove what a killed one left.
-_TEMPORARY_PREFIX = ".mf-"
 
 
 
 # -- writing ---------------------------------------------------------------------------
 
-def _temporary_prefix(path: Path) -> str:
-    tag = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]
-    return f"{_TEMPORARY_PREFIX}{tag}-"
+def save_model(model: Model, path) -> Path:
+    """Write ``model`` to ``path`` as a safetensors file, atomically.
 
-
-@contextmanager
-def atomic_write(path):
-    """Open a binary file whose content replaces ``path`` only once it is complete.
-
-    Writes go to a temporary file in the same folder (so the final rename
-    stays on one file system, where it is atomic), which is flushed to disk and
-    then renamed over ``path``. If the ``with`` block raises, or is
-    interrupted, the temporary file is removed and ``path`` is left as it was.
-    Temporary files that a killed earlier save to ``path`` left behind are
-    removed first; those of a save still running are not.
-    """
-    path = Path(path)
-    prefix = _temporary_prefix(path)
-    _remove_stale_temporaries(path.parent, prefix)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            if fcntl is not None:
-                fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # held until the file is renamed
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-            os.chmod(temporary, 0o644)  # mkstemp makes files private; ours are ordinary data
-            os.replace(temporary, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def _remove_stale_temporaries(folder: Path, prefix: str) -> None:
-    """Delete ``prefix*.tmp`` files in ``folder`` that no running save holds locked."""
-    if fcntl is None:
-        return
-    for candidate in folder.glob(f"{prefix}*.tmp"):
-        try:
-            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:  # gone already, a symlink, or not ours to read
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.path.samestat(os.fstat(fd), os.stat(candidate, follow_symlinks=False)):
-                os.unlink(candidate)
-        except OSError:  # locked by a save in progress, or renamed meanwhile
-            pass
-        finally:
-            os.close(fd)
-
-
-def check_writable(path, what: str = "file") -> Path:
-    """Make sure ``path`` can be written, before spending time on what goes in it.
-
-    Creates and removes a temporary file in ``path``'s folder: the very
-    operation :func:`atomic_write` will need.
+    An error or an interrupt midway leaves any existing file at ``path`` as it
+    was (see :func:`atomic_write`). ``path`` is used as given: no
+    ``.safetensors`` is appended.
 
     Raises
     ------
-    OSError
-        With a message naming ``what`` and the problem (no such folder,
-        a directory in the way, no permission).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write the {what} to {path}: it is a directory")
-    folder = path.parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write the {what} to {path}: the folder {folder} "
-                                "does not exist")
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temporary_prefix(path), suffix=".probe")
-    except OSError as exc:
-        raise type(exc)(f"cannot write the {what} to {path}: "
-                        f"{exc.strerror or exc} in {folder}") from None
-    os.close(fd)
-    os.unlink(probe)
-    return path
-
-
-def save_model(model: Model, path) -> Path:
-    """Write ``model`` to ``path`` as an ``.npz`` archive, atomically.
-
-    An error or an interrupt midway leaves any existing file at ``path`` as it
-    was (see :func:`atomic_write`). ``path`` is used as given: no ``.npz`` is
-    appended.
+    ConfigError
+        Before anything is written, if the model was not built from
+        :mod:`miniflow.nn` layers (a hand-built graph has no record to rebuild
+        it from).
 
     Returns
     -------
@@ -171,9 +97,8 @@ def save_model(model: Model, path) -> Path:
                 "input_mean": float(model.input_mean), "input_std": float(model.input_std)}
     arrays = {node.name: np.asarray(value, dtype=np.float32)
               for node, value in (*model.params.items(), *model.state.items())}
-    arrays[METADATA_KEY] = np.array(json.dumps(metadata))
     with atomic_write(path) as file:
-        np.savez(file, **arrays)
+        write_safetensors(file, arrays, {SAFETENSORS_KEY: json.dumps(metadata)})
     return path
 
 
@@ -264,19 +189,18 @@ def load_model(path, *, architecture: dict | None = None) -> Model:
         before the error.
     """
     path = Path(path)
-    with _open_archive(path) as archive:
-        with _corruption_reported(path):
-            metadata = _read_metadata(archive, path)
-            record, network, stored_names = _check_metadata(metadata, path)
-            shapes = network.shapes()
-            _check_parameters(archive, metadata["architecture"],
-                              {stored_names(name): shape for name, shape in shapes.items()},
-                              path)
-            if architecture is not None and record != architecture:
-                raise ModelFileError(
-                    f"{path} holds a model of another architecture: "
-                    f"{_clip(describe(record))}, not {_clip(describe(architecture))}")
-            stored = {name: _read_array(archive, stored_names(name), path) for name in shapes}
+    try:
+        file = open(path, "rb")
+    except FileNotFoundError:
+        raise ModelFileError(f"no model file at {path}") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with file:
+        if file.read(4) == b"PK\x03\x04":  # every .npz is a zip archive, and starts so
+            record, network, metadata, stored_names, stored = _read_npz(file, path, architecture)
+        else:
+            file.seek(0)
+            record, network, metadata, stored_names, stored = _read_safetensors(file, path, architecture)
     values = {}
     for name, value in stored.items():
         # Cast first: a finite float64 can overflow float32 (refused just below).
@@ -293,9 +217,64 @@ def load_model(path, *, architecture: dict | None = None) -> Model:
     return model
 
 
-# What zipfile, zlib and NumPy's .npy reader raise on damaged bytes.
+def _read_safetensors(file, path: Path, architecture):
+    """(record, layer tree, metadata, name -> stored name, {name: array}) of a version-3 file, checked."""
+    try:
+        tensors, strings, _ = read_header(file)
+    except NotSafetensorsError as exc:
+        raise ModelFileError(f"{path} is not a miniflow model (neither a safetensors file nor "
+                             f"an .npz archive: {exc})") from None
+    except SafetensorsError as exc:
+        raise ModelFileError(f"{path} is corrupt or truncated ({exc})") from None
+    if SAFETENSORS_KEY not in strings:
+        raise ModelFileError(f"{path} is a safetensors file but not a miniflow model (its "
+                             f"metadata has no {SAFETENSORS_KEY!r} record)")
+    metadata = _parse_metadata(strings[SAFETENSORS_KEY], path)
+    if metadata.get("version") in (1, 2):
+        raise ModelFileError(f"{path} is corrupt: format version {metadata['version']} is "
+                             "an .npz, not a safetensors file")
+    record, network, stored_names = _check_metadata(metadata, path)
+    shapes = network.shapes()
+    headers = {name: (shape, False, dtype) for name, (dtype, shape, _, _) in tensors.items()}
+    _check_parameters(headers, record, shapes, path)
+    _check_asked(record, architecture, path)
+    try:
+        stored = {name: read_tensor(file, tensors[name]) for name in shapes}
+    except (SafetensorsError, OSError) as exc:
+        raise ModelFileError(f"{path} is corrupt or truncated ({exc})") from None
+    return record, network, metadata, stored_names, stored
+
+
+def _read_npz(file, path: Path, architecture):
+    """(record, layer tree, metadata, name -> stored name, {name: array}) of a version-1 or 2 .npz, checked."""
+    with _open_archive(file, path) as archive:
+        with _corruption_reported(path):
+            metadata = _read_metadata(archive, path)
+            if metadata.get("version") == VERSION:
+                raise ModelFileError(f"{path} is corrupt: format version {VERSION} is a "
+                                     "safetensors file, not an .npz")
+            record, network, stored_names = _check_metadata(metadata, path)
+            shapes = network.shapes()
+            _check_parameters({k: v for k, v in archive.headers.items() if k != METADATA_KEY},
+                              metadata["architecture"],
+                              {stored_names(name): shape for name, shape in shapes.items()},
+                              path)
+            _check_asked(record, architecture, path)
+            stored = {name: _read_array(archive, stored_names(name), path) for name in shapes}
+    return record, network, metadata, stored_names, stored
+
+
+def _check_asked(record: dict, architecture, path: Path) -> None:
+    if architecture is not None and record != architecture:
+        raise ModelFileError(
+            f"{path} holds a model of another architecture: "
+            f"{_clip(describe(record))}, not {_clip(describe(architecture))}")
+
+
+# What zipfile, zlib and NumPy's .npy reader raise on damaged bytes (the reader
+# tokenizes a header as Python source: an unclosed bracket is a TokenError).
 _CORRUPTION = (zipfile.BadZipFile, zlib.error, struct.error, ValueError, EOFError, OSError,
-               KeyError, NotImplementedError)
+               KeyError, NotImplementedError, tokenize.TokenError)
 
 
 @contextmanager
@@ -327,26 +306,17 @@ class _Archive:
 
 
 @contextmanager
-def _open_archive(path: Path):
-    """Yield an _Archive for ``path``, or raise ModelFileError if its layout is unsound."""
-    try:
-        file = open(path, "rb")
-    except FileNotFoundError:
-        raise ModelFileError(f"no model file at {path}") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    with file:
-        if file.read(4) != b"PK\x03\x04":  # every .npz is a zip archive, and starts so
-            raise ModelFileError(f"{path} is not a miniflow model (not an .npz archive)")
-        file_size = os.fstat(file.fileno()).st_size
+def _open_archive(file, path: Path):
+    """Yield an _Archive of the open .npz ``file``, or raise ModelFileError if its layout is unsound."""
+    file_size = os.fstat(file.fileno()).st_size
+    with _corruption_reported(path):
+        zip_file = zipfile.ZipFile(file)
+    with zip_file:
         with _corruption_reported(path):
-            zip_file = zipfile.ZipFile(file)
-        with zip_file:
-            with _corruption_reported(path):
-                members = _list_members(zip_file, file_size, path)
-                headers = {name: _read_header(zip_file, info, path)
-                           for name, info in members.items()}
-            yield _Archive(zip_file, members, headers)
+            members = _list_members(zip_file, file_size, path)
+            headers = {name: _read_header(zip_file, info, path)
+                       for name, info in members.items()}
+        yield _Archive(zip_file, members, headers)
 
 
 def _list_members(zip_file: zipfile.ZipFile, file_size: int, path: Path) -> dict:
@@ -415,7 +385,13 @@ def _read_metadata(archive: _Archive, path: Path) -> dict:
     if archive.members[METADATA_KEY].file_size > _MAX_METADATA_BYTES:
         raise ModelFileError(f"{path} is not a miniflow model (its {METADATA_KEY!r} record "
                              f"is over {_MAX_METADATA_BYTES} bytes)")
-    text = str(_read_array(archive, METADATA_KEY, path))
+    return _parse_metadata(str(_read_array(archive, METADATA_KEY, path)), path)
+
+
+def _parse_metadata(text: str, path: Path) -> dict:
+    if len(text) > _MAX_METADATA_BYTES:
+        raise ModelFileError(f"{path} is not a miniflow model (its metadata record is over "
+                             f"{_MAX_METADATA_BYTES} characters)")
     try:
         metadata = json.loads(text)
     except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[..." nested too deep
@@ -474,15 +450,18 @@ def _is_finite_number(value) -> bool:
         return False
 
 
-def _check_parameters(archive: _Archive, record: dict, shapes: dict, path: Path) -> None:
-    """Compare the arrays' names, shapes and dtypes with the architecture's, from headers only."""
-    stored = set(archive.headers) - {METADATA_KEY}
+def _check_parameters(headers: dict, record: dict, shapes: dict, path: Path) -> None:
+    """Compare the arrays' names, shapes and dtypes with the architecture's, from headers only.
+
+    ``headers`` maps each stored array's name to its (shape, Fortran order, dtype).
+    """
+    stored = set(headers)
     where = f"{path} does not match its architecture ({_clip(describe(record))})"
     if stored != set(shapes):
         missing, extra = _some(set(shapes) - stored), _some(stored - set(shapes))
         raise ModelFileError(f"{where}: missing {missing}, unexpected {extra}")
     for name, expected in shapes.items():
-        shape, _, dtype = archive.headers[name]
+        shape, _, dtype = headers[name]
         if shape != expected or dtype.kind != "f":
             raise ModelFileError(f"{where}: {name} has shape {_clip(str(shape))} and dtype "
                                  f"{dtype}, expected shape {expected}, floating point")

@@ -210,3 +210,37 @@ def test_cnn_quick_compares_miniflow_with_pytorch_from_the_same_weights(tmp_path
         "torch:cpu", "miniflow:numpy", "miniflow:numpy/2 shards"}
     assert set(result["split_ms"]) == {"convolution", "pooling", "rest"}
     assert result["targets"][0]["check"].startswith("miniflow:numpy / torch:cpu")
+
+
+def test_hvp_quick_checks_the_product_and_reports_its_ratio(tmp_path):
+    out = tmp_path / "hvp.json"
+    proc = run_script("hvp.py", "--quick", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    check_machine(result["machine"])
+    assert set(result["median_ms"]) == {"grad", "grad-graph", "hvp"}
+    assert result["hvp_over_grad"] == pytest.approx(result["median_ms"]["hvp"]
+                                                   / result["median_ms"]["grad"])
+    # The timed HVP is the true one: central differences of the gradient agree.
+    assert result["check_relative_error"] < 1e-6
+
+
+def _mnist_dir():
+    for folder in (os.environ.get("MINIFLOW_DATA"), BENCH.parents[1] / "shared" / "data" / "mnist"):
+        if folder and (Path(folder) / "t10k-labels-idx1-ubyte.gz").exists():
+            return Path(folder)
+    pytest.skip("the MNIST files were not found: set MINIFLOW_DATA to their folder")
+
+
+def test_double_backprop_quick_trains_with_and_without_the_penalty(tmp_path):
+    out = tmp_path / "double_backprop.json"
+    proc = run_script("double_backprop.py", "--quick", "--lam", "0", "1", "--data-dir",
+                      str(_mnist_dir()), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    plain, penalised = read(out)["results"]
+    assert (plain["lam"], penalised["lam"]) == (0, 1)
+    for row in (plain, penalised):
+        assert 0.5 < row["test_accuracy"] <= 1  # 20 steps learn well above chance (10%)
+        assert set(row["fgsm_accuracy"]) == {"0.05", "0.1"}
+    # What the penalty is for: smaller input gradients, at the same seed and batches.
+    assert penalised["input_grad_norm"] < plain["input_grad_norm"]

@@ -44,14 +44,16 @@ def fake_data(monkeypatch):
     """Make the command line load `fake_mnist()`; records the arguments it was loaded with."""
     calls = []
 
-    def load(data_dir=None, *, validation_size=5000, progress=None):
-        calls.append({"data_dir": data_dir, "validation_size": validation_size})
+    def load(data_dir=None, *, validation_size=5000, progress=None, verify=True):
+        calls.append({"data_dir": data_dir, "validation_size": validation_size,
+                      **({} if verify else {"verify": False})})
         if validation_size >= 60000:  # as the real loader does
             raise ValueError(f"validation_size must be in [0, 60000), got {validation_size}")
         return fake_mnist(min(validation_size, 200))
 
-    def load_test(data_dir=None):
-        calls.append({"data_dir": data_dir, "test_only": True})
+    def load_test(data_dir=None, verify=True):
+        calls.append({"data_dir": data_dir, "test_only": True,
+                      **({} if verify else {"verify": False})})
         mnist = fake_mnist()
         return mnist.test_images, mnist.test_labels
 
@@ -94,7 +96,8 @@ def test_train_prints_one_line_per_epoch_and_the_test_accuracy(fake_data, capsys
     assert float(out[2].split()[-1][:-1]) > 90
     assert re.fullmatch(r"wall time: \d+\.\d\d s \(training \d+\.\d\d s, 2 epochs on numpy, "
                         r"[12](-2)? BLAS threads?\)", out[3])
-    assert fake_data == [{"data_dir": str(tmp_path), "validation_size": 100}]
+    # A folder given by hand may hold any set of MNIST's form: not verified as MNIST.
+    assert fake_data == [{"data_dir": str(tmp_path), "validation_size": 100, "verify": False}]
 
 
 def test_quiet_prints_only_the_summary(fake_data, capsys):
@@ -565,3 +568,107 @@ def test_mnist_not_found_is_one_line_and_traceback_tells_every_mirror(capsys, tm
     assert main([*command, "--traceback"]) == 1
     err = capsys.readouterr().err
     assert "a.invalid" in err and "b.invalid" in err
+
+
+# --- --data FILE.npz, --model package.module:function -------------------------
+
+
+def _blobs(n=300, seed=0):
+    """Three separable clusters in 4 features: any working model fits them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    features = rng.standard_normal((n, 4)) * 0.3 + np.eye(3, 4)[labels] * 3
+    return features.astype(np.float32), labels
+
+
+def test_train_and_evaluate_on_an_npz_of_arrays(tmp_path, capsys):
+    x, y = _blobs()
+    np.savez(tmp_path / "blobs.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:],
+             y_test=y[200:])
+    path = tmp_path / "blobs.safetensors"
+    assert main(["train", "--data", str(tmp_path / "blobs.npz"), "--hidden", "8",
+                 "--epochs", "5", "--validation-size", "20", "--quiet",
+                 "--save", str(path)]) == 0
+    out = capsys.readouterr().out
+    accuracy = float(re.search(r"test accuracy: ([\d.]+)%", out).group(1))
+    assert accuracy > 90
+    model = load_model(path)
+    assert model.architecture["n_classes"] == 3 and model.architecture["input_shape"] == [4]
+    assert main(["evaluate", str(path), "--data", str(tmp_path / "blobs.npz")]) == 0
+    assert f"test accuracy: {accuracy:.2f}%" in capsys.readouterr().out
+
+
+def test_data_and_data_dir_exclude_each_other_and_a_missing_file_is_named(tmp_path, capsys):
+    err = one_error_line(capsys, main(["train", "--data", str(tmp_path / "no.npz")]), 2)
+    assert f"argument --data: no such file: '{tmp_path / 'no.npz'}'" in err
+    (tmp_path / "d.npz").write_bytes(b"")
+    err = one_error_line(capsys, main(["train", "--data", str(tmp_path / "d.npz"),
+                                       "--data-dir", str(tmp_path)]), 2)
+    assert "not allowed with argument" in err
+
+
+MODULE = '''
+from miniflow import nn
+from miniflow.models import from_network
+
+def blobs_model():
+    return from_network(nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 3)),
+                        input_shape=(4,), n_classes=3)
+
+def not_a_model():
+    return 42
+'''
+
+
+def test_model_from_a_module_function(tmp_path, capsys, monkeypatch):
+    (tmp_path / "my_models.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    x, y = _blobs()
+    np.savez(tmp_path / "blobs.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:],
+             y_test=y[200:])
+    path = tmp_path / "own.safetensors"
+    assert main(["train", "--model", "my_models:blobs_model", "--data",
+                 str(tmp_path / "blobs.npz"), "--epochs", "5", "--validation-size", "20",
+                 "--quiet", "--save", str(path)]) == 0
+    assert float(re.search(r"test accuracy: ([\d.]+)%",
+                           capsys.readouterr().out).group(1)) > 90
+    model = load_model(path)
+    assert [node.name for node in model.params] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("my_models:not_a_model", "not_a_model\\(\\) returned int, not a miniflow Model"),
+    ("my_models:missing", "module 'my_models' has no function 'missing'"),
+    ("no_such_module:f", "no module named 'no_such_module'"),
+    ("rnn", "expected mlp, cnn or package.module:function"),
+    ("my_models:", "expected mlp, cnn or package.module:function"),
+    ("a b:c", "expected mlp, cnn or package.module:function"),
+])
+def test_a_bad_model_spec_is_one_clear_error(tmp_path, capsys, monkeypatch, spec, message):
+    (tmp_path / "my_models.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    np.savez(tmp_path / "d.npz", x_train=np.zeros((4, 4)), y_train=np.zeros(4, int))
+    status = main(["train", "--model", spec, "--data", str(tmp_path / "d.npz")])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert re.search(f"argument --model: .*{message}", err), err
+
+
+def test_train_model_charlm_trains_a_language_model_on_a_text_file(tmp_path, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. " * 200, encoding="utf-8")
+    saved = tmp_path / "lm.safetensors"
+    status = main(["train", "--model", "charlm", "--text", str(text), "--steps", "3",
+                   "--batch-size", "4", "--seq-len", "16", "--embedding", "8", "--hidden", "16",
+                   "--layers", "1", "--sample", "20", "--save", str(saved)])
+    out = capsys.readouterr().out
+    assert status == 0
+    bits = float(re.search(r"held-out: ([\d.]+) bits per character", out).group(1))
+    assert 0 < bits < 8  # 9 distinct characters: a uniform guess is log2(9) = 3.2 bits
+    assert saved.exists()
+
+
+def test_train_model_charlm_reports_a_missing_text_file_in_one_line(tmp_path, capsys):
+    status = main(["train", "--model=charlm", "--text", str(tmp_path / "absent.txt")])
+    err = capsys.readouterr().err
+    assert status == 1 and "absent.txt" in err and len(err.strip().splitlines()) == 1

@@ -60,6 +60,22 @@ def test_numpy_fold_equals_the_array_api_fold_exactly(stride, dilation):
     np.testing.assert_array_equal(fast, generic)
 
 
+@pytest.mark.parametrize("stride,dilation", [((1, 1), (1, 1)), ((2, 3), (1, 1)),
+                                             ((1, 2), (2, 1)), ((3, 3), (2, 2))])
+@pytest.mark.parametrize("channels", [1, 3, 16])  # both of NumPy's ways to copy them
+def test_numpy_windows_equal_the_array_api_windows_exactly(stride, dilation, channels):
+    kernel, out = (3, 2), (4, 5)
+    shape = (2, dilation[0] * (kernel[0] - 1) + stride[0] * (out[0] - 1) + 1 + 1,
+             dilation[1] * (kernel[1] - 1) + stride[1] * (out[1] - 1) + 1, channels)
+    # A channels-last view of NCHW memory, as the nodes pass it.
+    x = np.ascontiguousarray(rng.standard_normal(shape).astype(np.float32)
+                             .transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    numpy_backend = get_backend("numpy")
+    fast = numpy_backend.windows(x, kernel, stride, dilation, out)
+    generic = conv.windows(numpy_backend.xp, x, kernel, stride, dilation, out)
+    np.testing.assert_array_equal(fast, generic)
+
+
 def test_windows_and_fold_are_adjoint():
     """<windows(x), c> == <x, fold(c)>: fold is exactly the transpose of the windowing."""
     xp = get_backend("numpy").xp
@@ -95,6 +111,42 @@ def test_max_pool_gives_ties_and_nans_their_gradient_as_pytorch_does(backend, to
                                  node, backend=backend.name)
     tensor = torch.tensor(x, requires_grad=True)
     expected = torch.nn.functional.max_pool2d(tensor, 2, 1)
+    expected.backward(torch.tensor(upstream))
+    np.testing.assert_array_equal(to_numpy(value), expected.detach().numpy())
+    np.testing.assert_array_equal(to_numpy(grad), tensor.grad.numpy())
+
+
+TILED_POOL_CASES = {
+    # 4x4 images in 2x2 windows that tile them (NumPy's fast path): ties, -0.0 beside
+    # 0.0, infinities, NaN (the general scan's case) and random small integers (many ties).
+    "ties": np.array([[3.0, 3.0, 1.0, 2.0], [3.0, 3.0, 2.0, 2.0],
+                      [0.0, 5.0, -1.0, -1.0], [5.0, 5.0, -1.0, -2.0]]),
+    "signed zeros and inf": np.array([[-0.0, 0.0, -INF, -INF], [0.0, -0.0, -INF, -INF],
+                                      [INF, INF, 0.0, INF], [1.0, INF, -INF, 0.0]]),
+    "nan": np.array([[1.0, NAN, 3.0, 3.0], [NAN, 0.0, 3.0, 3.0],
+                     [2.0, 2.0, 1.0, 1.0], [2.0, NAN, 1.0, 1.0]]),
+    "integers": rng.integers(0, 3, (3, 4, 6, 8)).astype(np.float64),
+}
+
+
+@pytest.mark.parametrize("case", TILED_POOL_CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_tiled_max_pool_matches_pytorch(backend, to_numpy, case, channels_last):
+    # Stride = kernel, no padding, even sizes: the case NumPy computes without the
+    # general scan. Values, winners and gradients as PyTorch's CPU kernel's.
+    torch = pytest.importorskip("torch")
+    _float64_or_skip(backend)
+    x = TILED_POOL_CASES[case]
+    x = x if x.ndim == 4 else x[None, None]
+    if channels_last:  # a convolution's output: NCHW values in NHWC memory
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    upstream = rng.standard_normal((x.shape[0], x.shape[1], x.shape[2] // 2, x.shape[3] // 2))
+    node = Input()
+    head = DummyGrad(MaxPool2D(node, 2))
+    value, grad = value_and_grad(head, {node: backend.asarray(x), head: backend.asarray(upstream)},
+                                 node, backend=backend.name)
+    tensor = torch.tensor(np.ascontiguousarray(x), requires_grad=True)
+    expected = torch.nn.functional.max_pool2d(tensor, 2)
     expected.backward(torch.tensor(upstream))
     np.testing.assert_array_equal(to_numpy(value), expected.detach().numpy())
     np.testing.assert_array_equal(to_numpy(grad), tensor.grad.numpy())

@@ -26,11 +26,13 @@ from miniflow.datasets import (
     MnistNotFoundError,
     default_data_dir,
     load_mnist,
+    load_mnist_test,
+    load_npz,
     read_idx,
     write_idx,
 )
 from miniflow.datasets import mnist as mnist_module
-from miniflow.errors import MiniflowError
+from miniflow.errors import DataFileError, MiniflowError
 
 FILE_NAMES = [
     "train-images-idx3-ubyte",
@@ -553,3 +555,94 @@ def test_a_response_that_cannot_be_the_file_moves_on_to_the_next_mirror(
         data = load_mnist(data_dir, mirrors=[mirror.url(mode), mirror.url("good")], timeout=5)
         assert data.test_labels.shape == (10000,)
         assert sorted(os.listdir(data_dir)) == sorted(f"{name}.gz" for name in FILE_NAMES)
+
+
+# --- another set of MNIST's form, and .npz files of arrays --------------------
+
+
+def _write_idx_set(folder, n_train=30, n_test=10, side=28, gz=True):
+    """Four IDX files under MNIST's names, of random content (not MNIST)."""
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (n_train, side, side), np.uint8),
+              "train-labels-idx1-ubyte": rng.integers(0, 10, n_train).astype(np.uint8),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, side, side), np.uint8),
+              "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test).astype(np.uint8)}
+    for name, value in arrays.items():
+        data = write_idx(value)
+        (folder / (f"{name}.gz" if gz else name)).write_bytes(gzip.compress(data) if gz else data)
+    return arrays
+
+
+def test_another_idx_set_loads_when_not_verified_and_is_refused_when_verified(tmp_path):
+    arrays = _write_idx_set(tmp_path)
+    with pytest.raises(MnistFormatError, match="expected shape \\(60000, 28, 28\\)"):
+        load_mnist(tmp_path, download=False)
+    data = load_mnist(tmp_path, download=False, verify=False, validation_size=5)
+    assert (len(data.train_labels), len(data.val_labels), len(data.test_labels)) == (25, 5, 10)
+    np.testing.assert_array_equal(
+        data.train_images[0], arrays["train-images-idx3-ubyte"][0].reshape(-1) / np.float32(255))
+    np.testing.assert_array_equal(data.val_labels, arrays["train-labels-idx1-ubyte"][25:])
+    images, labels = load_mnist_test(tmp_path, download=False, verify=False)
+    assert images.shape == (10, 784) and labels.dtype == np.int64
+
+
+def test_an_unverified_idx_set_must_still_be_of_mnists_form(tmp_path):
+    _write_idx_set(tmp_path, gz=False)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(write_idx(np.zeros(29, np.uint8)))
+    with pytest.raises(MnistFormatError, match="29 labels for 30 images"):
+        load_mnist(tmp_path, download=False, verify=False, validation_size=5)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(write_idx(np.zeros((30, 2), np.uint8)))
+    with pytest.raises(MnistFormatError, match="expected shape \\(N,\\)"):
+        load_mnist(tmp_path, download=False, verify=False)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(write_idx(np.zeros(30, np.int16)))
+    with pytest.raises(MnistFormatError, match="expected uint8 values, found int16"):
+        load_mnist(tmp_path, download=False, verify=False)
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(write_idx(np.zeros(30, np.uint8)))
+    with pytest.raises(ValueError, match="below the 30 training rows"):
+        load_mnist(tmp_path, download=False, verify=False, validation_size=30)
+
+
+def test_npz_of_named_arrays(tmp_path):
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((50, 3, 4)), rng.integers(0, 3, 50).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=y, x_test=x[:7], y_test=y[:7])
+    data = load_npz(tmp_path / "d.npz", validation_size=10)
+    assert data.train_images.shape == (40, 3, 4) and data.train_images.dtype == np.float32
+    assert data.train_labels.dtype == np.int64 and data.n_classes == int(y.max()) + 1
+    np.testing.assert_array_equal(data.val_labels, y[40:])
+    assert data.test_images.shape == (7, 3, 4)
+    targets = rng.standard_normal(50)  # a regression: float targets, no classes
+    np.savez(tmp_path / "r.npz", x_train=x, y_train=targets, x_val=x[:5], y_val=targets[:5])
+    data = load_npz(tmp_path / "r.npz", validation_size=10)  # x_val given: nothing cut off
+    assert len(data.train_labels) == 50 and data.train_labels.dtype == np.float32
+    assert data.n_classes is None and data.test_images is None
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x_train": np.zeros((4, 2))}, "x_train without its pair y_train"),
+    ({"x_test": np.zeros((4, 2)), "y_test": np.zeros(4)}, "has no x_train and y_train"),
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(3)}, "x_train has 4 rows but y_train 3"),
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4), "X_test": np.zeros(1)},
+     "holds arrays named \\['X_test'\\]"),
+    ({"x_train": np.array(["a", "b"]), "y_train": np.zeros(2)}, "x_train must be an array of real"),
+    ({"x_train": np.zeros((4, 2)), "y_train": np.array([0, 1, -1, 2])}, "the label -1"),
+    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4)}, "must lie in \\[0, 4\\)"),
+])
+def test_a_bad_npz_says_what_is_wrong(tmp_path, arrays, message):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataFileError, match=message):
+        load_npz(tmp_path / "d.npz", validation_size=4)
+
+
+def test_an_npz_that_is_not_one_is_refused(tmp_path):
+    (tmp_path / "d.npz").write_text("hello")
+    with pytest.raises(DataFileError, match="not a readable .npz"):
+        load_npz(tmp_path / "d.npz")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    with pytest.raises(DataFileError, match="a single .npy array"):
+        load_npz(tmp_path / "one.npy")
+    with pytest.raises(DataFileError, match="no data file at"):
+        load_npz(tmp_path / "missing.npz")
+    np.savez(tmp_path / "p.npz", x_train=np.array([{}], dtype=object), y_train=np.zeros(1))
+    with pytest.raises(DataFileError, match="not a readable .npz"):  # pickles are never read
+        load_npz(tmp_path / "p.npz")

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("dask")
+dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
+
+import dask.array  # noqa: E402
 
 import miniflow.distributed as md  # noqa: E402
 from miniflow import cli  # noqa: E402
@@ -83,19 +85,27 @@ def test_one_step_is_the_whole_batch_step(client):
     images = rng.standard_normal((90, 20)).astype(np.float32)
     labels = rng.integers(0, N_CLASSES, 90)
     model = mlp((8,), "tanh", n_inputs=20, n_classes=N_CLASSES, seed=1)
-    params = list(model.params.values())
-    data = md.ShardedDataset(client, images, labels)
-    assert len(data.futures) == 2
-    # A batch spanning both shards, and one inside a single shard.
-    for batch in (rng.permutation(90)[:37], np.arange(5, 12)):
-        loss_sum, grad_sums = md._step(client, data, ((8,), "tanh", 20, N_CLASSES), params,
-                                       batch)
-        feed = {**model.params, model.images: images[batch], model.labels: labels[batch]}
-        loss, grads = value_and_grad(model.loss, feed, list(model.params))
-        assert loss_sum == pytest.approx(float(loss) * len(batch), rel=1e-5)
-        for got, want in zip(grad_sums, grads):
-            assert isinstance(got, np.ndarray)  # concrete, not a future or a lazy array
-            np.testing.assert_allclose(got, want * len(batch), rtol=1e-4, atol=1e-6)
+    config = TrainConfig(hidden=(8,), activation="tanh", optimizer="sgd", lr=0.1)
+    step, optimizer = md.cluster_training(client, model, config, images, labels,
+                                          lambda _: 0.1)
+    try:
+        assert len(step.data.futures) == 2
+        # A batch spanning both shards, and one inside a single shard.
+        for batch in (rng.permutation(90)[:37], np.arange(5, 12)):
+            loss, total = step(None, batch)
+            feed = {**model.params, model.images: images[batch], model.labels: labels[batch]}
+            want_loss, want_grads = value_and_grad(model.loss, feed, list(model.params))
+            assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
+            _, grad_sums, _, rows = total.result()
+            assert rows == len(batch)
+            for got, want in zip(grad_sums, want_grads):
+                assert isinstance(got, np.ndarray)  # concrete, not a future or a lazy array
+                np.testing.assert_allclose(got, want * len(batch), rtol=1e-4, atol=1e-6)
+        # The replicas held the parameters: no step changed them (none was applied).
+        for got, want in zip(optimizer.params.values(), model.params.values()):
+            np.testing.assert_array_equal(got, want)
+    finally:
+        step.close()
 
 
 def test_the_batch_is_split_by_shard_without_losing_or_repeating_rows(client):
@@ -119,10 +129,8 @@ def _arrays(value):
     return []
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["params-in-tasks", "params-scattered"])
-def test_the_data_is_scattered_once_and_steps_send_no_rows(client, monkeypatch, inline):
-    if not inline:  # as for a model too big to travel inside the tasks
-        monkeypatch.setattr(md, "INLINE_PARAMS_BYTES", 0)
+def test_the_data_is_scattered_once_and_steps_send_neither_rows_nor_parameters(client,
+                                                                               monkeypatch):
     scattered, submitted = [], []
     real_scatter, real_submit = client.scatter, client.submit
 
@@ -131,7 +139,7 @@ def test_the_data_is_scattered_once_and_steps_send_no_rows(client, monkeypatch, 
         return real_scatter(data, **kwargs)
 
     def submit(func, *args, **kwargs):
-        submitted.append(args)
+        submitted.append((func.__name__, args))
         return real_submit(func, *args, **kwargs)
 
     monkeypatch.setattr(client, "scatter", scatter)
@@ -140,18 +148,17 @@ def test_the_data_is_scattered_once_and_steps_send_no_rows(client, monkeypatch, 
     alone, result = run(config), run(config, client=client)
     np.testing.assert_allclose([s.loss for s in result.history],
                                [s.loss for s in alone.history], rtol=1e-5)
-    steps = config.epochs * -(-len(TRAIN[1]) // config.batch_size)
     data_bytes = TRAIN[0].nbytes + TRAIN[1].nbytes
-    param_bytes = sum(value.nbytes for value in result.model.params.values())
-    # Two shards of (images, labels) once; then, if at all, one parameter broadcast per step.
-    assert scattered[:2] == [data_bytes // 2, data_bytes // 2]
-    assert scattered[2:] == ([] if inline else [param_bytes] * steps)
-    # A task carries row indices (at most a batch's) and parameters, never rows of the data.
-    shapes = {value.shape for value in result.model.params.values()}
-    for args in submitted:
+    # Two shards of (images, labels) once; never the parameters.
+    assert scattered == [data_bytes // 2, data_bytes // 2]
+    # The model goes to each worker once; a step's tasks carry row indices (at most
+    # a batch's), never rows of the data nor the parameters (the workers keep them).
+    assert [name for name, _ in submitted].count("_init_replica") == 2
+    for name, args in submitted:
+        if name == "_init_replica":
+            continue
         for array in _arrays(args):
-            assert array.shape in shapes or \
-                (array.dtype.kind == "i" and array.size <= config.batch_size), array.shape
+            assert array.dtype.kind == "i" and array.size <= config.batch_size, array.shape
 
 
 def test_steps_log_no_warnings(client, caplog):
@@ -330,3 +337,97 @@ def test_the_readme_example_runs(monkeypatch, capsys):
     exec(code, {"__name__": "__main__"})
     accuracy = float(capsys.readouterr().out.strip().splitlines()[-1])
     assert accuracy > 0.9
+
+
+# -- the one loop on the cluster ------------------------------------------------------------
+
+def test_weight_decay_schedule_and_clipping_act_on_the_cluster_as_locally(client):
+    config = TrainConfig(**SMALL, weight_decay=0.05, schedule="cosine", clip_norm=0.5,
+                         optimizer="adam")
+    alone, spread = run(config, threads=1), run(config, client=client)
+    plain = run(TrainConfig(**SMALL, optimizer="adam"), client=client)
+    for name, value in names(spread.model.params).items():
+        np.testing.assert_allclose(value, names(alone.model.params)[name], rtol=1e-4, atol=1e-5)
+    # The options changed the result (the cluster once ignored weight decay).
+    assert any(not np.allclose(value, names(plain.model.params)[name])
+               for name, value in names(spread.model.params).items())
+    np.testing.assert_allclose([s.val_loss for s in spread.history],
+                               [s.val_loss for s in alone.history], rtol=1e-5)
+
+
+def test_a_cnn_trains_on_local_2_as_locally_and_batchnorm_trains_there():
+    from miniflow import nn
+    from miniflow.models import cnn, from_network
+
+    from test_cnn_model import digits
+
+    images, labels = digits(160)
+    val = digits(40, seed=2)
+    config = TrainConfig(model="cnn", epochs=2, batch_size=32, lr=0.01, shards=1,
+                         weight_decay=1e-3, schedule="onecycle")
+
+    def small_cnn():
+        return cnn((4,), 8, dropout=0.0, image_shape=(1, 8, 8), n_classes=2, seed=1)
+
+    def with_batchnorm():
+        net = nn.Sequential({"conv1": nn.Conv2D(1, 4, 3, padding="same"),
+                             "bn1": nn.BatchNorm2d(4), "relu1": nn.ReLU(),
+                             "pool1": nn.MaxPool2D(2), "flatten": nn.Flatten(),
+                             "fc1": nn.Linear(4 * 4 * 4, 2)})
+        return from_network(net, (1, 8, 8), seed=3)
+
+    alone = train(config, images, labels, *val, model=small_cnn(), n_classes=2, threads=1)
+    with md.cluster_client("local:2") as client:
+        spread = train(config, images, labels, *val, model=small_cnn(), n_classes=2,
+                       client=client)
+        normed = train(config, images, labels, *val, model=with_batchnorm(), n_classes=2,
+                       client=client)
+    for (node, want), got in zip(alone.model.params.items(), spread.model.params.values()):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=node.name)
+    assert spread.history[-1].val_loss == pytest.approx(alone.history[-1].val_loss, rel=1e-4)
+    # BatchNorm normalises by each worker's rows (as PyTorch's DDP without SyncBatchNorm):
+    # its running statistics came back from the workers, updated.
+    initial = with_batchnorm().state
+    for node, value in normed.model.state.items():
+        assert np.isfinite(value).all()
+        assert not np.array_equal(value, initial[next(n for n in initial
+                                                      if n.name == node.name)])
+
+
+def test_compile_runs_on_the_workers(client):
+    config = TrainConfig(**SMALL)
+    plain, compiled = run(config, client=client), run(TrainConfig(**SMALL, compile=True),
+                                                      client=client)
+    for name, value in names(compiled.model.params).items():
+        np.testing.assert_allclose(value, names(plain.model.params)[name], rtol=1e-4,
+                                   atol=1e-6)
+
+
+def test_a_silent_port_is_an_error_within_a_bounded_time(monkeypatch):
+    import socket
+    import threading
+
+    monkeypatch.setattr(md, "CONNECT_GRACE_S", 1.0)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held = []
+
+    def accept():  # accept, and never answer
+        while True:
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    scheduler = dask.config.get("scheduler", None)
+    try:
+        with pytest.raises(md.ClusterError, match="nothing answered as a scheduler within 3 s"):
+            md.connect(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout=2)
+    finally:
+        server.close()
+    # The abandoned attempt must not become the process's scheduler: every later dask
+    # computation (dask.array backends included) would wait on it for ever.
+    assert dask.config.get("scheduler", None) == scheduler
+    assert dask.array.ones(3).sum().compute() == 3.0

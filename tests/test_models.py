@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import miniflow.serialize as serialize
+import miniflow.files as files
 from miniflow import CrossEntropyWithSoftmax, Linear, ReLU, Sigmoid, Tanh, evaluate
 from miniflow.models import Model, mlp
 from miniflow.serialize import ModelFileError, check_writable, load_model, save_model
@@ -136,11 +137,11 @@ def test_a_failed_save_leaves_the_existing_file_untouched(tmp_path, monkeypatch,
     save_model(mlp(0, seed=1), path)
     before = path.read_bytes()
 
-    def half_written(file, **arrays):
-        file.write(b"PK\x03\x04 half an archive")
+    def half_written(file, tensors, metadata):
+        file.write(b"\x10\x00\x00\x00\x00\x00\x00\x00{half a header")
         raise failure()
 
-    monkeypatch.setattr(serialize.np, "savez", half_written)
+    monkeypatch.setattr(serialize, "write_safetensors", half_written)
     with pytest.raises(failure):
         save_model(mlp(0, seed=2), path)
     assert path.read_bytes() == before
@@ -150,7 +151,7 @@ def test_a_failed_save_leaves_the_existing_file_untouched(tmp_path, monkeypatch,
 def test_loading_a_file_that_is_not_a_model(tmp_path):
     text = tmp_path / "notes.npz"
     text.write_text("hello")
-    with pytest.raises(ModelFileError, match="not a miniflow model \\(not an .npz archive\\)"):
+    with pytest.raises(ModelFileError, match="not a miniflow model \\(neither a safetensors file nor an .npz"):
         load_model(text)
     other = tmp_path / "other.npz"
     np.savez(other, weights=np.zeros(3))
@@ -167,11 +168,21 @@ def test_loading_a_truncated_or_damaged_file(tmp_path):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFileError, match="corrupt or truncated"):
         load_model(truncated)
+    # safetensors has no checksum: damage to the weights' bytes loads (as long
+    # as they stay finite); damage to the header that declares them does not.
     damaged = tmp_path / "damaged.npz"
-    middle = len(data) // 2
-    damaged.write_bytes(data[:middle] + bytes(1000) + data[middle + 1000:])
-    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+    damaged.write_bytes(data[:20] + b"\x00" * 40 + data[60:])
+    with pytest.raises(ModelFileError, match="not a miniflow model|corrupt"):
         load_model(damaged)
+    old = tmp_path / "old.npz"  # an .npz of format version 2, damaged in its middle
+    hostile.write_archive(old, {**hostile.METADATA, "version": 2,
+                                "architecture": mlp(0).architecture},
+                          **{node.name: value for node, value in mlp(0).params.items()})
+    data = old.read_bytes()
+    middle = len(data) // 2
+    old.write_bytes(data[:middle] + bytes(1000) + data[middle + 1000:])
+    with pytest.raises(ModelFileError, match="corrupt or truncated"):
+        load_model(old)
 
 
 def _write_archive(path, metadata, **arrays):
@@ -253,7 +264,7 @@ def test_hostile_files_cost_little_resident_memory(tmp_path):
 def test_a_compressed_model_file_loads(tmp_path):
     model = mlp((8,), n_inputs=6, n_classes=3, seed=2)
     path = tmp_path / "model.npz"
-    hostile.write_archive(path, {**hostile.METADATA, "version": serialize.VERSION,
+    hostile.write_archive(path, {**hostile.METADATA, "version": 2,
                                  "architecture": model.architecture},
                           compression=zipfile.ZIP_DEFLATED,
                           **{node.name: value for node, value in model.params.items()})
@@ -280,13 +291,13 @@ def test_a_255_character_name_saves(tmp_path):
 
 def _temporaries(folder, path):
     return sorted(name for name in os.listdir(folder)
-                  if name.startswith(serialize._temporary_prefix(path)))
+                  if name.startswith(files._temporary_prefix(path)))
 
 
-@pytest.mark.skipif(serialize.fcntl is None, reason="needs POSIX file locks")
+@pytest.mark.skipif(files.fcntl is None, reason="needs POSIX file locks")
 def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
     path = tmp_path / "model.npz"
-    prefix = serialize._temporary_prefix(path)
+    prefix = files._temporary_prefix(path)
     stale = tmp_path / f"{prefix}killed.tmp"
     stale.write_bytes(b"PK\x03\x04 half an archive")
     live = tmp_path / f"{prefix}running.tmp"
@@ -297,7 +308,7 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
         (tmp_path / name).write_text("not a temporary of this save")
     (tmp_path / others[-1]).mkdir()
     with open(live, "rb") as held:
-        serialize.fcntl.flock(held, serialize.fcntl.LOCK_EX)  # as a save in progress holds it
+        files.fcntl.flock(held, files.fcntl.LOCK_EX)  # as a save in progress holds it
         save_model(mlp(0), path)
     assert not stale.exists()
     assert live.exists() and all((tmp_path / name).exists() for name in others)
@@ -306,12 +317,12 @@ def test_the_next_save_removes_what_a_killed_save_left(tmp_path):
 
 def test_a_save_in_progress_holds_its_temporary_file_locked(tmp_path):
     path = tmp_path / "model.npz"
-    with serialize.atomic_write(path) as file:
+    with files.atomic_write(path) as file:
         file.write(b"partial")
         [name] = _temporaries(tmp_path, path)
         assert len(name) < 32
-        if serialize.fcntl is not None:
-            serialize._remove_stale_temporaries(tmp_path, serialize._temporary_prefix(path))
+        if files.fcntl is not None:
+            files._remove_stale_temporaries(tmp_path, files._temporary_prefix(path))
             assert _temporaries(tmp_path, path) == [name]  # kept: its save is alive
     assert path.read_bytes() == b"partial" and os.listdir(tmp_path) == ["model.npz"]
 

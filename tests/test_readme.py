@@ -1,4 +1,5 @@
 """The README's Python examples run as written (the GPU one on every backend)."""
+import html
 import re
 import shutil
 from pathlib import Path
@@ -105,6 +106,41 @@ def test_gradients_as_graphs_example_runs():
     exec(block("expand(grad(f, x), feed)"), {})
 
 
+def _drawn_labels(svg_text):
+    """The node labels of a drawing, without the ids that depend on the run (Mul#12 -> Mul)."""
+    return sorted(re.sub(r"#\d+$", "", html.unescape(label))
+                  for label in re.findall(r'font-weight="bold"[^>]*>(.*?)</text>', svg_text))
+
+
+def test_gradient_graph_drawing_runs_and_is_the_one_shown(tmp_path, monkeypatch):
+    pytest.importorskip("graphviz")
+    if shutil.which("dot") is None:
+        pytest.skip("Graphviz's dot program is not installed (apt-get install graphviz)")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(block("expand(grad(f, x), feed)"), namespace)
+    exec(block('"lab_gradient.svg"'), namespace)
+    drawn = (tmp_path / "lab_gradient.svg").read_text()
+    shown = (Path(__file__).parent.parent / "docs" / "lab_gradient.svg").read_text()
+    assert "docs/lab_gradient.svg" in README
+    labels = _drawn_labels(drawn)
+    assert labels == ["Add", "Constant", "Input 'y'", "Input 'z'", "Mul", "Mul"]
+    assert labels == _drawn_labels(shown)
+    # d f / d x = y + z = -1 at the feed (Graphviz writes the minus as &#45;)
+    assert "scalar = &#45;1<" in drawn and "scalar = &#45;1<" in shown
+
+
+def test_double_backprop_example_trains():
+    namespace = {}
+    exec(block("lam * batch * mf.Sum(dx * dx)"), namespace)
+    values = namespace["values"]
+    assert all(np.isfinite(values)) and values[-1] < values[0]
+    # The penalty is in the loss: its value exceeds the plain loss at the same weights.
+    mf, model, x, y = (namespace[k] for k in ("mf", "model", "x", "y"))
+    feed = {model.images: x, model.labels: y, **namespace["opt"].params}
+    assert float(mf.evaluate(namespace["penalized"], feed)) > float(mf.evaluate(model.loss, feed))
+
+
 def test_newton_cg_example_fits_to_rounding():
     namespace = {}
     exec(block("def newton_cg"), namespace)
@@ -112,8 +148,27 @@ def test_newton_cg_example_fits_to_rounding():
 
 
 def test_models_built_from_layers_example_trains_saves_and_loads(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the block writes layers.npz
+    monkeypatch.chdir(tmp_path)  # the block writes layers.safetensors
     namespace = {}
     exec(block("nn.BatchNorm2d(8)"), namespace)
     assert namespace["result"].history[-1].val_accuracy == 1.0
-    assert (tmp_path / "layers.npz").exists()
+    assert (tmp_path / "layers.safetensors").exists()
+
+
+def test_sequence_models_example_trains_samples_and_saves(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the block writes charlm.safetensors
+    namespace = {}
+    exec(block("train_charlm(text[:40000]"), namespace)
+    result = namespace["result"]
+    assert result.bpc < 5.0 and (tmp_path / "charlm.safetensors").exists()
+    assert [name for name, _ in namespace["lstm"].named_parameters()][:4] == [
+        "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+
+
+def test_diabetes_regression_example_runs_and_is_near_least_squares(capsys):
+    pytest.importorskip("sklearn")
+    exec(block("load_diabetes"), {})
+    out = capsys.readouterr().out
+    found = re.search(r"miniflow MLP ([\d.]+), scikit-learn LinearRegression ([\d.]+)", out)
+    mlp, linear = float(found.group(1)), float(found.group(2))
+    assert mlp < 1.1 * linear

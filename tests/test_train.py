@@ -249,7 +249,7 @@ def test_evaluation_batches_and_threads_do_not_change_the_counts():
 
     from miniflow.backends import get_backend
     from miniflow.models import cnn, mlp
-    from miniflow.train import _count_correct, eval_batch_size
+    from miniflow.evaluation import eval_batch_size, measure
 
     assert eval_batch_size(mlp((8,), n_inputs=20)) == 10_000
     assert eval_batch_size(cnn((4,), 8, image_shape=(1, 8, 8))) == 1_000
@@ -258,13 +258,13 @@ def test_evaluation_batches_and_threads_do_not_change_the_counts():
     x = rng.standard_normal((53, 1, 8, 8)).astype(np.float32)
     y = rng.integers(0, 3, 53)
     backend = get_backend("numpy")
-    whole = _count_correct(model, model.params, x, y, backend, with_loss=True)
+    whole = measure(model, model.params, x, y, backend, ("accuracy",))
     with ThreadPoolExecutor(2) as pool:
         for batch_size, map_ in [(7, map), (7, pool.map), (None, pool.map)]:
-            correct, loss = _count_correct(model, model.params, x, y, backend, batch_size,
-                                           with_loss=True, map=map_)
-            assert int(correct) == int(whole[0])
-            assert float(loss) == pytest.approx(float(whole[1]), rel=1e-5)
+            report = measure(model, model.params, x, y, backend, ("accuracy",),
+                             batch_size=batch_size, map=map_)
+            assert report["accuracy"] == whole["accuracy"]
+            assert report["loss"] == pytest.approx(whole["loss"], rel=1e-5)
 
 
 def test_compiled_shards_each_get_a_program_of_their_own():

@@ -48,6 +48,81 @@ class NumpyBackend(Backend):
     def own_gradients(self, grads):
         return _own_arrays(grads)
 
+    # The columns of a convolution (see miniflow.nodes.conv.windows): one copy out of
+    # a strided view of the padded images, instead of a stack of kh*kw slices (which
+    # makes each slice, then copies it again into the stack).
+    def windows(self, x, kernel, stride, dilation, out_size):
+        (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, stride, dilation, out_size
+        n, _, _, c = x.shape
+        if c < 8:  # runs of a few values: one slice copy per offset is faster
+            cols = np.empty((n, oh, ow, kh * kw, c), dtype=x.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    cols[:, :, :, i * kw + j, :] = x[:, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                                                     j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
+            return cols
+        s0, s1, s2, s3 = x.strides
+        view = np.lib.stride_tricks.as_strided(
+            x, (n, oh, ow, kh, kw, c), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3),
+            writeable=False)
+        cols = np.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
+        np.copyto(cols, view)
+        return cols.reshape(n, oh, ow, kh * kw, c)
+
+    # Max pooling whose windows tile the image (2x2 by 2 of an even image, the CNN's):
+    # the same winners as MaxPool2D's scan (the first largest value of each window),
+    # from one pass per kernel offset. None when a window holds a NaN, whose winner
+    # (the last NaN) the general scan finds.
+    def max_pool_tiles(self, x, kernel, track):
+        (kh, kw) = kernel
+        n, h, w, c = x.shape  # channels last
+        tiles = x.reshape(n, h // kh, kh, w // kw, kw, c)
+        pieces = [tiles[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
+        largest = np.maximum(pieces[0], pieces[1]) if len(pieces) > 1 \
+            else np.array(pieces[0], copy=True)
+        for piece in pieces[2:]:
+            np.maximum(largest, piece, out=largest)
+        if not track:
+            return largest, None
+        if np.isnan(largest).any():
+            return None
+        # The winner is the number of offsets before the first one equal to the
+        # maximum: a running "none equal yet" flag, added up (bools as int8).
+        behind = np.not_equal(pieces[0], largest)
+        winner = behind.view(np.int8).copy()
+        differs = np.empty(largest.shape, dtype=bool)
+        for piece in pieces[1:-1]:
+            np.not_equal(piece, largest, out=differs)
+            np.logical_and(behind, differs, out=behind)
+            np.add(winner, behind.view(np.int8), out=winner)
+        return largest, winner
+
+    # The gradient of max_pool_tiles: each window's gradient to its winner, +0
+    # elsewhere (a NaN gradient must not reach the others, so no product with a
+    # mask), written offset by offset into its slice of the image (the windows tile
+    # it: nothing to add). The selection is a bitwise AND with an all-ones or zero
+    # mask, 3x faster than np.where, which iterates these 6-D views badly.
+    def max_pool_tiles_grad(self, winner, grad, kernel):
+        (kh, kw) = kernel
+        n, oh, ow, c = grad.shape
+        bits = {2: np.int16, 4: np.int32, 8: np.int64}.get(grad.dtype.itemsize)
+        if grad.dtype.kind != "f" or bits is None:
+            offsets = np.arange(kh * kw, dtype=winner.dtype).reshape(kh, kw)
+            hit = winner[:, :, None, :, None, :] == offsets[None, None, :, None, :, None]
+            out = np.where(hit, grad[:, :, None, :, None, :], grad.dtype.type(0))
+            return out.reshape(n, oh * kh, ow * kw, c)
+        out = np.empty((n, oh, kh, ow, kw, c), dtype=grad.dtype)
+        # One copy of a gradient in another layout (the flattened dense layer's, NCHW)
+        # is cheaper than kh*kw strided reads of it.
+        grad_bits = np.ascontiguousarray(grad).view(bits)
+        mask = np.empty(grad.shape, dtype=bits)
+        for i in range(kh):
+            for j in range(kw):
+                np.equal(winner, i * kw + j, out=mask, casting="unsafe")
+                np.negative(mask, out=mask)  # True -> all ones
+                np.bitwise_and(grad_bits, mask, out=out[:, :, i, :, j, :].view(bits))
+        return out.reshape(n, oh * kh, ow * kw, c)
+
     # The adjoint of sliding windows (convolution and pooling backward, see
     # miniflow.nodes.conv): the same sums as the Array-API version there, as in-place
     # adds into one array instead of a padded copy per kernel offset.

@@ -1,4 +1,4 @@
-"""Datasets for miniflow: MNIST, read from the original IDX files.
+"""Datasets for miniflow: MNIST (or any IDX set of its form), and .npz files of named arrays.
 
 >>> from miniflow.datasets import load_mnist
 >>> mnist = load_mnist()             # doctest: +SKIP
@@ -6,6 +6,7 @@
 (55000, 784)
 """
 
+from .arrays import ARRAY_NAMES, ArrayData, load_npz
 from .idx import MnistFormatError, read_idx, write_idx
 from .mnist import (
     DEFAULT_MIRRORS,
@@ -19,6 +20,9 @@ from .mnist import (
 )
 
 __all__ = [
+    "ARRAY_NAMES",
+    "ArrayData",
+    "load_npz",
     "DEFAULT_MIRRORS",
     "MNIST",
     "MNIST_TRAIN_SIZE",

@@ -19,7 +19,6 @@ import operator
 import os
 import socket
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MnistChecksumError, MnistNotFoundError
+from ..files import atomic_write
 from .idx import MnistFormatError, read_idx
 
 # Tried in turn for each missing file. The original site often answers 403
@@ -57,16 +57,28 @@ _HOW_TO_POINT = (
 )
 
 
+# A same-format copy that is not MNIST (Fashion-MNIST, a subset, a larger set)
+# may have any number of rows; beyond this many bytes it is refused unread.
+MAX_IDX_BYTES = 1 << 30
+
+
 @dataclass(frozen=True)
 class _FileSpec:
     name: str  # canonical name of the decompressed file
-    sha256: str  # of the decompressed content
-    shape: tuple
+    sha256: str | None  # of the decompressed content; None: any content of the right form
+    shape: tuple  # None in a dimension: any size
+    dtype: np.dtype = np.dtype(np.uint8)
 
     @property
     def size(self):
         """Bytes in the decompressed file: the IDX header, then one byte per pixel or label."""
+        if None in self.shape:
+            return MAX_IDX_BYTES
         return 4 + 4 * len(self.shape) + math.prod(self.shape)
+
+    def any_copy(self):
+        """The spec of a same-format file of any content and number of rows."""
+        return _FileSpec(self.name, None, (None,) + self.shape[1:])
 
     @property
     def max_gzip_size(self):
@@ -155,6 +167,7 @@ def load_mnist(
     mirrors: Sequence[str] | None = None,
     timeout: float = 30.0,
     progress: bool | None = None,
+    verify: bool = True,
 ) -> MNIST:
     """Load MNIST, downloading and verifying the files if they are missing.
 
@@ -179,6 +192,12 @@ def load_mnist(
     progress : bool, optional
         Show download progress on stderr (a tqdm bar if tqdm is installed,
         else one line per file). Default: only when stderr is a terminal.
+    verify : bool, default True
+        Require the local files to be the canonical MNIST (by SHA-256 and
+        shape). False accepts any set in the same form under the same names
+        (Fashion-MNIST, say): uint8 images (N, H, W) and labels (N,), N
+        matching, each file at most ``MAX_IDX_BYTES``. Downloads are MNIST
+        and always verified.
 
     Returns
     -------
@@ -205,7 +224,7 @@ def load_mnist(
         raise ValueError(
             f"validation_size must be in [0, {MNIST_TRAIN_SIZE}), got {validation_size}"
         )
-    raw = _load_files(_FILES, data_dir, download, mirrors, timeout, progress)
+    raw = _load_files(_FILES, data_dir, download, mirrors, timeout, progress, verify)
     return _split(raw, validation_size)
 
 
@@ -216,6 +235,7 @@ def load_mnist_test(
     mirrors: Sequence[str] | None = None,
     timeout: float = 30.0,
     progress: bool | None = None,
+    verify: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Load only the MNIST test set: what evaluating a trained model needs.
 
@@ -228,13 +248,14 @@ def load_mnist_test(
         float32 (10000, 784) in [0, 1], and int64 (10000,).
     """
     files = {key: _FILES[key] for key in ("test_images", "test_labels")}
-    raw = _load_files(files, data_dir, download, mirrors, timeout, progress)
+    raw = _load_files(files, data_dir, download, mirrors, timeout, progress, verify)
+    _check_rows(raw, "test")
     images = np.divide(raw["test_images"].reshape(len(raw["test_images"]), -1), 255,
                        dtype=np.float32)
     return images, raw["test_labels"].astype(np.int64)
 
 
-def _load_files(files, data_dir, download, mirrors, timeout, progress):
+def _load_files(files, data_dir, download, mirrors, timeout, progress, verify=True):
     """{key: raw array} for each of ``files``, read locally or downloaded and verified."""
     folder, origin = _resolve_data_dir(data_dir)
     local = {key: _find_local(folder, spec) for key, spec in files.items()}
@@ -248,7 +269,7 @@ def _load_files(files, data_dir, download, mirrors, timeout, progress):
     raw = {}
     for key, spec in files.items():
         if local[key] is not None:
-            raw[key] = _read_local(local[key], spec)
+            raw[key] = _read_local(local[key], spec if verify else spec.any_copy())
             continue
         try:
             raw[key] = _download(spec, folder, mirrors, timeout, progress)
@@ -264,7 +285,12 @@ def _split(raw, validation_size):
         for key in ("train_images", "test_images")
     }
     labels = {key: raw[key].astype(np.int64) for key in ("train_labels", "test_labels")}
-    cut = MNIST_TRAIN_SIZE - validation_size
+    _check_rows(raw, "train")
+    _check_rows(raw, "test")
+    if validation_size >= len(labels["train_labels"]):
+        raise ValueError(f"validation_size must be below the {len(labels['train_labels'])} "
+                         f"training rows, got {validation_size}")
+    cut = len(labels["train_labels"]) - validation_size
     return MNIST(
         train_images=images["train_images"][:cut],
         train_labels=labels["train_labels"][:cut],
@@ -273,6 +299,15 @@ def _split(raw, validation_size):
         test_images=images["test_images"],
         test_labels=labels["test_labels"],
     )
+
+
+def _check_rows(raw, part):
+    """A set that is not MNIST may have any number of rows, but as many labels as images."""
+    images, labels = raw[f"{part}_images"], raw[f"{part}_labels"]
+    if len(images) != len(labels):
+        raise MnistFormatError(_FILES[f"{part}_labels"].name,
+                               f"{len(labels)} labels for {len(images)} images in "
+                               f"{_FILES[f'{part}_images'].name}")
 
 
 # --- where the files are --------------------------------------------------
@@ -378,10 +413,16 @@ def _decompress(data, name, spec):
 def _parse(content, name, spec):
     """Decode decompressed IDX bytes and check they are the canonical file."""
     array = read_idx(content, name)
-    if array.shape != spec.shape:
+    if len(array.shape) != len(spec.shape) or any(
+            want is not None and want != got for want, got in zip(spec.shape, array.shape)):
+        expected = str(spec.shape).replace("None", "N")
         raise MnistFormatError(
-            name, f"expected shape {spec.shape} for {spec.name}, found {array.shape}"
+            name, f"expected shape {expected} for {spec.name}, found {array.shape}"
         )
+    if array.dtype != spec.dtype:
+        raise MnistFormatError(name, f"expected {spec.dtype} values, found {array.dtype}")
+    if spec.sha256 is None:
+        return array
     digest = hashlib.sha256(content).hexdigest()
     if digest != spec.sha256:
         raise MnistChecksumError(
@@ -539,21 +580,6 @@ def _describe_failure(exc):
 
 
 def _write_atomically(path, data):
-    """Write `data` to `path` so that `path` never holds a partial file.
-
-    The bytes go to a hidden temporary file in the same folder (so the final
-    rename stays on one file system and is atomic), are flushed to disk, and
-    only then take the final name. On any failure the temporary is removed.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); a dataset is ordinary data.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write `data` to `path` so that `path` never holds a partial file."""
+    with atomic_write(path) as file:
+        file.write(data)

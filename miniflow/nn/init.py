@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 __all__ = ["INITIALIZERS", "he_normal", "he_uniform", "glorot_normal", "glorot_uniform",
-           "normal", "zeros", "ones"]
+           "normal", "torch_uniform", "zeros", "ones"]
 
 
 def he_normal(rng, shape, fan_in, fan_out):
@@ -50,6 +50,13 @@ def normal(rng, shape, fan_in, fan_out):
     return rng.standard_normal(shape)
 
 
+def torch_uniform(rng, shape, fan_in, fan_out):
+    """Uniform in +-1/sqrt(fan_in): PyTorch's start for every recurrent parameter (fan_in
+    is hidden_size there) and for attention's output projection bias."""
+    limit = 1.0 / math.sqrt(max(fan_in, 1))
+    return rng.uniform(-limit, limit, size=shape)
+
+
 def zeros(rng, shape, fan_in, fan_out):
     """All zeros (biases, BatchNorm's shift); draws nothing."""
     return np.zeros(shape)
@@ -66,5 +73,5 @@ INITIALIZERS = {
     "glorot_normal": glorot_normal, "glorot_uniform": glorot_uniform,
     "kaiming_normal": he_normal, "kaiming_uniform": he_uniform,
     "xavier_normal": glorot_normal, "xavier_uniform": glorot_uniform,
-    "normal": normal, "zeros": zeros, "ones": ones,
+    "normal": normal, "torch_uniform": torch_uniform, "zeros": zeros, "ones": ones,
 }

@@ -88,6 +88,10 @@ def _bool(value, what) -> bool:
     return value
 
 
+# Public names of the checks above, for the layer modules beside this one.
+check_int, check_bool, check_real = _int, _bool, _real
+
+
 def _init(name, what) -> str:
     if not isinstance(name, str) or name not in INITIALIZERS:
         raise ConfigError(f"unknown {what} {name!r}; choose one of {', '.join(INITIALIZERS)}")

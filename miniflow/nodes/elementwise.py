@@ -542,9 +542,11 @@ class GELU(Node):
     def forward(self, ctx, x):
         xp = ctx.xp
         if self.approximate == "tanh":
-            t = xp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
-            ctx.save(t)
-            return 0.5 * x * (1 + t)
+            # h = (1 + tanh(c (x + a x^3))) / 2, kept for backward: with it the derivative
+            # h (1 + (1 - h) (2 c x + 6 a c x^3)) takes 9 array operations, not 13.
+            h = 0.5 + 0.5 * xp.tanh(x * (_SQRT_2_OVER_PI + _GELU_CA * (x * x)))
+            ctx.save(h)
+            return x * h
         cdf = 0.5 * (1 + erf(xp, x * _SQRT_HALF))
         ctx.save(cdf)
         return x * cdf
@@ -552,14 +554,16 @@ class GELU(Node):
     def backward(self, ctx, grad):
         xp, (x,), (saved,) = ctx.xp, ctx.inputs, ctx.saved
         if self.approximate == "tanh":
-            slope = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x * x)
-            return (grad * (0.5 * (1 + saved) + 0.5 * x * (1 - saved * saved) * slope),)
+            h = saved
+            return (grad * (h * (1 + (1 - h) * (x * (2 * _SQRT_2_OVER_PI
+                                                     + 6 * _GELU_CA * (x * x))))),)
         density = xp.exp(-0.5 * x * x) * _INV_SQRT_2PI
         return (grad * (saved + x * density),)
 
 
 _SQRT_HALF = 0.7071067811865476
 _SQRT_2_OVER_PI = 0.7978845608028654
+_GELU_CA = 0.044715 * _SQRT_2_OVER_PI
 _INV_SQRT_2PI = 0.3989422804014327
 
 # Cephes' rational approximations (S. Moshier, public domain; as in scipy's ndtr):

@@ -1,5 +1,8 @@
 """Fuzz the model loader with atheris.
 
+libFuzzer adds what it finds to the first corpus folder: give it a scratch
+copy (cp -r tests/fuzz/regressions/model /tmp/corpus), not the regressions.
+
     python tests/fuzz/fuzz_model.py -max_total_time=60 [corpus folder ...]
 
 Each input is written to a file and given to load_model. Any exception other

@@ -1,0 +1,203 @@
+"""The planned NumPy step's fast paths: updates applied inside kernels (NumPy's BLAS
+gemm with beta = 1), elementwise passes in blocks of rows, the cached seed.
+
+Each is checked against value_and_grad followed by a plain update, in float64
+(to rounding) and float32, on shapes that take the fast path and shapes or
+feeds that must not.
+"""
+import numpy as np
+import pytest
+
+import miniflow
+from miniflow import CrossEntropyWithSoftmax, Input, Linear, Sigmoid, value_and_grad
+from miniflow.backends import numpy_planned
+from miniflow.backends.numpy_planned import numpy_gemm
+
+from test_compile import mlp
+
+
+def feed_for(images, labels, params, batch, features, hidden, classes=10, dtype=np.float64,
+             seed=0):
+    rng = np.random.default_rng(seed)
+    values = [rng.standard_normal((features, hidden)) / np.sqrt(features),
+              rng.standard_normal(hidden) / 3,
+              rng.standard_normal((hidden, classes)) / np.sqrt(hidden),
+              rng.standard_normal(classes) / 3]
+    feed = {p: v.astype(dtype) for p, v in zip(params, values)}
+    feed[images] = (rng.standard_normal((batch, features)) * 2).astype(dtype)
+    feed[labels] = rng.integers(0, classes, batch)
+    return feed
+
+
+def sgd_by_hand(loss, feed, params, lr):
+    """value_and_grad, then param - lr * grad: what step.sgd must give."""
+    value, grads = value_and_grad(loss, feed, params)
+    return value, [feed[p] - lr * g for p, g in zip(params, grads)]
+
+
+def assert_three_steps_match_by_hand(step, loss, feed, params, lr):
+    for _ in range(3):
+        want_value, want_params = sgd_by_hand(loss, feed, params, lr)
+        value, updated = step.sgd(feed, lr)
+        np.testing.assert_allclose(value, want_value, rtol=1e-12)
+        for got, want in zip(updated, want_params):
+            np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+def test_sgd_steps_match_value_and_grad_then_update(activation, dtype, rtol):
+    images, labels, params, loss = mlp(activation)
+    step = miniflow.compile(loss, params, backend="numpy")
+    feed = feed_for(images, labels, params, batch=33, features=40, hidden=24, dtype=dtype)
+    for k, lr in enumerate([0.1, 0.1, 0.05, 0.2]):  # the first call compiles; lr changes
+        feed[images] = feed[images][::-1].copy()  # a new batch array each step
+        want_value, want_params = sgd_by_hand(loss, feed, params, lr)
+        value, updated = step.sgd(feed, lr)
+        np.testing.assert_allclose(value, want_value, rtol=rtol)
+        for p, got, want in zip(params, updated, want_params):
+            assert got is feed[p]  # updated in place
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-2)
+
+
+def test_kernels_apply_the_updates_where_they_can():
+    images, labels, params, loss = mlp("sigmoid")
+    step = miniflow.compile(loss, params, backend="numpy")
+    feed = feed_for(images, labels, params, batch=8, features=6, hidden=5)
+    step.sgd(feed, 0.1)
+    ((entry, _),) = step._compiled.values()
+    assert sorted(w for _, _, w in entry["applied"]) == [0, 1, 2, 3]
+    # value_and_grad after sgd: real gradients again, equal to the uncompiled ones.
+    value, grads = step(feed)
+    want_value, want_grads = value_and_grad(loss, feed, params)
+    np.testing.assert_allclose(value, want_value, rtol=1e-12)
+    for g, w in zip(grads, want_grads):
+        assert g.strides != (0,) * g.ndim  # a real array, not the "already applied" zeros
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-14)
+
+
+def test_a_weight_read_twice_is_updated_after_backward():
+    """A weight two nodes read: its gradient is the sum of both, so no kernel may
+    update it alone (and the first node's backward must read it unchanged)."""
+    x, labels, w, b1, b2 = Input("x"), Input("labels"), Input("w"), Input("b1"), Input("b2")
+    hidden = Sigmoid(Linear(x, w, b1))
+    loss = CrossEntropyWithSoftmax(Linear(hidden, w, b2), labels)  # w is square
+    params = [w, b1, b2]
+    rng = np.random.default_rng(3)
+    feed = {x: rng.standard_normal((9, 6)), w: rng.standard_normal((6, 6)) / 3,
+            b1: rng.standard_normal(6), b2: rng.standard_normal(6), labels: rng.integers(0, 6, 9)}
+    step = miniflow.compile(loss, params, backend="numpy")
+    assert_three_steps_match_by_hand(step, loss, feed, params, 0.3)
+    ((entry, _),) = step._compiled.values()
+    assert 0 not in [w for _, _, w in entry["applied"]]
+
+
+def test_a_weight_sharing_memory_with_the_data_is_updated_after_backward():
+    """The images are a view of the first weight: updating the weight inside
+    backward would change what the rest of backward reads."""
+    images, labels, params, loss = mlp("relu")
+    feed = feed_for(images, labels, params, batch=6, features=6, hidden=6)
+    feed[images] = feed[params[0]][:, :]  # the same memory, another array
+    step = miniflow.compile(loss, params, backend="numpy")
+    assert_three_steps_match_by_hand(step, loss, feed, params, 0.2)
+
+
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_blocks_of_rows_give_the_whole_arrays_results(monkeypatch, activation):
+    """Elementwise kernels over arrays larger than a block work block by block."""
+    monkeypatch.setattr(numpy_planned, "BLOCK_ELEMENTS", 50)  # blocks of 2 rows of 24
+    images, labels, params, loss = mlp(activation)
+    step = miniflow.compile(loss, params, backend="numpy")
+    feed = feed_for(images, labels, params, batch=11, features=7, hidden=24)
+    feed[images][3, :] = -feed[images][3, :]
+    for _ in range(2):
+        value, grads = step(feed)
+        want_value, want_grads = value_and_grad(loss, feed, params)
+        np.testing.assert_allclose(value, want_value, rtol=1e-12)
+        for g, w in zip(grads, want_grads):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-14)
+    ((entry, _),) = step._compiled.values()
+    activation_kernel = entry["kernels"][[type(k).__name__ for k in entry["kernels"]].index(
+        f"{'ReLU' if activation == 'relu' else 'Sigmoid'}Kernel")]
+    assert len(activation_kernel.blocks) == 6
+
+
+def test_row_blocks_cover_every_row_once():
+    blocks = numpy_planned._row_blocks((1000, 100))
+    rows = np.zeros(1000, int)
+    for block in blocks:
+        rows[block] += 1
+    assert (rows == 1).all() and len(blocks) > 1
+    assert numpy_planned._row_blocks(()) == [...]
+    assert numpy_planned._row_blocks((5, 3)) == [...]
+
+
+gemm_only = pytest.mark.skipif(numpy_gemm() is None,
+                               reason="NumPy's BLAS gemm is not reachable here (not Linux, or "
+                                      "a NumPy build without its own OpenBLAS)")
+
+
+@gemm_only
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_adds_products_in_place(dtype):
+    gemm = numpy_gemm()
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((7, 5)).astype(dtype)
+    b = rng.standard_normal((7, 4)).astype(dtype)
+    c = rng.standard_normal((5, 4)).astype(dtype)
+    want = c - 0.5 * a.T @ b
+    assert gemm.add_product(c, a, b, -0.5, a_transposed=True)
+    np.testing.assert_allclose(c, want, rtol=1e-5)
+    # Rows apart in memory (a slice of columns) and a product without transpose.
+    big = rng.standard_normal((5, 9)).astype(dtype)
+    p, q = big[:, 2:9], rng.standard_normal((7, 3)).astype(dtype)
+    out = np.zeros((8, 6), dtype)
+    target = out[1:6, 2:5]
+    assert gemm.add_product(target, p, q)
+    np.testing.assert_allclose(out[1:6, 2:5], p @ q, rtol=1e-5)
+    assert not out[0].any() and not out[:, :2].any() and not out[:, 5:].any()
+
+
+@gemm_only
+def test_gemm_declines_what_it_cannot_describe():
+    gemm = numpy_gemm()
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((6, 4)), rng.standard_normal((6, 3))
+    c = np.zeros((4, 3))
+    assert not gemm.add_product(c, a[:, ::-1], b, a_transposed=True)  # columns reversed
+    assert not gemm.add_product(c, a.astype(np.float32), b, a_transposed=True)  # dtypes
+    frozen = np.zeros((4, 3))
+    frozen.flags.writeable = False
+    assert not gemm.add_product(frozen, a, b, a_transposed=True)
+    assert not c.any() and not frozen.any()
+
+
+def test_jax_step_checks_each_labels_array_once_and_every_new_one():
+    """JAX arrays never change, so a labels array found in range is not looked at
+    again; every other array is, and a bad one is refused."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from miniflow.errors import NodeError
+
+    images, labels, params, loss = mlp("relu")
+    feed = feed_for(images, labels, params, batch=7, features=5, hidden=4, classes=5,
+                    dtype=np.float32)
+    feed = {node: jnp.asarray(value) for node, value in feed.items()}
+    step = miniflow.compile(loss, params, backend="jax.numpy")
+    step(feed)  # compiles (the ordinary run checks these labels)
+    looked = []
+    real = type(step)._host
+
+    def host(self, array):
+        looked.append(array)
+        return real(self, array)
+
+    step._host = host.__get__(step)
+    step(feed)
+    step(feed)
+    assert len(looked) == 1  # the second call reused the first's verdict
+    bad = np.asarray(feed[labels]).copy()
+    bad[2] = 5
+    with pytest.raises(NodeError, match=r"labels.* must lie in \[0, 5\)"):
+        step({**feed, labels: jnp.asarray(bad)})

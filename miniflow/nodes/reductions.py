@@ -13,6 +13,7 @@ import operator
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
+from ._common import on_mean_as_zero
 
 
 @functools.lru_cache(maxsize=512)
@@ -185,7 +186,7 @@ class Var(_Reduction):
         xp, (x,) = ctx.xp, ctx.inputs
         axes = reduction_axes(self.axis, x.shape)
         spread = self._spread(xp, grad, x.shape, axes)
-        centered = _on_mean_as_zero(xp, x, axes, spread, x - xp.mean(x, axis=axes, keepdims=True))
+        centered = on_mean_as_zero(xp, x, axes, spread, x - xp.mean(x, axis=axes, keepdims=True))
         # PyTorch's order, (2 / dof * grad) * centered: it decides where inf meets 0.
         return (self._two_over_dof(x.shape, axes) * spread * centered,)
 
@@ -215,24 +216,9 @@ class Std(Var):
                             / (2 * xp.where(flat, 1.0, std)))
         # Shifted as in forward: a nearly flat slice keeps its small differences.
         shifted = _shifted_by_first(x, axes)
-        centered = _on_mean_as_zero(xp, x, axes, grad_var,
+        centered = on_mean_as_zero(xp, x, axes, grad_var,
                                     shifted - xp.mean(shifted, axis=axes, keepdims=True))
         return (self._two_over_dof(x.shape, axes) * grad_var * centered,)
-
-
-def _on_mean_as_zero(xp, x, axes, grad, centered):
-    """``centered`` (x - mean(x)), with 0 where ``grad`` is inf or nan and x lies on its
-    slice's mean to rounding (|x - mean| <= 4 eps sum|x|).
-
-    There x - mean is a rounding residue whose sign, or exact 0, depends on how the
-    mean was summed (PyTorch's and NumPy's differ), so an infinite gradient times it
-    would be +inf, -inf or nan by chance. It is taken as 0 (the derivative there is 0
-    to rounding): nan, always. Finite gradients use ``centered`` unchanged.
-    """
-    eps = xp.finfo(x.dtype).eps
-    on_mean = xp.abs(centered) <= 4 * eps * xp.sum(xp.abs(x), axis=axes, keepdims=True)
-    return xp.where(xp.logical_not(xp.isfinite(grad)) & on_mean,
-                    xp.zeros((), dtype=centered.dtype), centered)
 
 
 def _variance(xp, x, axes, correction):

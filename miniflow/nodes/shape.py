@@ -494,12 +494,17 @@ class Take(Node):
         # finite values only, and two more count, per row, the +inf (or nan) and the -inf
         # (or nan) values that reached it: +inf where only the first, -inf where only the
         # second, nan where both (inf - inf, or a nan), as a sum of them would give.
-        finite = xp.isfinite(rows)
-        stacked = xp.stack([xp.where(finite, rows, xp.zeros((), dtype=rows.dtype)),
-                            xp.astype(xp.logical_not(rows < math.inf), rows.dtype),
-                            xp.astype(xp.logical_not(rows > -math.inf), rows.dtype)])
-        summed = xp.tensordot(stacked, xp.astype(matches, grad.dtype), axes=([axis + 1], [0]))
-        total, up, down = summed[0, ...], summed[1, ...], summed[2, ...]
+        # Three products, not one over the three stacked: that stack's product copies
+        # a transposed (3, ...) array, and took 5 times as long in NumPy.
+        one_hot = xp.astype(matches, grad.dtype)
+
+        def per_row(values):
+            return xp.tensordot(values, one_hot, axes=([axis], [0]))
+
+        zero = xp.zeros((), dtype=rows.dtype)
+        total = per_row(xp.where(xp.isfinite(rows), rows, zero))
+        up = per_row(xp.astype(xp.logical_not(rows < math.inf), rows.dtype))
+        down = per_row(xp.astype(xp.logical_not(rows > -math.inf), rows.dtype))
         inf = xp.asarray(math.inf, dtype=total.dtype)
         total = xp.where(up > 0, xp.where(down > 0, xp.asarray(math.nan, dtype=total.dtype), inf),
                          xp.where(down > 0, -inf, total))

@@ -560,6 +560,8 @@ class TracingBackend:
     nodes take their Array-API path, which the namespace can record.
     """
 
+    records_graph = True  # see Backend.records_graph
+
     def __init__(self, backend):
         self.real = backend
         self.xp = TracingNamespace(backend.xp)

@@ -52,8 +52,43 @@ def cross_entropy_case(draw):
     return Case((logits, labels), kwargs)
 
 
+class LabCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(logits, labels)`` with PyTorch's own gradient but for the one
+    difference README documents ("Where libraries differ"): miniflow's two-argument
+    form (mean over (batch, classes), no option) computes (softmax - one_hot) * g / batch,
+    so where the upstream gradient g is infinite a label's logit gets (softmax - 1) * g /
+    batch (-inf for g = inf), where PyTorch's log-softmax rule makes inf - inf = nan.
+    Everywhere else, and for every finite g, the gradient is PyTorch's."""
+
+    @staticmethod
+    def forward(ctx, logits, labels):
+        ctx.save_for_backward(logits, labels)
+        return F.cross_entropy(logits, labels)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, labels = ctx.saved_tensors
+        # Grad mode is on here only under create_graph=True: then this rule is itself
+        # recorded (second derivatives), so it differentiates the saved logits, not a copy.
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            source = logits if create_graph else logits.detach().requires_grad_()
+            (theirs,) = torch.autograd.grad(F.cross_entropy(source, labels), source, grad,
+                                            create_graph=create_graph)
+        at_label = F.one_hot(labels, logits.shape[1]).bool() & torch.isinf(grad)
+        ours = (torch.softmax(logits, 1) - 1) * (grad / logits.shape[0])
+        return torch.where(at_label, ours, theirs), None
+
+
+def lab_cross_entropy(logits, labels):
+    return LabCrossEntropy.apply(logits, labels)
+
+
 def torch_cross_entropy(logits, targets, reduction="mean", label_smoothing=0.0,
                         ignore_index=None, soft_targets=False):
+    if (logits.ndim == 2 and reduction == "mean" and not label_smoothing
+            and ignore_index is None and not soft_targets):
+        return lab_cross_entropy(logits, targets)  # miniflow's two-argument form
     return F.cross_entropy(logits, targets, reduction=reduction, label_smoothing=label_smoothing,
                            ignore_index=-100 if ignore_index is None else ignore_index)
 
@@ -83,7 +118,7 @@ def broadcast_pair_case(draw):
 
 
 SPECS = [
-    OpSpec("CrossEntropyWithSoftmax", CrossEntropyWithSoftmax, F.cross_entropy,
+    OpSpec("CrossEntropyWithSoftmax", CrossEntropyWithSoftmax, lab_cross_entropy,
            logits_and_labels(), arity=2),
     OpSpec("CrossEntropyWithSoftmax options", CrossEntropyWithSoftmax, torch_cross_entropy,
            cross_entropy_case(), arity=2),

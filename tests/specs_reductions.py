@@ -84,6 +84,46 @@ def _reducer(fn):
     return reduce
 
 
+def on_mean_as_nan(fn, std=False):
+    """PyTorch's var or std (called as ``_reducer`` calls it) with PyTorch's own gradient,
+    but for the one difference README documents ("Where libraries differ"): where the
+    upstream gradient is inf or nan, an element on its slice's mean to rounding
+    (|x - mean| <= 4 eps sum|x|) gets nan, where PyTorch's x - mean(x), a rounding
+    residue or 0 by how its mean was summed, gives +inf, -inf or nan by chance. Std's
+    flat slices (value 0) keep PyTorch's 0. Every finite gradient is PyTorch's."""
+    def reduce(x, dim, keepdim, **kw):
+        tapped = x.view_as(x)
+        out = fn(tapped, dim=dim, keepdim=keepdim, **kw)
+        if not out.requires_grad:
+            return out
+        dims = tuple(d % x.ndim for d in ((dim,) if isinstance(dim, int) else dim))
+        seen = {}
+
+        def kept(t):  # a reduced tensor with its reduced axes back, as size 1
+            for d in sorted(dims) if not keepdim else ():
+                t = t.unsqueeze(d)
+            return t
+
+        def upstream(g):
+            seen["g"] = g
+
+        def fix(grad):
+            xd = x.detach()
+            centered = xd - xd.mean(dim=dims, keepdim=True)
+            eps = torch.finfo(xd.dtype).eps
+            on_mean = centered.abs() <= 4 * eps * xd.abs().sum(dim=dims, keepdim=True)
+            ambiguous = ~torch.isfinite(kept(seen["g"])) & on_mean
+            if std:
+                ambiguous &= kept(out.detach()) != 0
+            return torch.where(ambiguous, torch.full_like(grad, math.nan), grad)
+
+        out.register_hook(upstream)
+        tapped.register_hook(fix)
+        return out
+
+    return reduce
+
+
 SPECS = [
     OpSpec("Sum", Sum, _reducer(torch.sum), reduce_case()),
     # The mean of nothing is nan in both libraries; keep axes non-empty so values compare.
@@ -92,18 +132,19 @@ SPECS = [
     OpSpec("Max", Max, _reducer(torch.amax), reduce_case(min_side=1, ties=True)),
     OpSpec("Min", Min, _reducer(torch.amin), reduce_case(min_side=1, ties=True)),
     OpSpec("Max (no ties)", Max, _reducer(torch.amax), reduce_case(min_side=1)),
-    OpSpec("Var", Var, _reducer(torch.var), reduce_case(min_side=1, correction=True)),
-    OpSpec("Std", Std, _reducer(torch.std),
+    OpSpec("Var", Var, _reducer(on_mean_as_nan(torch.var)),
+           reduce_case(min_side=1, correction=True)),
+    OpSpec("Std", Std, _reducer(on_mean_as_nan(torch.std, std=True)),
            reduce_case(min_side=1, correction=True, spread=True), rtol=1e-6),
     # Rounded values also give slices with all elements equal: Std's zero-gradient rule.
-    OpSpec("Std (flat slices)", Std, _reducer(torch.std),
+    OpSpec("Std (flat slices)", Std, _reducer(on_mean_as_nan(torch.std, std=True)),
            reduce_case(min_side=1, correction=True, ties=True), rtol=1e-6),
     # n <= correction, and empty axes: inf and nan values, PyTorch's gradients there.
-    OpSpec("Var (n <= correction)", Var, _reducer(torch.var),
+    OpSpec("Var (n <= correction)", Var, _reducer(on_mean_as_nan(torch.var)),
            reduce_case(correction=True, degenerate=True)),
-    OpSpec("Std (n <= correction)", Std, _reducer(torch.std),
+    OpSpec("Std (n <= correction)", Std, _reducer(on_mean_as_nan(torch.std, std=True)),
            reduce_case(correction=True, degenerate=True, spread=True)),
-    OpSpec("Std (empty axes)", Std, _reducer(torch.std),
+    OpSpec("Std (empty axes)", Std, _reducer(on_mean_as_nan(torch.std, std=True)),
            reduce_case(correction=True, spread=True)),
     OpSpec("LogSumExp", LogSumExp, _reducer(torch.logsumexp), reduce_case()),
     OpSpec("CumSum", CumSum, lambda x, axis: torch.cumsum(x, dim=axis), cumsum_case()),

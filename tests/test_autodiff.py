@@ -272,6 +272,32 @@ def test_hvp_matches_torch_on_an_mlp_loss(backend):
         np.testing.assert_allclose(a, b.numpy(), rtol=1e-9, atol=1e-12)
 
 
+# -- rules that select by value, at the points where the selection changes -------------------
+
+#: Each rule's first-derivative form selects by where x is 0 (PyTorch's, so that inf from
+#: above meets what it meets there); differentiated again, it must take the form whose
+#: derivative is right there, as PyTorch's create_graph does. Random draws rarely hit 0.
+AT_ZEROS = [
+    ("ELU at 0", lambda x: miniflow.ELU(x), torch.nn.functional.elu, [0.0, -0.5, 0.5]),
+    ("CumProd [0, 0]", lambda x: miniflow.CumProd(x, 0), lambda t: torch.cumprod(t, 0),
+     [0.0, 0.0]),
+    ("CumProd zeros inside", lambda x: miniflow.CumProd(x, -1),
+     lambda t: torch.cumprod(t, -1), [[2.0, 0.0, 3.0, 0.0, -1.5], [0.5, -2.0, 0.0, 4.0, 1.0]]),
+    ("Prod of two zeros", lambda x: miniflow.Prod(x), torch.prod, [[0.0, 2.0], [-3.0, 0.0]]),
+    ("Prod of one zero", lambda x: miniflow.Prod(x), torch.prod, [[0.0, 2.0], [-3.0, 0.5]]),
+]
+
+
+@pytest.mark.parametrize("build, torch_fn, x", [case[1:] for case in AT_ZEROS],
+                         ids=[case[0] for case in AT_ZEROS])
+def test_second_derivative_where_a_rule_selects_by_zeros_matches_pytorch(build, torch_fn, x,
+                                                                           backend):
+    _float64_backend(backend)
+    for seed in range(3):
+        second_order_with_torch(build, torch_fn, [np.array(x)], backend, rtol=1e-12,
+                                atol=1e-14, seed=seed)
+
+
 def test_hvp_of_several_nodes_broadcasts_vectors_and_differentiates_again(backend):
     # Several wrt nodes take the packed route (one product with the packed gradient):
     # a vector that broadcasts to its node's shape, an empty node, and a third order.

@@ -296,3 +296,30 @@ def test_layer_norm_whose_variance_overflows_is_nan_as_in_pytorch(backend):
     _with_torch(backend, lambda n, w, b: LayerNorm(n, w, b),
                 lambda t, w, b: torch.nn.functional.layer_norm(t, (3,), w, b),
                 x, np.ones(3), np.zeros(3))
+
+
+@pytest.mark.parametrize("upstream", [np.inf, np.nan])
+def test_layer_norm_weight_gradient_where_an_inf_meets_an_element_on_its_mean(backend, upstream):
+    """0.2 is the mean of (0.1, 0.2, 0.3) to rounding: its normalised value is a residue
+    (-2.8e-17 by NumPy's summation), so inf times it is nan, not PyTorch's chance sign
+    (README, "Where libraries differ"). The other columns, x's and the bias's gradients
+    are PyTorch's."""
+    torch = pytest.importorskip("torch")
+    _float64_or_skip(backend)
+    x, w, b = np.array([[0.1, 0.2, 0.3], [1.0, 2.0, 4.0]]), np.ones(3), np.zeros(3)
+    nodes = [Input("x"), Input("w"), Input("b")]
+    head = DummyGrad(LayerNorm(*nodes))
+    feed = {n: backend.asarray(a) for n, a in zip(nodes, (x, w, b))}
+    feed[head] = backend.asarray(np.full(x.shape, upstream))
+    _, grads = value_and_grad(head, feed, nodes, backend=backend.name)
+    got = [np.asarray(backend.to_numpy(g), dtype=np.float64) for g in grads]
+    tensors = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    out = torch.nn.functional.layer_norm(tensors[0], (3,), tensors[1], tensors[2])
+    want = [t.numpy() for t in torch.autograd.grad(out, tensors, torch.full(x.shape, upstream))]
+    ambiguous = np.array([False, True, False])
+    np.testing.assert_array_equal(got[1][ambiguous], [np.nan])
+    np.testing.assert_array_equal(got[1][~ambiguous], want[1][~ambiguous])
+    for k in (0, 2):
+        np.testing.assert_array_equal(got[k], want[k])
+    if np.isinf(upstream):
+        np.testing.assert_array_equal(got[1], [-np.inf, np.nan, np.inf])

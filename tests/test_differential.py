@@ -124,9 +124,6 @@ def test_random_graphs_match_pytorch(leaf_values, backend):
 
 
 @pytest.mark.skipif(not ELEMENTWISE, reason="no elementwise specs")
-@pytest.mark.xfail(reason="issue 17, open: some rules meet an inf upstream gradient otherwise "
-                   "than PyTorch (first found: a Take branch, table [0, 0], index 0: "
-                   "[-inf, inf] against PyTorch's [nan, inf]); not yet triaged", strict=False)
 @pytest.mark.parametrize("upstream", [np.inf, -np.inf, np.nan])
 def test_random_graphs_with_a_non_finite_upstream_gradient_match_pytorch(upstream, backend):
     """inf or nan fed as the output's gradient: every rule's selects (ReLU's 0 where

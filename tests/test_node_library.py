@@ -267,6 +267,32 @@ def test_take_gradient_sums_repeated_indices(backend, to_numpy):
     np.testing.assert_array_equal(to_numpy(grad), [[0] * 3, [3] * 3, [0] * 3, [1] * 3])
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_take_sends_inf_and_nan_back_only_to_the_rows_that_took_them(backend, to_numpy, axis):
+    """As PyTorch's index_add: a row no index took gets 0, one that took +inf and -inf
+    gets nan, one that took only finite values their sum (a one-hot product alone made
+    every row of a column nan: 0 * inf)."""
+    _float64(backend)
+    w, i = Input(), Input()
+    table = np.zeros((5, 3)) if axis == 0 else np.zeros((3, 5))
+    indices = np.array([1, 1, 3, 4, 4])
+    upstream = np.array([[np.inf, 1.0, 2.0], [-np.inf, np.inf, 3.0], [np.nan, 4.0, 5.0],
+                         [np.inf, -np.inf, 6.0], [np.inf, 7.0, 8.0]])
+    taken = Take(w, i, axis=axis)
+    head = DummyGrad(taken)
+    _, grad = value_and_grad(head, {w: backend.asarray(table), i: backend.asarray(indices),
+                                    head: backend.asarray(upstream if axis == 0
+                                                          else upstream.T)},
+                             w, backend=backend.name)
+    t = torch.tensor(table, requires_grad=True)
+    out = torch.index_select(t, axis, torch.tensor(indices))
+    want, = torch.autograd.grad(out, t, torch.tensor(upstream if axis == 0 else upstream.T))
+    np.testing.assert_array_equal(to_numpy(grad), want.numpy())
+    rows = to_numpy(grad) if axis == 0 else to_numpy(grad).T
+    np.testing.assert_array_equal(rows, [[0, 0, 0], [np.nan, np.inf, 5], [0, 0, 0],
+                                         [np.nan, 4, 5], [np.inf, -np.inf, 14]])
+
+
 def test_take_at_index_zero_matches_pytorch(backend):
     """Indices [0] into any table along any axis, among other all-zero index shapes.
 

@@ -36,6 +36,13 @@ class Backend:
     #: (an array without ``__isub__`` would silently rebind instead).
     writable_arrays = False
 
+    #: Whether running rules over this backend writes them down as a graph to be
+    #: differentiated again (autodiff's TracingBackend). A rule whose cheap form is
+    #: right in value but not in derivative (it selects by where the zeros are, as
+    #: PyTorch's prod and cumprod backward do) takes its differentiable form there,
+    #: as PyTorch does under ``create_graph=True``.
+    records_graph = False
+
     def __init__(self, name: str, module_name: str, install_hint: str):
         self.name = name
         self.module_name = module_name

@@ -91,3 +91,22 @@ def argsort_ints(values) -> tuple[int, ...]:
     """Positions of distinct non-negative ints ``values`` in increasing order of value."""
     return tuple(i for v in range(max(values, default=-1) + 1)
                  for i, w in enumerate(values) if w == v)
+
+
+def on_mean_as_zero(xp, x, axes, grad, centered, unit=None):
+    """``centered``, with 0 where ``grad`` is inf or nan and x lies on its slice's mean
+    to rounding (|x - mean| <= 4 eps sum|x|, the sums over ``axes``).
+
+    ``centered`` is x - mean(x), or that times ``unit``, a positive factor per slice
+    (LayerNorm's normalised values are (x - mean) / std: ``unit`` = 1 / std), which
+    scales the bound the same way, so that no pass recomputes x - mean.
+
+    There x - mean is a rounding residue whose sign, or exact 0, depends on how the
+    mean was summed (PyTorch's and NumPy's differ), so an infinite gradient times it
+    would be +inf, -inf or nan by chance. It is taken as 0 (the derivative there is 0
+    to rounding): nan, always. Finite gradients leave ``centered`` unchanged.
+    """
+    bound = 4 * xp.finfo(x.dtype).eps * xp.sum(xp.abs(x), axis=axes, keepdims=True)
+    on_mean = xp.abs(centered) <= (bound if unit is None else bound * unit)
+    return xp.where(xp.logical_not(xp.isfinite(grad)) & on_mean,
+                    xp.zeros((), dtype=centered.dtype), centered)

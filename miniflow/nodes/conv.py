@@ -20,7 +20,7 @@ import numbers
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
-from ._common import as_int
+from ._common import as_int, on_mean_as_zero
 
 
 # -- argument normalisation (at construction, on Python values only) ---------------------
@@ -542,6 +542,12 @@ class LayerNorm(Node):
             grad_x = inv_std * (g - xp.mean(g, axis=axes, keepdims=True)
                                 - normalised * xp.mean(g * normalised, axis=axes,
                                                        keepdims=True))
-        grad_w = xp.sum(grad * normalised, axis=lead) if need_w else None
+        grad_w = None
+        if need_w:
+            # Where an inf or nan from above meets an element on its example's mean, the
+            # normalised value is a rounding residue (PyTorch's +inf, -inf or nan there
+            # follows how its mean was summed): taken as 0, so nan, as Var does.
+            normalised = on_mean_as_zero(xp, ctx.inputs[0], axes, grad, normalised, inv_std)
+            grad_w = xp.sum(grad * normalised, axis=lead)
         grad_b = xp.sum(grad, axis=lead) if need_b else None
         return grad_x, grad_w, grad_b

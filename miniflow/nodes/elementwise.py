@@ -71,16 +71,27 @@ class Mul(_Elementwise):
         return product
 
     def backward(self, ctx, grad):
-        values = ctx.inputs
-        # The product of the others, never y / xk: exact, and right where xk is 0.
-        return tuple(_product(grad, values[:k] + values[k + 1:]) if need else None
-                     for k, need in enumerate(ctx.needs_input_grad))
-
-
-def _product(first, rest):
-    for value in rest:
-        first = first * value
-    return first
+        values, needs = ctx.inputs, ctx.needs_input_grad
+        # The product of the others, never y / xk: exact, and right where xk is 0. Grouped
+        # as PyTorch's chain (x1 * x2) * x3 ... groups it, so that products which underflow
+        # to 0 meet an infinite gradient (0 * inf = nan) where PyTorch's do: the last
+        # factor gets grad * (x1 * ... * x(n-1)), each earlier one the gradient of the
+        # partial product it ends, times the product before it.
+        if len(values) == 2:
+            x, y = values
+            return (grad * y if needs[0] else None, grad * x if needs[1] else None)
+        partial = [values[0]]
+        for value in values[1:-1]:
+            partial.append(partial[-1] * value)
+        grads, upstream = [None] * len(values), grad
+        for k in range(len(values) - 1, 0, -1):
+            if needs[k]:
+                grads[k] = upstream * partial[k - 1]
+            if any(needs[:k]):
+                upstream = upstream * values[k]
+        if needs[0]:
+            grads[0] = upstream
+        return tuple(grads)
 
 
 class Div(_Elementwise):
@@ -209,7 +220,8 @@ class Pow(_Elementwise):
     """y = x ** p (``x ** 2``, ``x ** y``, ``2 ** x``).
 
     dy/dx = p x^(p-1) and dy/dp = log(x) x^p, taken as 0 where PyTorch does:
-    dy/dx where p = 0, dy/dp where x = 0 and p >= 0.
+    dy/dx where p = 0 (whatever arrives from above), dy/dp where x = 0 and p >= 0
+    (a factor 0, so inf from above gives nan there, as in PyTorch).
     """
 
     arity = 2
@@ -224,8 +236,11 @@ class Pow(_Elementwise):
     def backward(self, ctx, grad):
         xp, (x, p), (y,) = ctx.xp, ctx.inputs, ctx.saved
         need_x, need_p = ctx.needs_input_grad
-        grad_x = xp.where(p == 0, 0, grad * p * x ** (p - 1)) if need_x else None
-        grad_p = xp.where((x == 0) & (p >= 0), 0, grad * xp.log(x) * y) if need_p else None
+        # PyTorch's pow_backward_self and pow_backward_exponent, products grouped as there
+        # (so inf and nan from above meet the same zeros): dy/dx is selected away where
+        # p = 0, whatever the gradient; dy/dp is 0 * grad (nan for an infinite one).
+        grad_x = xp.where(p == 0, 0, grad * (p * x ** (p - 1))) if need_x else None
+        grad_p = grad * xp.where((x == 0) & (p >= 0), 0, y * xp.log(x)) if need_p else None
         return grad_x, grad_p
 
 
@@ -500,8 +515,12 @@ class ELU(Node):
     def backward(self, ctx, grad):
         xp, (x,) = ctx.xp, ctx.inputs
         # x <= 0 picks the exponential side, so that at x = nan the gradient passes
-        # unchanged, as in PyTorch's elu_backward.
-        return (xp.where(x <= 0, grad * self.alpha * xp.exp(xp.minimum(x, 0)), grad),)
+        # unchanged, as in PyTorch's elu_backward. Its exponent is x below 0 and the
+        # constant 0 elsewhere (not min(x, 0), whose tie at x = 0 passes on a share):
+        # so that, differentiated again, the rule's derivative at x = 0 is 0, as
+        # PyTorch's elu_double_backward makes it (it keeps only x < 0).
+        below = xp.where(x < 0, x, xp.zeros((), dtype=x.dtype))
+        return (xp.where(x <= 0, grad * self.alpha * xp.exp(below), grad),)
 
 
 class GELU(Node):

@@ -257,7 +257,7 @@ class CrossEntropyWithSoftmax(Node):
         axis = self._class_axis(logits)
         # A compiled (traced) step checks labels on the host, outside the trace.
         checked = not getattr(ctx, "tracing", False)
-        targets, count = self._target_distribution(xp, logits, labels, axis, checked)
+        targets, count, masks = self._target_distribution(xp, logits, labels, axis, checked)
         shifted = logits - max_or_zero(xp, logits, (axis,))
         exp = xp.exp(shifted)
         total = xp.sum(exp, axis=axis, keepdims=True)
@@ -266,12 +266,12 @@ class CrossEntropyWithSoftmax(Node):
         if self.reduction == "mean" and isinstance(count, int) and count == 0:
             raise ShapeError(f"logits of shape {tuple(logits.shape)} hold no positions: the "
                              "mean loss of nothing is undefined")
-        ctx.save(exp / total, targets, log_probs, count)
+        ctx.save(exp / total, targets, log_probs, count, masks)
         return _reduce(xp, losses, self.reduction, count)
 
     def _backward_general(self, ctx, grad):
         xp = ctx.xp
-        probs, targets, log_probs, count = ctx.saved
+        probs, targets, log_probs, count, masks = ctx.saved
         axis = self._class_axis(probs)
         if self.reduction == "mean" and self.ignore_index is not None:
             # With every label ignored the mean is 0/0 = nan, but the loss then depends on
@@ -284,7 +284,22 @@ class CrossEntropyWithSoftmax(Node):
         need_logits, need_targets = ctx.needs_input_grad
         grad_logits = grad_targets = None
         if need_logits:
-            grad_logits = (probs * xp.sum(targets, axis=axis, keepdims=True) - targets) * upstream
+            # As PyTorch: the gradient with respect to log-softmax, then log-softmax's
+            # rule G - softmax * sum(G). Its pieces are selected, not multiplied by 0 (as
+            # nll_loss scatters into zeros, and smoothing skips ignored positions), so an
+            # infinite upstream gradient gives inf and nan where PyTorch's does.
+            zero = xp.zeros((), dtype=probs.dtype)
+            if masks is None:  # probabilities: PyTorch multiplies them in
+                wrt_log_probs = -upstream * targets
+            else:
+                is_label, kept = masks
+                wrt_log_probs = xp.where(is_label, -((1 - self.label_smoothing) * upstream),
+                                         zero)
+                if self.label_smoothing:
+                    smooth = -(self.label_smoothing / probs.shape[axis]) * upstream
+                    wrt_log_probs = wrt_log_probs + (
+                        smooth if kept is None else xp.where(kept, smooth, zero))
+            grad_logits = wrt_log_probs - probs * xp.sum(wrt_log_probs, axis=axis, keepdims=True)
         if need_targets:  # only probabilities are differentiable; smoothing scales them
             grad_targets = -(1 - self.label_smoothing) * log_probs * upstream
         return grad_logits, grad_targets
@@ -300,7 +315,9 @@ class CrossEntropyWithSoftmax(Node):
         return {1: (classes, self.ignore_index)}
 
     def _target_distribution(self, xp, logits, labels, axis, checked=True):
-        """(q, count): the smoothed target distribution along ``axis`` and the mean's divisor."""
+        """(q, count, masks): the smoothed target distribution along ``axis``, the mean's
+        divisor, and for integer labels (is_label, kept): where q holds a label (not
+        ignored) and which positions are kept (None without ``ignore_index``)."""
         if logits.ndim == 0:
             raise ShapeError("logits must have a class axis: (classes,), (batch, classes) or "
                              "(batch, classes, d1, ...); got a scalar")
@@ -314,7 +331,7 @@ class CrossEntropyWithSoftmax(Node):
                 raise ShapeError(f"soft targets must have the logits' shape {tuple(logits.shape)},"
                                  f" got {tuple(labels.shape)}")
             count = math.prod(logits.shape) // classes
-            return (labels * (1 - eps) + eps / classes if eps else labels), count
+            return (labels * (1 - eps) + eps / classes if eps else labels), count, None
         positions = tuple(logits.shape[:axis]) + tuple(logits.shape[axis + 1:])
         if tuple(labels.shape) != positions:
             raise ShapeError(f"need one label per position: logits have shape "
@@ -342,7 +359,7 @@ class CrossEntropyWithSoftmax(Node):
             q = q * (1 - eps) + eps / classes
             if self.ignore_index is not None:
                 q = q * xp.astype(kept, logits.dtype)
-        return q, count
+        return q, count, (is_label, None if self.ignore_index is None else kept)
 
     def correct(self, xp, logits, labels) -> float:
         """The fraction of positions whose largest logit is at the label (ignored ones left out)."""

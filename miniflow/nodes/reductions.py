@@ -13,6 +13,7 @@ import operator
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
+from ._common import on_mean_as_zero
 
 
 @functools.lru_cache(maxsize=512)
@@ -184,10 +185,10 @@ class Var(_Reduction):
     def backward(self, ctx, grad):
         xp, (x,) = ctx.xp, ctx.inputs
         axes = reduction_axes(self.axis, x.shape)
-        centered = x - xp.mean(x, axis=axes, keepdims=True)
+        spread = self._spread(xp, grad, x.shape, axes)
+        centered = on_mean_as_zero(xp, x, axes, spread, x - xp.mean(x, axis=axes, keepdims=True))
         # PyTorch's order, (2 / dof * grad) * centered: it decides where inf meets 0.
-        return (self._two_over_dof(x.shape, axes) * self._spread(xp, grad, x.shape, axes)
-                * centered,)
+        return (self._two_over_dof(x.shape, axes) * spread * centered,)
 
 
 class Std(Var):
@@ -215,7 +216,8 @@ class Std(Var):
                             / (2 * xp.where(flat, 1.0, std)))
         # Shifted as in forward: a nearly flat slice keeps its small differences.
         shifted = _shifted_by_first(x, axes)
-        centered = shifted - xp.mean(shifted, axis=axes, keepdims=True)
+        centered = on_mean_as_zero(xp, x, axes, grad_var,
+                                    shifted - xp.mean(shifted, axis=axes, keepdims=True))
         return (self._two_over_dof(x.shape, axes) * grad_var * centered,)
 
 

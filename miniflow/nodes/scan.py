@@ -65,15 +65,26 @@ class Prod(Node):
         others = xp.permute_dims(others, inverse) if perm != tuple(range(x.ndim)) else others
         if not self.keepdims:
             grad = xp.reshape(grad, _kept_shape(x.shape, axes))
+        if self.axis is None and x.ndim and not ctx.backend.records_graph:
+            # PyTorch's prod() over every axis returns zeros, not grad * 0, when two or
+            # more factors are 0: so inf or nan from above becomes 0 there, as in PyTorch.
+            # Not when the rule is differentiated again: with two zeros each gradient is
+            # 0 but its derivative (the product of the rest) is not, and PyTorch too
+            # keeps grad * others under create_graph.
+            several_zeros = xp.sum(xp.astype(x == 0, xp.int32)) >= 2
+            return (xp.where(several_zeros, xp.zeros((), dtype=grad.dtype), grad * others),)
         return (grad * others,)
 
 
 class CumProd(Node):
     """y_i = x_0 * x_1 * ... * x_i along ``axis`` (a running product, x's shape).
 
-    dL/dx_j = sum over i >= j of g_i * (product of x_k, k <= i, k != j): built as an
-    n x n table of partial products per slice (memory n² along the axis), so it is
-    exact where some x are 0, as PyTorch's.
+    dL/dx_j = sum over i >= j of g_i * (product of x_k, k <= i, k != j): computed as
+    PyTorch's cumprod_backward does (sums of y_i g_i divided by x_j before the first
+    zero, the product of the rest at the first zero, 0 after it), so it is right where
+    x holds zeros and meets inf and nan from above as PyTorch does. Differentiated
+    again (``grad`` of ``grad``), it is the n x n table of partial products PyTorch
+    also switches to there, whose derivative is right at zeros.
     """
 
     arity = 1
@@ -91,16 +102,55 @@ class CumProd(Node):
         n = x.shape[axis]
         if 0 in x.shape:  # nothing to differentiate (and Dask mis-concatenates empty arrays)
             return (xp.zeros(x.shape, dtype=grad.dtype),)
+        if n == 1:
+            return (grad,)
         x, g = xp.moveaxis(x, axis, -1), xp.moveaxis(grad, axis, -1)
-        position = xp.arange(n)
-        later = position[None, :] > position[:, None]           # [j, k]: k > j
-        one = xp.ones((), dtype=x.dtype)
-        # between[..., j, i] = x_(j+1) * ... * x_i (1 for i <= j)
-        between = xp.cumulative_prod(xp.where(later, x[..., None, :], one), axis=-1)
-        upto = position[None, :] >= position[:, None]           # [j, i]: i >= j
-        total = xp.sum(xp.where(upto, g[..., None, :] * between, xp.zeros((), dtype=g.dtype)),
-                       axis=-1)
-        return (xp.moveaxis(_exclusive_cumprod(xp, x) * total, -1, axis),)
+        if ctx.backend.records_graph:
+            return (xp.moveaxis(_cumprod_backward_table(xp, x, g), -1, axis),)
+        # PyTorch's cumprod_backward, by selects (so inf and nan from above land where
+        # they land there): per slice, with z1 < z2 the first two zeros,
+        #   k < z1:  (sum over i in [k, z1) of y_i g_i) / x_k
+        #   k = z1:  sum over i in [z1, z2) of (prod_{j <= i, j != z1} x_j) g_i
+        #   k > z1:  0
+        # Its selects follow where the zeros are, so its derivative misses the terms
+        # that are 0 only because some x is 0: a rule differentiated again takes
+        # _cumprod_backward_table instead (as PyTorch's cumprod_backward does under
+        # create_graph).
+        zero, one = xp.zeros((), dtype=g.dtype), xp.ones((), dtype=x.dtype)
+        is_zero = x == 0
+        zeros_so_far = xp.cumulative_sum(xp.astype(is_zero, xp.int32), axis=-1)
+        before = zeros_so_far == 0
+        y = xp.cumulative_prod(x, axis=-1)
+        later_sums = xp.flip(xp.cumulative_sum(xp.flip(xp.where(before, y * g, zero), axis=-1),
+                                               axis=-1), axis=-1)
+        first = is_zero & (zeros_so_far == 1)
+        after_first = (zeros_so_far == 1) & xp.logical_not(first)
+        at_first = xp.sum(xp.cumulative_prod(xp.where(after_first, x, one), axis=-1)
+                          * xp.where(zeros_so_far == 1, g, zero), axis=-1, keepdims=True)
+        # y just before the first zero (1 where it is the first element)
+        y_before = xp.sum(xp.where(first, _exclusive_cumprod(xp, x), zero), axis=-1,
+                          keepdims=True)
+        result = xp.where(before, later_sums / xp.where(before, x, one),
+                          xp.where(first, at_first * y_before, zero))
+        return (xp.moveaxis(result, -1, axis),)
+
+
+def _cumprod_backward_table(xp, x, g):
+    """CumProd's gradient along the last axis (n > 1) as one differentiable formula:
+    dL/dx_j = (x_0 ... x_(j-1)) * sum over i >= j of g_i * (x_(j+1) ... x_i), from an
+    n x n table of partial products per slice (memory n² along the axis). Exact where
+    x holds zeros, in value and in derivative; an infinite g_i meets the zero partial
+    products it skips (0 * inf = nan), unlike PyTorch's O(n) rule."""
+    n = x.shape[-1]
+    position = xp.arange(n)
+    later = position[None, :] > position[:, None]           # [j, k]: k > j
+    one = xp.ones((), dtype=x.dtype)
+    # between[..., j, i] = x_(j+1) * ... * x_i (1 for i <= j)
+    between = xp.cumulative_prod(xp.where(later, x[..., None, :], one), axis=-1)
+    upto = position[None, :] >= position[:, None]           # [j, i]: i >= j
+    total = xp.sum(xp.where(upto, g[..., None, :] * between, xp.zeros((), dtype=g.dtype)),
+                   axis=-1)
+    return _exclusive_cumprod(xp, x) * total
 
 
 def _take_along_last(xp, x, indices):

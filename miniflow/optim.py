@@ -8,13 +8,16 @@ updated arrays at each step, given the gradients ``value_and_grad`` returns::
         loss, grads = value_and_grad(model.loss, {**opt.params, **batch}, wrt=opt.nodes)
         opt.step(grads)
 
-Each rule is written once, as arithmetic on arrays. Where the backend's
-arrays can be written (NumPy, CuPy, PyTorch) the optimizer applies it in
-place (``p -= lr * g``): no new parameter or state arrays each step, which
-was about a fifth of the MLP's epoch on NumPy. Where they cannot (JAX) the
-same rule runs functionally (``p = p - lr * g``). Both give the same
-numbers, operation for operation. The optimizer copies the arrays it is
-given, so updating in place never changes a caller's arrays.
+Each rule is written once, in one ``_update`` method, through two helpers
+that write its results: :meth:`Optimizer._decay` (a running average of a
+state array) and :meth:`Optimizer._descend` (the parameter's step). Where
+the backend's arrays can be written (NumPy, CuPy, PyTorch) the helpers
+update in place (``p -= lr * g``): no new parameter or state arrays each
+step, which was about a fifth of the MLP's epoch on NumPy. Where they cannot
+(JAX) the helpers store new arrays (``p = p - lr * g``). Both paths do the
+same operations in the same order, so they give the same numbers to the
+bit. The optimizer copies the arrays it is given, so updating in place
+never changes a caller's arrays.
 """
 from __future__ import annotations
 
@@ -289,10 +292,7 @@ class Optimizer:
                                  f"but the parameter has shape {tuple(param.shape)}")
             if self.weight_decay:
                 grad = grad + self.weight_decay * param
-            if self.in_place:
-                self._update_in_place(node, param, grad, lr)
-            else:
-                self.params[node] = self._update(node, param, grad, lr)
+            self._update(node, param, grad, lr)
 
     def _clipped(self, grads):
         return clip_grad_norm(grads, self.clip_norm, self.xp)[0]
@@ -327,15 +327,35 @@ class Optimizer:
         self.step_count = int(state["step_count"])
 
     def _update(self, node, param, grad, lr):
-        """Return the updated ``param`` as a new array (state arrays are replaced too)."""
-        raise NotImplementedError
+        """The rule: one step of ``param`` (``self.params[node]``) given its gradient.
 
-    def _update_in_place(self, node, param, grad, lr):
-        """Apply :meth:`_update`'s rule by writing into ``param`` and the state arrays.
-
-        Must compute the same numbers as ``_update``, operation for operation.
+        A subclass writes it once, storing every result through :meth:`_decay`
+        and :meth:`_descend`, so the same code updates in place where arrays can
+        be written and builds new arrays where they cannot.
         """
         raise NotImplementedError
+
+    def _decay(self, slot: dict, node, rate: float, addend):
+        """``slot[node] = rate * slot[node] + addend``; returns the new value.
+
+        Written into the old array where arrays can be written. ``v *= rate;
+        v += addend`` rounds exactly as ``rate * v + addend`` does, so both
+        paths agree to the bit.
+        """
+        if self.in_place:
+            value = slot[node]
+            value *= rate
+            value += addend
+            return value
+        value = slot[node] = rate * slot[node] + addend
+        return value
+
+    def _descend(self, node, param, delta) -> None:
+        """``self.params[node] = param - delta``, in place where arrays can be written."""
+        if self.in_place:
+            param -= delta
+        else:
+            self.params[node] = param - delta
 
     def _own(self, value):
         """A copy of ``value`` the optimizer may write into (the caller's stays as it was)."""
@@ -353,10 +373,7 @@ class SGD(Optimizer):
     """Plain gradient descent: ``p -= lr * g``."""
 
     def _update(self, node, param, grad, lr):
-        return param - lr * grad
-
-    def _update_in_place(self, node, param, grad, lr):
-        param -= lr * grad
+        self._descend(node, param, lr * grad)
 
 
 class Momentum(Optimizer):
@@ -389,15 +406,8 @@ class Momentum(Optimizer):
 
     def _update(self, node, param, grad, lr):
         mu = self.momentum
-        v = self.velocity[node] = mu * self.velocity[node] + grad
-        return param - lr * (grad + mu * v if self.nesterov else v)
-
-    def _update_in_place(self, node, param, grad, lr):
-        mu = self.momentum
-        v = self.velocity[node]
-        v *= mu
-        v += grad
-        param -= lr * (grad + mu * v if self.nesterov else v)
+        v = self._decay(self.velocity, node, mu, grad)
+        self._descend(node, param, lr * (grad + mu * v if self.nesterov else v))
 
 
 class Adam(Optimizer):
@@ -443,19 +453,9 @@ class Adam(Optimizer):
     def _update(self, node, param, grad, lr):
         b1, b2 = self.beta1, self.beta2
         step_size, eps_hat = self._corrections(lr)
-        m = self.m[node] = b1 * self.m[node] + (1 - b1) * grad
-        v = self.v[node] = b2 * self.v[node] + (1 - b2) * (grad * grad)
-        return param - step_size * m / (self.xp.sqrt(v) + eps_hat)
-
-    def _update_in_place(self, node, param, grad, lr):
-        b1, b2 = self.beta1, self.beta2
-        step_size, eps_hat = self._corrections(lr)
-        m, v = self.m[node], self.v[node]
-        m *= b1
-        m += (1 - b1) * grad
-        v *= b2
-        v += (1 - b2) * (grad * grad)
-        param -= step_size * m / (self.xp.sqrt(v) + eps_hat)
+        m = self._decay(self.m, node, b1, (1 - b1) * grad)
+        v = self._decay(self.v, node, b2, (1 - b2) * (grad * grad))
+        self._descend(node, param, step_size * m / (self.xp.sqrt(v) + eps_hat))
 
 
 class RMSprop(Optimizer):
@@ -489,18 +489,11 @@ class RMSprop(Optimizer):
 
     def _update(self, node, param, grad, lr):
         a = self.alpha
-        s = self.square_avg[node] = a * self.square_avg[node] + (1 - a) * (grad * grad)
-        return param - lr * grad / (self.xp.sqrt(s) + self.eps)
-
-    def _update_in_place(self, node, param, grad, lr):
-        a = self.alpha
-        s = self.square_avg[node]
-        s *= a
-        s += (1 - a) * (grad * grad)
-        param -= lr * grad / (self.xp.sqrt(s) + self.eps)
+        s = self._decay(self.square_avg, node, a, (1 - a) * (grad * grad))
+        self._descend(node, param, lr * grad / (self.xp.sqrt(s) + self.eps))
 
 
-# -- the registry: adding an optimizer is one entry here ------------------------------
+# -- the registry: a new optimizer is its class above and one entry here ------------
 
 #: name -> (build(params, lr, momentum, **common) -> Optimizer, default learning rate).
 _REGISTRY: dict = {}

@@ -134,11 +134,11 @@ def test_the_callers_arrays_are_never_modified():
 def test_functional_updates_never_write_into_an_array(name):
     """Read-only arrays stand in for immutable ones (JAX): any in-place write would raise."""
     node = Input("w")
-    opt = make_optimizer(name, {node: np.ones(3, np.float32)}, 0.1, weight_decay=0.01)
+    opt = make_optimizer(name, {node: np.ones(3, np.float32)}, 0.1, weight_decay=0.01,
+                         clip_norm=1.0)
     opt.in_place = False  # as on a backend whose arrays cannot be written
     for _ in range(2):
-        state = [getattr(opt, attribute)[node]
-                 for attribute in ("velocity", "m", "v", "square_avg") if hasattr(opt, attribute)]
+        state = [getattr(opt, slot)[node] for slot in opt.slots]
         for array in [opt.params[node], *state]:
             array.flags.writeable = False
         gradient = np.ones(3, np.float32)
@@ -147,25 +147,106 @@ def test_functional_updates_never_write_into_an_array(name):
     assert (opt.params[node] < 1).all()
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
+def _reference_steps(name, params, grads_per_step, lr, weight_decay, clip_norm):
+    """Each rule as PyTorch documents it, in plain NumPy: the optimizer's expected values."""
+    params = [p.copy() for p in params]
+    states = [{} for _ in params]
+    mu, (b1, b2), alpha, eps = 0.9, (0.9, 0.999), 0.99, 1e-8
+    for t, grads in enumerate(grads_per_step, start=1):
+        rate = lr(t - 1)
+        if clip_norm is not None:  # torch.nn.utils.clip_grad_norm_
+            norm = np.sqrt(sum(np.sum(g * g) for g in grads))
+            grads = [g * min(1.0, clip_norm / (norm + 1e-6)) for g in grads]
+        for p, g, state in zip(params, grads, states):
+            g = g + weight_decay * p
+            if name == "sgd":
+                p -= rate * g
+            elif name in ("momentum", "nesterov"):
+                buf = state["buf"] = mu * state["buf"] + g if "buf" in state else g.copy()
+                p -= rate * (g + mu * buf if name == "nesterov" else buf)
+            elif name == "adam":
+                m = state["m"] = b1 * state.get("m", 0) + (1 - b1) * g
+                v = state["v"] = b2 * state.get("v", 0) + (1 - b2) * g * g
+                m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+                p -= rate * m_hat / (np.sqrt(v_hat) + eps)
+            else:
+                s = state["s"] = alpha * state.get("s", 0) + (1 - alpha) * g * g
+                p -= rate * g / (np.sqrt(s) + eps)
+    return params
+
+
+def _torch_steps(name, params, grads_per_step, lr, weight_decay, clip_norm):
+    """The same run through torch.optim (float64)."""
+    torch = pytest.importorskip("torch")
+    tensors = [torch.tensor(p, requires_grad=True) for p in params]
+    common = dict(lr=lr(0), weight_decay=weight_decay)
+    optimizer = {
+        "sgd": lambda: torch.optim.SGD(tensors, **common),
+        "momentum": lambda: torch.optim.SGD(tensors, momentum=0.9, **common),
+        "nesterov": lambda: torch.optim.SGD(tensors, momentum=0.9, nesterov=True, **common),
+        "adam": lambda: torch.optim.Adam(tensors, betas=(0.9, 0.999), eps=1e-8, **common),
+        "rmsprop": lambda: torch.optim.RMSprop(tensors, alpha=0.99, eps=1e-8, **common),
+    }[name]()
+    for step, grads in enumerate(grads_per_step):
+        for group in optimizer.param_groups:
+            group["lr"] = lr(step)
+        for tensor, g in zip(tensors, grads):
+            tensor.grad = torch.tensor(g)
+        if clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(tensors, clip_norm)
+        optimizer.step()
+    return [tensor.detach().numpy() for tensor in tensors]
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam", "rmsprop"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
-def test_in_place_updates_equal_functional_ones_bit_for_bit(name, weight_decay):
+@pytest.mark.parametrize("clip_norm", [None, 0.5])
+@pytest.mark.parametrize("schedule", ["constant", "onecycle"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_and_functional_updates_agree_bit_for_bit_and_match_the_reference(
+        name, weight_decay, clip_norm, schedule, dtype):
+    """Both paths run one rule: they must agree to the bit, on every option, and give
+    the rule's documented numbers (a NumPy transcription, and torch.optim in float64)."""
+    assert set(OPTIMIZERS) == {"sgd", "momentum", "nesterov", "adam", "rmsprop"}, \
+        "a new optimizer needs a reference rule here"
     rng = np.random.default_rng(3)
-    node = Input("w")
-    start = rng.standard_normal((4, 5)).astype(np.float32)
-    kept = start.copy()
-    in_place = make_optimizer(name, {node: start}, 0.05, weight_decay=weight_decay)
-    functional = make_optimizer(name, {node: start}, 0.05, weight_decay=weight_decay)
-    functional.in_place = False
+    nodes = (Input("w"), Input("b"))
+    starts = [rng.standard_normal(shape).astype(dtype) for shape in ((4, 5), (3,))]
+    kept = [start.copy() for start in starts]
+    lr = make_schedule(schedule, 0.05, 6)
+    in_place, functional = (make_optimizer(name, dict(zip(nodes, starts)), lr,
+                                           weight_decay=weight_decay, clip_norm=clip_norm)
+                            for _ in range(2))
+    functional.in_place = False  # the path JAX's immutable arrays take
     assert in_place.in_place
-    array = in_place.params[node]
-    for _ in range(5):
-        gradient = rng.standard_normal((4, 5)).astype(np.float32)
-        in_place.step([gradient])
-        functional.step([gradient])
-        np.testing.assert_array_equal(in_place.params[node], functional.params[node])
-    assert in_place.params[node] is array  # written in place: the same array throughout
-    np.testing.assert_array_equal(start, kept)  # the caller's array is untouched
+    arrays = [in_place.params[node] for node in nodes]
+    grads_per_step = [[rng.standard_normal(start.shape).astype(dtype) for start in starts]
+                      for _ in range(6)]
+    for grads in grads_per_step:
+        in_place.step(grads)
+        functional.step(grads)
+        for node in nodes:
+            np.testing.assert_array_equal(in_place.params[node], functional.params[node])
+            assert in_place.params[node].dtype == functional.params[node].dtype == dtype
+            for slot in in_place.slots:
+                np.testing.assert_array_equal(getattr(in_place, slot)[node],
+                                              getattr(functional, slot)[node])
+    # Written in place: the same arrays throughout, and the caller's are untouched.
+    assert all(in_place.params[node] is array for node, array in zip(nodes, arrays))
+    for start, original in zip(starts, kept):
+        np.testing.assert_array_equal(start, original)
+
+    rtol, atol = (1e-5, 1e-6) if dtype == np.float32 else (1e-12, 1e-14)
+    references = [_reference_steps(name, [s.astype(np.float64) for s in starts],
+                                   [[g.astype(np.float64) for g in grads]
+                                    for grads in grads_per_step],
+                                   lr, weight_decay, clip_norm)]
+    if dtype == np.float64:
+        references.append(_torch_steps(name, starts, grads_per_step, lr, weight_decay,
+                                       clip_norm))
+    for expected in references:
+        for node, value in zip(nodes, expected):
+            np.testing.assert_allclose(in_place.params[node], value, rtol=rtol, atol=atol)
 
 
 def test_jax_arrays_are_updated_functionally():

@@ -418,7 +418,9 @@ def test_evaluate_a_file_that_is_not_a_model(fake_data, capsys, tmp_path):
 
 @pytest.mark.parametrize("case", ["1 MB member inflating to 1 GiB", "hidden [100000000]",
                                   "encrypted member", "input_std NaN", "input_std 1e-300",
-                                  "input_mean 1e300"])
+                                  "input_mean 1e300", "safetensors: shape of 10**20 floats",
+                                  "safetensors: header length 2**60",
+                                  "safetensors: metadata nested 100000 deep"])
 def test_evaluate_a_hostile_file_is_one_line(fake_data, capsys, tmp_path, case):
     build, message = hostile.CASES[case]
     path = build(tmp_path / "model.npz")

@@ -393,3 +393,67 @@ def _table():
 
 if __name__ == "__main__":
     _table()
+
+
+# -- IDX files: a small MNIST-form folder with one file forged ---------------------------
+
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_folder(folder, name, content: bytes):
+    """A folder of four small valid IDX files, ``name`` (one of them, or it + ".gz")
+    replaced by ``content``; returns the forged file's path."""
+    from miniflow.datasets import write_idx
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {"train": 32, "t10k": 8}
+    for base in IDX_NAMES:
+        n = rows[base.split("-")[0]]
+        array = (np.zeros((n, 28, 28), np.uint8) if "images" in base
+                 else np.arange(n, dtype=np.uint8) % 10)
+        (folder / base).write_bytes(write_idx(array))
+    forged = folder / name
+    if name.endswith(".gz"):
+        (folder / name[:-3]).unlink()
+    forged.write_bytes(content)
+    return forged
+
+
+def _idx_header(code, shape):
+    return bytes([0, 0, code, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def _gzip_of_zeros(total):
+    """A gzip file inflating to ``total`` zero bytes, built from one MiB block."""
+    stream, crc = deflated_zeros(b"", total)
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + stream
+            + struct.pack("<2L", crc, total & 0xFFFFFFFF))
+
+
+IMAGES = IDX_NAMES[0]
+# name -> (file name to forge, its content, regex the MnistFormatError must match). Each is
+# read as --data-dir reads a folder (any IDX set of MNIST's form, unverified) except the
+# gzip bomb: an unverified set may be up to MAX_IDX_BYTES (1 GiB) by design, so the bomb
+# is read as MNIST itself is, whose known size stops the inflation.
+IDX_CASES = {
+    "declares 2**32-1 x 2**32-1 x 2**32-1 images": (
+        IMAGES, _idx_header(0x08, (2**32 - 1,) * 3), r"truncated: expected about 10\^28 bytes"),
+    "255 dimensions of 2**32-1": (
+        IMAGES, _idx_header(0x08, (2**32 - 1,) * 255), r"truncated: expected about 10\^2456"),
+    "unknown data-type code": (IMAGES, _idx_header(0x0A, (32, 28, 28)),
+                               "unknown data-type code 0x0A"),
+    "float64 images": (IMAGES, _idx_header(0x0E, (32, 28, 28)) + bytes(32 * 784 * 8),
+                       "expected uint8 values, found float64"),
+    "wrong magic": (IMAGES, b"\x08\x03\x00\x00" + bytes(64), "wrong magic number 0x08030000"),
+    "truncated header": (IMAGES, _idx_header(0x08, (32, 28, 28))[:9],
+                         "truncated: expected a 16-byte header for 3 dimensions, got 9"),
+    "truncated data": (IMAGES, _idx_header(0x08, (32, 28, 28)) + bytes(100),
+                       r"truncated: expected 25104 bytes .* got 116"),
+    "trailing data": (IMAGES, _idx_header(0x08, (32, 28, 28)) + bytes(32 * 784 + 7),
+                      r"trailing data: .*\(7 too many\)"),
+    "corrupt gzip": (IMAGES + ".gz", b"\x1f\x8b\x08\x00" + b"\xff" * 60, "corrupt gzip data"),
+    "gzip inflating to 1 GiB (verified MNIST)": (IMAGES + ".gz", _gzip_of_zeros(1 << 30),
+                                                 "gzip data inflates past 47040016 bytes"),
+}

@@ -11,6 +11,7 @@ import pytest
 
 import miniflow.cli as cli
 import miniflow.datasets.mnist as mnist_module
+from miniflow.checkpoint import load_checkpoint
 from miniflow.cli import main
 from miniflow.datasets import MNIST, load_mnist
 from miniflow.models import mlp
@@ -708,9 +709,21 @@ def test_resume_gives_the_uninterrupted_runs_weights_bit_for_bit(fake_data, caps
         interrupt_after_epoch(patch, 1)
         assert main([*RESUMABLE, "--checkpoint", str(checkpoint), "--save", str(resumed)]) == 130
     assert checkpoint.is_file() and not resumed.exists()
-    assert main([*RESUMABLE, "--resume", str(checkpoint), "--checkpoint", str(checkpoint),
-                 "--save", str(resumed)]) == 0
+    assert load_checkpoint(checkpoint)["epoch"] == 1
+    epochs = []
+    with monkeypatch.context() as patch:
+        real = cli.train
+
+        def watched(*args, on_epoch, **kwargs):
+            return real(*args, on_epoch=lambda s: (epochs.append(s.epoch), on_epoch(s))[1],
+                        **kwargs)
+
+        patch.setattr(cli, "train", watched)
+        assert main([*RESUMABLE, "--resume", str(checkpoint), "--checkpoint", str(checkpoint),
+                     "--save", str(resumed)]) == 0
     capsys.readouterr()
+    assert epochs == [2, 3]  # continued, not started over (which would give the same weights)
+    assert load_checkpoint(checkpoint)["epoch"] == 3
     a, b = load_model(whole), load_model(resumed)
     assert [n.label for n in a.params] == [n.label for n in b.params]
     for x, y in zip(a.params.values(), b.params.values()):

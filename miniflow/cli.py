@@ -15,6 +15,7 @@ import math
 import sys
 import time
 import traceback
+import zipfile
 from pathlib import Path
 
 from . import __version__
@@ -28,7 +29,9 @@ from .files import atomic_write, check_writable
 from .serialize import load_model, save_model
 from .progress import Progress, diagnose, plural
 from .threads import THREADS_INSTALL_HINT
-from .train import DEFAULT_LR, MODEL_DEFAULTS, MODELS, TrainConfig, evaluate_model, train
+from .checkpoint import load_checkpoint
+from .train import (DEFAULT_LR, MODEL_DEFAULTS, MODELS, TrainConfig, build_model,
+                    evaluate_model, train)
 
 PROG = "miniflow"
 # The exit status of a program stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -216,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cluster", metavar="SPEC",
                      help="train data-parallel on Dask: local:N starts N one-thread workers, "
                      "tcp://HOST:PORT joins a running scheduler (needs miniflow[dask])")
+    run.add_argument("--clip-norm", metavar="X", type=_positive_float, default=None,
+                     help="clip the gradients' global L2 norm to X before each update "
+                     "(default: no clipping)")
+    run.add_argument("--checkpoint", metavar="PATH",
+                     help="after every epoch, write the weights and the optimizer's state "
+                     "here (atomically: an interrupted write keeps the previous one)")
+    run.add_argument("--resume", metavar="PATH",
+                     help="continue the run that wrote this checkpoint: the same options "
+                     "give the weights the uninterrupted run gives")
     run.add_argument("--save", metavar="PATH", type=_save_path,
                      help="write the trained model here (a safetensors file), after training")
     run.add_argument("--plot", metavar="PATH", type=_plot_path,
@@ -346,6 +358,31 @@ def _load_data(args, validation_size):
                       progress=False if args.quiet else None, **options)
 
 
+def _read_resume(path):
+    try:
+        return load_checkpoint(path)
+    except MiniflowError as exc:
+        raise UsageError(f"argument --resume: {exc}") from None
+    # What load_checkpoint lets through from a damaged file: a broken zip, a record
+    # of the wrong form.
+    except (zipfile.BadZipFile, EOFError, KeyError, TypeError, AttributeError,
+            ValueError) as exc:
+        raise UsageError(f"argument --resume: {path} is not a miniflow checkpoint "
+                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _check_resume_fits(path, saved, custom, config, data, n_classes) -> None:
+    """Refuse a checkpoint of another model before training, naming the flag: the
+    optimizer would otherwise load arrays of the wrong shapes into this model."""
+    model = custom if custom is not None else build_model(
+        config, data.train_images.shape[1], n_classes if n_classes is not None else 1)
+    expected = [tuple(value.shape) for value in model.params.values()]
+    found = [tuple(value.shape) for value in saved["optimizer"].get("params", [])]
+    if found != expected:
+        raise UsageError(f"argument --resume: {path} is a checkpoint of another model "
+                         f"(parameter shapes {found}, this model's {expected})")
+
+
 def _train_command(args) -> None:
     started = time.perf_counter()
     custom = None if args.model in MODELS else model_from_spec(args.model)
@@ -355,16 +392,22 @@ def _train_command(args) -> None:
                          batch_size=args.batch_size, seed=args.seed, backend=args.backend,
                          validation_size=args.validation_size,
                          compile=args.compile and _compilable_or_notice(args.backend),
-                         weight_decay=args.weight_decay, shards=args.shards)
+                         weight_decay=args.weight_decay, shards=args.shards,
+                         clip_norm=args.clip_norm)
     # Everything that can fail fast does, before any time goes into training.
     if args.save:
         check_writable(args.save, "model")
+    if args.checkpoint:
+        check_writable(args.checkpoint, "checkpoint")
+    saved = _read_resume(args.resume) if args.resume else None
     if args.plot:
         _require_matplotlib()
         check_writable(args.plot, "plot")
     backend = get_backend(config.backend)
     data = _load_data(args, config.validation_size)
     n_classes = getattr(data, "n_classes", 10)
+    if saved is not None:
+        _check_resume_fits(args.resume, saved, custom, config, data, n_classes)
 
     steps = config.epochs * math.ceil(len(data.train_labels) / config.batch_size)
     with Progress(steps, bar=False if args.quiet else None, lines=not args.quiet) as progress, \
@@ -372,7 +415,8 @@ def _train_command(args) -> None:
         result = train(config, data.train_images, data.train_labels,
                        data.val_images, data.val_labels,
                        on_epoch=progress.epoch, on_step=progress.step, threads=args.threads,
-                       client=client, model=custom,
+                       client=client, model=custom, checkpoint=args.checkpoint,
+                       resume=args.resume,
                        **({} if n_classes is None else {"n_classes": n_classes}))
     test_accuracy = None
     if data.test_images is not None and data.test_labels.dtype.kind == "i":

@@ -1,6 +1,9 @@
-"""Hostile model files, each built small, and how to measure what loading one costs.
+"""Hostile model files and IDX files, each built small, and how to measure what reading
+one costs.
 
-Used by tests/test_models.py. Run as a script to print the table of cases with
+CASES (model files: .npz of miniflow 0.x and safetensors) are used by
+tests/test_models.py, tests/test_cli.py and bench/claims.py; IDX_CASES by
+tests/test_hostile_idx.py. Run as a script to print the table of model cases with
 the time and peak memory each costs, measured in a fresh process per case:
 
     PYTHONPATH=. python tests/hostile.py
@@ -191,6 +194,98 @@ def _deep_json(path):
     return raw_zip(path, [(member[0], 0, 0, data, len(data), zlib.crc32(data))])
 
 
+
+# -- safetensors model files: a valid one, saved by miniflow, then forged ---------------
+
+def _safetensors_parts():
+    """(header dict, tensor bytes) of a small model as save_model writes it."""
+    import tempfile
+
+    from miniflow.models import mlp
+    from miniflow.serialize import save_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        data = save_model(mlp((), n_inputs=4, n_classes=2, seed=0),
+                          Path(folder) / "model.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + length]), data[8 + length:]
+
+
+def write_safetensors_file(path, header, body: bytes):
+    """A safetensors file of any header (a dict, or raw JSON bytes) and body."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path = Path(path).with_suffix(".safetensors")
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+    return path
+
+
+def _forged(change):
+    """A builder: the valid file's header and body, passed through ``change``."""
+    def build(path):
+        header, body = _safetensors_parts()
+        return write_safetensors_file(path, *change(header, body))
+    return build
+
+
+def _tensor_names(header):
+    return sorted(name for name in header if name != "__metadata__")
+
+
+def _st_huge_shape(header, body):
+    header[_tensor_names(header)[0]]["shape"] = [10**10, 10**10]
+    return header, body
+
+
+def _st_offsets_past_the_end(header, body):
+    name = _tensor_names(header)[-1]
+    begin = header[name]["data_offsets"][0]
+    header[name]["data_offsets"] = [begin, begin + 40 * 2**30]
+    return header, body
+
+
+def _st_overlapping(header, body):
+    # The second tensor's span keeps its size but starts 4 bytes inside the first's.
+    first, second = sorted(_tensor_names(header), key=lambda n: header[n]["data_offsets"][0])[:2]
+    begin, end = header[second]["data_offsets"]
+    header[second]["data_offsets"] = [begin - 4, end - 4]
+    return header, body
+
+
+def _st_dtype(dtype):
+    def change(header, body):
+        header[_tensor_names(header)[0]]["dtype"] = dtype
+        return header, body
+    return change
+
+
+def _st_truncated(header, body):
+    return header, body[:len(body) // 2]
+
+
+def _st_nested_metadata(header, body):
+    header["__metadata__"] = {key: "[" * 100_000 + "]" * 100_000
+                              for key in header["__metadata__"]}
+    return header, body
+
+
+def _st_metadata_not_strings(header, body):
+    header["__metadata__"] = {key: {"nested": [1, {"deeper": [2]}]}
+                              for key in header["__metadata__"]}
+    return header, body
+
+
+def _st_nested_header(path):
+    _, body = _safetensors_parts()
+    return write_safetensors_file(path, b"[" * 100_000 + b"]" * 100_000, body)
+
+
+def _st_header_length(path):
+    # The length field declares an exabyte of header; the file is 16 bytes.
+    path = Path(path).with_suffix(".safetensors")
+    path.write_bytes(struct.pack("<Q", 2**60) + b"{}" + bytes(6))
+    return path
+
+
 CASES = {
     "hidden [100000000]": (_huge_hidden, r"does not match its architecture .*missing \['fc2"),
     "n_inputs 1e9 (float)": (_float_n_inputs, "n_inputs must be a positive integer"),
@@ -213,6 +308,30 @@ CASES = {
     "NaN weight": (_nan_weights, "fc1.w holds 1 NaN or infinite values"),
     "weight overflowing float32": (_float32_overflow, "fc1.w holds 8 NaN or infinite values"),
     "metadata nested 100000 deep": (_deep_json, "metadata is not JSON"),
+    "safetensors: shape of 10**20 floats": (_forged(_st_huge_shape),
+                                            r"shape \[10000000000, 10000000000\] takes over "
+                                            r"10\^15 bytes, its offsets span 8"),
+    "safetensors: offsets 40 GiB past the end": (_forged(_st_offsets_past_the_end),
+                                                 "its offsets span 42949672960"),
+    "safetensors: overlapping offsets": (_forged(_st_overlapping),
+                                         r"starts at buffer offset 28, expected 32 \(the "
+                                         "tensors must tile the buffer"),
+    "safetensors: unknown dtype": (_forged(_st_dtype("X9")), "dtype 'X9' is not one miniflow "
+                                                            "reads"),
+    "safetensors: int32 weights": (_forged(_st_dtype("I32")),
+                                   r"fc1.bias has shape \(2,\) and dtype int32, expected shape "
+                                   r"\(2,\), floating point"),
+    "safetensors: truncated": (_forged(_st_truncated), "the tensors end at buffer offset 40, "
+                                                      "but the buffer holds 20 bytes"),
+    "safetensors: header length 2**60": (_st_header_length,
+                                         "the header would be 1152921504606846976 bytes, over "
+                                         "the limit"),
+    "safetensors: header nested 100000 deep": (_st_nested_header,
+                                               "the header is not a JSON object"),
+    "safetensors: metadata nested 100000 deep": (_forged(_st_nested_metadata),
+                                                 "its metadata is not JSON"),
+    "safetensors: metadata of nested records": (_forged(_st_metadata_not_strings),
+                                                "__metadata__ must map strings to strings"),
 }
 
 
@@ -274,3 +393,67 @@ def _table():
 
 if __name__ == "__main__":
     _table()
+
+
+# -- IDX files: a small MNIST-form folder with one file forged ---------------------------
+
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def idx_folder(folder, name, content: bytes):
+    """A folder of four small valid IDX files, ``name`` (one of them, or it + ".gz")
+    replaced by ``content``; returns the forged file's path."""
+    from miniflow.datasets import write_idx
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = {"train": 32, "t10k": 8}
+    for base in IDX_NAMES:
+        n = rows[base.split("-")[0]]
+        array = (np.zeros((n, 28, 28), np.uint8) if "images" in base
+                 else np.arange(n, dtype=np.uint8) % 10)
+        (folder / base).write_bytes(write_idx(array))
+    forged = folder / name
+    if name.endswith(".gz"):
+        (folder / name[:-3]).unlink()
+    forged.write_bytes(content)
+    return forged
+
+
+def _idx_header(code, shape):
+    return bytes([0, 0, code, len(shape)]) + struct.pack(f">{len(shape)}I", *shape)
+
+
+def _gzip_of_zeros(total):
+    """A gzip file inflating to ``total`` zero bytes, built from one MiB block."""
+    stream, crc = deflated_zeros(b"", total)
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + stream
+            + struct.pack("<2L", crc, total & 0xFFFFFFFF))
+
+
+IMAGES = IDX_NAMES[0]
+# name -> (file name to forge, its content, regex the MnistFormatError must match). Each is
+# read as --data-dir reads a folder (any IDX set of MNIST's form, unverified) except the
+# gzip bomb: an unverified set may be up to MAX_IDX_BYTES (1 GiB) by design, so the bomb
+# is read as MNIST itself is, whose known size stops the inflation.
+IDX_CASES = {
+    "declares 2**32-1 x 2**32-1 x 2**32-1 images": (
+        IMAGES, _idx_header(0x08, (2**32 - 1,) * 3), r"truncated: expected about 10\^28 bytes"),
+    "255 dimensions of 2**32-1": (
+        IMAGES, _idx_header(0x08, (2**32 - 1,) * 255), r"truncated: expected about 10\^2456"),
+    "unknown data-type code": (IMAGES, _idx_header(0x0A, (32, 28, 28)),
+                               "unknown data-type code 0x0A"),
+    "float64 images": (IMAGES, _idx_header(0x0E, (32, 28, 28)) + bytes(32 * 784 * 8),
+                       "expected uint8 values, found float64"),
+    "wrong magic": (IMAGES, b"\x08\x03\x00\x00" + bytes(64), "wrong magic number 0x08030000"),
+    "truncated header": (IMAGES, _idx_header(0x08, (32, 28, 28))[:9],
+                         "truncated: expected a 16-byte header for 3 dimensions, got 9"),
+    "truncated data": (IMAGES, _idx_header(0x08, (32, 28, 28)) + bytes(100),
+                       r"truncated: expected 25104 bytes .* got 116"),
+    "trailing data": (IMAGES, _idx_header(0x08, (32, 28, 28)) + bytes(32 * 784 + 7),
+                      r"trailing data: .*\(7 too many\)"),
+    "corrupt gzip": (IMAGES + ".gz", b"\x1f\x8b\x08\x00" + b"\xff" * 60, "corrupt gzip data"),
+    "gzip inflating to 1 GiB (verified MNIST)": (IMAGES + ".gz", _gzip_of_zeros(1 << 30),
+                                                 "gzip data inflates past 47040016 bytes"),
+}

@@ -11,6 +11,7 @@ import pytest
 
 import miniflow.cli as cli
 import miniflow.datasets.mnist as mnist_module
+from miniflow.checkpoint import load_checkpoint
 from miniflow.cli import main
 from miniflow.datasets import MNIST, load_mnist
 from miniflow.models import mlp
@@ -418,7 +419,9 @@ def test_evaluate_a_file_that_is_not_a_model(fake_data, capsys, tmp_path):
 
 @pytest.mark.parametrize("case", ["1 MB member inflating to 1 GiB", "hidden [100000000]",
                                   "encrypted member", "input_std NaN", "input_std 1e-300",
-                                  "input_mean 1e300"])
+                                  "input_mean 1e300", "safetensors: shape of 10**20 floats",
+                                  "safetensors: header length 2**60",
+                                  "safetensors: metadata nested 100000 deep"])
 def test_evaluate_a_hostile_file_is_one_line(fake_data, capsys, tmp_path, case):
     build, message = hostile.CASES[case]
     path = build(tmp_path / "model.npz")
@@ -672,3 +675,106 @@ def test_train_model_charlm_reports_a_missing_text_file_in_one_line(tmp_path, ca
     status = main(["train", "--model=charlm", "--text", str(tmp_path / "absent.txt")])
     err = capsys.readouterr().err
     assert status == 1 and "absent.txt" in err and len(err.strip().splitlines()) == 1
+
+
+# -- --checkpoint, --resume, --clip-norm -------------------------------------------------
+
+RESUMABLE = ["train", "--hidden", "8", "--epochs", "3", "--optimizer", "adam", "--schedule",
+             "cosine", "--clip-norm", "0.5", "--threads", "1", "--quiet"]
+
+
+def interrupt_after_epoch(monkeypatch, last):
+    """Ctrl-C as epoch ``last`` ends (after its checkpoint is written), as a user would."""
+    real = cli.train
+
+    def interrupted(*args, on_epoch, **kwargs):
+        def stop(stats):
+            on_epoch(stats)
+            if stats.epoch == last:
+                raise KeyboardInterrupt
+
+        return real(*args, on_epoch=stop, **kwargs)
+
+    monkeypatch.setattr(cli, "train", interrupted)
+
+
+def test_resume_gives_the_uninterrupted_runs_weights_bit_for_bit(fake_data, capsys, monkeypatch,
+                                                                  tmp_path):
+    # Adam's moments, the step count (hence where the cosine schedule is) and the
+    # shuffling generator must all come back: any one lost changes the weights.
+    whole, resumed, checkpoint = (tmp_path / n for n in ("whole.safetensors",
+                                                         "resumed.safetensors", "run.ckpt"))
+    assert main([*RESUMABLE, "--save", str(whole)]) == 0
+    with monkeypatch.context() as patch:
+        interrupt_after_epoch(patch, 1)
+        assert main([*RESUMABLE, "--checkpoint", str(checkpoint), "--save", str(resumed)]) == 130
+    assert checkpoint.is_file() and not resumed.exists()
+    assert load_checkpoint(checkpoint)["epoch"] == 1
+    epochs = []
+    with monkeypatch.context() as patch:
+        real = cli.train
+
+        def watched(*args, on_epoch, **kwargs):
+            return real(*args, on_epoch=lambda s: (epochs.append(s.epoch), on_epoch(s))[1],
+                        **kwargs)
+
+        patch.setattr(cli, "train", watched)
+        assert main([*RESUMABLE, "--resume", str(checkpoint), "--checkpoint", str(checkpoint),
+                     "--save", str(resumed)]) == 0
+    capsys.readouterr()
+    assert epochs == [2, 3]  # continued, not started over (which would give the same weights)
+    assert load_checkpoint(checkpoint)["epoch"] == 3
+    a, b = load_model(whole), load_model(resumed)
+    assert [n.label for n in a.params] == [n.label for n in b.params]
+    for x, y in zip(a.params.values(), b.params.values()):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def test_clip_norm_changes_the_trained_weights(fake_data, capsys, tmp_path):
+    paths = [tmp_path / "plain.safetensors", tmp_path / "clipped.safetensors"]
+    base = ["train", "--hidden", "8", "--epochs", "1", "--optimizer", "sgd", "--lr", "0.5",
+            "--schedule", "constant", "--quiet"]
+    assert main([*base, "--save", str(paths[0])]) == 0
+    assert main([*base, "--clip-norm", "1e-3", "--save", str(paths[1])]) == 0
+    capsys.readouterr()
+    plain, clipped = (load_model(p) for p in paths)
+    assert not any(np.array_equal(p, c) for p, c in
+                   zip(plain.params.values(), clipped.params.values()))
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "nan", "inf", "big"])
+def test_a_bad_clip_norm_is_refused_naming_the_flag(no_work, capsys, value):
+    err = one_error_line(capsys, main(["train", f"--clip-norm={value}"]), 2)
+    assert f"argument --clip-norm: expected a positive number, got '{value}'" in err
+
+
+def test_a_missing_or_corrupt_resume_file_is_refused_naming_the_flag(fake_data, capsys,
+                                                                     tmp_path):
+    missing = tmp_path / "none.ckpt"
+    err = one_error_line(capsys, main(["train", "--resume", str(missing)]), 2)
+    assert f"argument --resume: no checkpoint at {missing}" in err
+    corrupt = tmp_path / "bad.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 not a zip at all")
+    err = one_error_line(capsys, main(["train", "--resume", str(corrupt)]), 2)
+    assert f"argument --resume: {corrupt} is not a miniflow checkpoint" in err
+    model = tmp_path / "model.npz"
+    np.savez(model, w=np.zeros(3))
+    err = one_error_line(capsys, main(["train", "--resume", str(model)]), 2)
+    assert f"argument --resume: {model} is not a miniflow checkpoint" in err
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_the_flag(fake_data, capsys, tmp_path):
+    checkpoint = tmp_path / "wide.ckpt"
+    assert main(["train", "--hidden", "16", "--epochs", "1", "--quiet",
+                 "--checkpoint", str(checkpoint)]) == 0
+    capsys.readouterr()
+    err = one_error_line(capsys, main(["train", "--hidden", "8", "--epochs", "2",
+                                       "--resume", str(checkpoint)]), 2)
+    assert f"argument --resume: {checkpoint} is a checkpoint of another model" in err
+    assert "(784, 16)" in err and "(784, 8)" in err
+
+
+def test_an_unwritable_checkpoint_path_fails_before_training(no_work, capsys, tmp_path):
+    err = one_error_line(capsys, main(["train", "--checkpoint",
+                                       str(tmp_path / "no" / "run.ckpt")]), 1)
+    assert "checkpoint" in err and str(tmp_path / "no") in err

@@ -30,7 +30,9 @@ import resource
 import statistics
 import sys
 import time
+import types
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -252,6 +254,10 @@ class Contender:
     name: str
     run: Callable[[], object]
     sync: Callable[[], None] = lambda: None
+    #: What a contender reports besides its times (compile time, graph breaks), and
+    #: ``after()``, called once the timed rounds are over, what it reports then.
+    info: dict = field(default_factory=dict)
+    after: Callable[[], dict] = dict
 
 
 @dataclass
@@ -547,6 +553,53 @@ class TorchMLP:
             self.torch.cuda.synchronize()
 
 
+def _own_step(model):
+    """``model.step`` with a code object of its own. Dynamo keeps compiled versions
+    per code object and, past its recompile limit, runs the function uncompiled
+    without a word: one model per size and activation in a run would share them."""
+    step = type(model).step
+    own = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__)
+    return types.MethodType(own, model)
+
+
+class TorchCompiled:
+    """A PyTorch eager step (``TorchMLP``, bench/cnn.py's ``TorchCNN``) handed whole to
+    ``torch.compile(mode="default")``, as a user compiles a training step.
+
+    Built here, outside any timing: ``torch._dynamo.explain`` counts the graphs
+    and graph breaks on a second copy of the model (it runs a step), then the
+    first call compiles, timed on its own (``compile_s``). ``recompiles()`` after
+    the timed rounds says whether further calls still compile anything.
+    """
+
+    def __init__(self, make, x, y, mode: str | None = "default", backend: str = "inductor"):
+        import torch
+
+        self.torch = torch
+        explained = torch._dynamo.explain(_own_step(make()))(x, y)
+        self.graphs, self.graph_breaks = explained.graph_count, explained.graph_break_count
+        self.break_reasons = sorted({str(b.reason).splitlines()[0]
+                                     for b in explained.break_reasons})
+        self.eager = make()
+        self.step = torch.compile(_own_step(self.eager), mode=mode, backend=backend)
+        start = time.perf_counter()
+        self.step(x, y)
+        self.sync()
+        self.compile_s = time.perf_counter() - start
+        self.x, self.y = x, y
+
+    def sync(self):
+        self.eager.sync()
+
+    def recompiles(self, calls: int = 3) -> int:
+        """How many graphs dynamo compiles over ``calls`` more steps (0: none)."""
+        counters = self.torch._dynamo.utils.counters["stats"]
+        before = counters["unique_graphs"]
+        for _ in range(calls):
+            self.step(self.x, self.y)
+        return counters["unique_graphs"] - before
+
+
 class JaxMLP:
     """JAX with the whole step (forward, backward, SGD) compiled by jax.jit."""
 
@@ -610,7 +663,7 @@ def miniflow_backends(wanted: Callable[[str], bool] = lambda name: True) -> list
 
 #: Contenders that take minutes to warm up (torch.compile builds C++): left out of
 #: --quick runs unless --only names them.
-SLOW_TO_START = ("miniflow:torch+compile",)
+SLOW_TO_START = ("miniflow:torch+compile", "torch:compile")
 
 
 def wanted_by(prefixes: list[str] | None, always: str,
@@ -630,3 +683,24 @@ def torch_devices(wanted: Callable[[str], bool] = lambda name: True) -> list[str
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return [d for d in devices if wanted(f"torch:{d}")]
+
+
+def torch_compiled_contender(make, x, y) -> Contender:
+    """``torch:compile``: the eager step ``make()`` builds, through torch.compile."""
+    compiled = TorchCompiled(make, x, y)
+    return Contender("torch:compile", partial(compiled.step, x, y), compiled.sync,
+                     info={"compile_s": compiled.compile_s, "graphs": compiled.graphs,
+                           "graph_breaks": compiled.graph_breaks,
+                           "break_reasons": compiled.break_reasons},
+                     after=lambda: {"recompiles": compiled.recompiles()})
+
+
+def print_compiled(rows: list[dict]) -> None:
+    """One line per torch.compile contender: what compiling cost, apart from the steps."""
+    for r in rows:
+        if "compile_s" in r:
+            reasons = "; ".join(r["break_reasons"])
+            print(f"{r['contender']}: first call (compiles) {r['compile_s']:.1f} s, "
+                  f"{r['graphs']} graph(s), {r['graph_breaks']} graph break(s)"
+                  f"{' (' + reasons + ')' if reasons else ''}, "
+                  f"graphs compiled by 3 more calls after timing: {r['recompiles']}")

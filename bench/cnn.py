@@ -6,6 +6,9 @@ softmax cross-entropy) on a fixed synthetic MNIST-sized batch, dropout active.
 Contenders, all in this process, timed in interleaved rounds (as bench/step.py):
 
   torch:cpu          PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD (the reference)
+  torch:compile      that step (CPU) through torch.compile(mode="default"), whole: its
+                     compile time (the first call), graphs and graph breaks
+                     (torch._dynamo.explain) are reported apart from the timing
   miniflow:BACKEND   miniflow.run with training=True on numpy, torch, array_api_strict
                      (and cupy, torch:cuda where a GPU is usable)
   miniflow:numpy/2 shards
@@ -163,6 +166,11 @@ def make_contenders(model, batch, wanted, shards=2) -> list[c.Contender]:
         net = TorchCNN(device, model)
         found.append(c.Contender(f"torch:{device}", partial(net.step, net.asarray(x),
                                                             net.asarray(y)), net.sync))
+    if wanted("torch:compile") and c.importable("torch"):
+        import torch
+
+        found.append(c.torch_compiled_contender(partial(TorchCNN, "cpu", model),
+                                                torch.as_tensor(x), torch.as_tensor(y)))
     for name in c.miniflow_backends(wanted):
         if name == "jax.numpy":
             continue  # a functional backend: its eager per-op dispatch is not what JAX is for
@@ -226,19 +234,23 @@ def main(argv=None) -> int:
     args.warmup = args.warmup or (0.05 if args.quick else 1.0)
     model = cnn(channels, args.hidden)
 
-    contenders = make_contenders(model, batch, c.wanted_by(args.only, REFERENCE), args.shards)
+    contenders = make_contenders(model, batch, c.wanted_by(args.only, REFERENCE, args.quick),
+                                 args.shards)
     samples = c.interleaved(contenders, rounds=args.rounds, block_s=args.block,
                             warmup_s=args.warmup, **c.timing_options(args))
     rows = []
     reference = samples[REFERENCE].summary()
+    reported = {k.name: {**k.info, **k.after()} for k in contenders}
     for name, s in samples.items():
         summary = s.summary()
-        rows.append({"contender": name, **summary, "median_ms": summary["median_s"] * 1e3,
+        rows.append({"contender": name, **summary, **reported[name],
+                     "median_ms": summary["median_s"] * 1e3,
                      "min_ms": summary["min_s"] * 1e3,
                      "ratio_paired": c.paired_ratio(s, samples[REFERENCE]),
                      "ratio_min": summary["min_s"] / reference["min_s"]})
     print(f"\n{model!r}, batch {batch}, float32, one SGD step")
     print(c.table(rows, COLUMNS))
+    c.print_compiled(rows)
     with c.blas_limit(args.blas_threads):
         groups = split(model, batch, repeat=3 if args.quick else 10)
     total = sum(groups.values())

@@ -14,6 +14,9 @@ process, timed in interleaved rounds:
                      step can be faster, whatever it fuses
   hand:cupy          the hand-written step on CuPy (GPU only)
   torch:cpu/cuda     PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD
+  torch:compile      that step (CPU) through torch.compile(mode="default"), whole: its
+                     compile time (the first call), graphs and graph breaks
+                     (torch._dynamo.explain) are reported apart from the timing
   jax:jit            JAX with the whole step jitted (when JAX is installed)
 
 Ratios are to hand:numpy measured in the same run. "alloc/step" is the peak host
@@ -83,6 +86,12 @@ def make_contenders(hidden: int, batch: int, activation: str,
         model = c.TorchMLP(device, hidden, activation, params)
         found.append(c.Contender(f"torch:{device}", partial(model.step, model.asarray(x),
                                                             model.asarray(y)), model.sync))
+    if wanted("torch:compile") and c.importable("torch"):
+        import torch
+
+        found.append(c.torch_compiled_contender(
+            partial(c.TorchMLP, "cpu", hidden, activation, params),
+            torch.as_tensor(x), torch.as_tensor(y)))
     if wanted("jax:jit") and c.importable("jax"):
         model = c.JaxMLP(activation, params)
         found.append(c.Contender("jax:jit", partial(model.step, model.asarray(x),
@@ -106,6 +115,7 @@ def measure(hidden, batch, activation, args) -> list[dict]:
     samples = c.interleaved(contenders, rounds=args.rounds, block_s=args.block,
                             warmup_s=args.warmup, **c.timing_options(args))
     ref = samples[REFERENCE].summary()
+    reported = {k.name: {**k.info, **k.after()} for k in contenders}
     # Host allocations per step, for the NumPy contenders (tracemalloc sees NumPy's).
     allocations = {k.name: c.allocated_per_call(k.run) for k in contenders
                    if k.name in (REFERENCE, "miniflow:numpy", "miniflow:numpy+plan")}
@@ -115,7 +125,7 @@ def measure(hidden, batch, activation, args) -> list[dict]:
         summary = s.summary()
         alloc = allocations.get(name, {})
         rows.append({"hidden": hidden, "batch": batch, "activation": activation,
-                     "contender": name, **summary, **alloc,
+                     "contender": name, **summary, **alloc, **reported[name],
                      "peak_batch_arrays": (alloc["peak_bytes"] / batch_array if alloc
                                            else None),
                      "median_ms": summary["median_s"] * 1e3, "min_ms": summary["min_s"] * 1e3,
@@ -209,6 +219,7 @@ def main(argv=None) -> int:
             found = measure(hidden, batch, activation, args)
             print(f"\n784-{hidden}-10 {activation}, batch {batch}, float32")
             print(c.table(found, COLUMNS))
+            c.print_compiled(found)
             rows += found
     machine = c.machine_info(malloc, args.blas_threads)  # now every contender's BLAS is loaded
     checks = verdicts(rows)

@@ -25,8 +25,10 @@ compiled step computes what :func:`value_and_grad` computes.
 
 Every compiled step first runs a new input signature through the ordinary
 executor, so a bad feed fails with the same clear error as ``value_and_grad``.
-Checks that need the host (labels in range) run outside the compiled code,
-against the limits each node states (``Node.index_limits``).
+Integer inputs are checked on every call against the limits each node states
+(``Node.index_limits``): inside the compiled program on JAX (the host looks at
+the labels only when a value is out of range), on the host before the step
+elsewhere, and by the kernels themselves in the planned NumPy executor.
 """
 from __future__ import annotations
 
@@ -60,9 +62,11 @@ def compile(output: Node, wrt, backend=None, *, check_labels: bool = True,
     backend : str, module, Backend or None
         ``"numpy"`` (the default), ``"jax.numpy"``, ``"torch"`` or ``"cupy"``.
     check_labels : bool
-        Check integer labels against the number of classes on every call, on the
-        host, outside the compiled code (on a GPU this waits for the labels).
-        NumPy needs no separate check: its kernels check as they run.
+        Check integer labels against the number of classes on every call. JAX
+        counts the values out of range inside the compiled program and reads the
+        count after the step; PyTorch and CuPy check on the host, before the step
+        (on a GPU this waits for the labels). NumPy needs no separate check: its
+        kernels check as they run.
     options : dict, optional
         Keyword arguments for the backend's compiler: ``torch.compile`` (e.g.
         ``{"mode": "max-autotune"}`` or ``{"backend": "aot_eager"}``) or ``jax.jit``.
@@ -127,7 +131,7 @@ class CompiledStep:
     """A graph compiled for one backend: call it like ``value_and_grad``.
 
     Subclasses compile; this class converts and checks feeds, keeps one compiled
-    version per input signature, and checks labels on the host.
+    version per input signature, and checks labels on the host (JAX: in the program).
     """
 
     #: What the step compiles with, for messages and benchmarks.
@@ -135,9 +139,6 @@ class CompiledStep:
     #: True where a compiler traces the interpreter (values cannot reach the host,
     #: and a random draw would be traced once and replayed).
     traced = True
-    #: True where a step changes nothing the caller sees until it returns (JAX): the
-    #: host's label check then overlaps the step instead of delaying its start.
-    check_after_dispatch = False
 
     def __init__(self, output: Node, wrt: tuple, backend, single: bool, check_labels: bool,
                  options: dict):
@@ -235,28 +236,34 @@ class CompiledStep:
         return found[0], (found[1] if self.check_labels else None)
 
     def _checked(self, run, entry, fed, bounds, *args):
-        """``run(entry, fed, *args)`` with the labels checked before it, or just after
-        it is dispatched where nothing it changes is visible before it returns."""
-        if bounds and not self.check_after_dispatch:
+        """``run(entry, fed, *args)`` with the labels checked on the host before it."""
+        if bounds:
             self._check_labels(fed, bounds)
-        result = run(entry, fed, *args)
-        if bounds and self.check_after_dispatch:
-            self._check_labels(fed, bounds)
-        return result
+        return run(entry, fed, *args)
 
     def _label_bounds(self, fed):
-        """``(feed position, n, also allowed)`` for each fed integer input that indexes,
-        from the limits its consumer states for these shapes (``Node.index_limits``)."""
-        plan = self.plan
-        feed_position = {step.index: k for k, step in enumerate(plan.feeds)}
-        consumers = [step for step in plan.forward_steps
-                     if any(j in feed_position and plan.steps[j].integer for j in step.inputs)]
-        if not consumers:
+        """``(feed position, n, also allowed, node)`` for each fed integer input that
+        indexes, from the limits its consumer states for these shapes
+        (``Node.index_limits``)."""
+        if not self._indexing_steps():
             return []
         # The shapes of every value, from one run of the rules (this signature's first).
         _, _, values = self.interpret(fed, context=Context)
+        return self._bounds_for(values)
+
+    def _indexing_steps(self) -> list:
+        """The plan's steps that read a fed integer input."""
+        plan = self.plan
+        fed_integers = {step.index for step in plan.feeds if step.integer}
+        return [step for step in plan.forward_steps
+                if any(j in fed_integers for j in step.inputs)]
+
+    def _bounds_for(self, values) -> list:
+        """:meth:`_label_bounds` given every value of a run (or of a trace: only the
+        shapes are read)."""
+        feed_position = {step.index: k for k, step in enumerate(self.plan.feeds)}
         bounds = []
-        for step in consumers:
+        for step in self._indexing_steps():
             node = step.node or self.output
             limits = node.index_limits(*(tuple(values[j].shape) for j in step.inputs))
             for k, (n, also_allowed) in limits.items():
@@ -366,53 +373,107 @@ class JaxStep(CompiledStep):
 
     jax.jit keeps one compiled version per shapes and dtypes itself; the learning
     rate is an argument, so a new one (a schedule) does not recompile.
+
+    Labels are checked inside the compiled program: it also returns how many fed
+    integer values lie outside their node's limits, a reduction XLA fuses beside
+    the step. Only when that count is not zero does the host look at the labels,
+    to say which node, which input and which values. The count is read before the
+    step returns, so a bad batch raises on the call that feeds it, and since JAX
+    arrays never change, the parameters the caller holds are as they were.
     """
 
     kind = "jax.jit"
-    check_after_dispatch = True
 
     def __init__(self, *args):
         super().__init__(*args)
         import jax
 
         def value_and_grads(fed):
-            value, grads, _ = self.interpret(fed)
-            return value, grads
+            value, grads, values = self.interpret(fed)
+            return value, grads, self._out_of_range(fed, values)
 
         def sgd(fed, lr):
-            value, grads, _ = self.interpret(fed, seed_scale=lr)
-            return value, [fed[k] - g for k, g in zip(self._param_feeds, grads)]
+            value, grads, values = self.interpret(fed, seed_scale=lr)
+            return (value, [fed[k] - g for k, g in zip(self._param_feeds, grads)],
+                    self._out_of_range(fed, values))
 
         self._jit_vg = jax.jit(value_and_grads, **self.options)
         self._jit_sgd = jax.jit(sgd, **self.options)
         self._lr = None  # (lr, the same as a device scalar)
-        self._labels_checked = {}  # (feed, n, also allowed) -> the array last found in range
+        self._array_type = type(jax.numpy.zeros(()))
+        self._feed_nodes = [(step.node or self.output, step.integer) for step in self.plan.feeds]
 
     def _compile(self, fed):
         return None  # jax.jit compiles on the first call with these shapes
+
+    def _fed(self, feed_dict) -> list:
+        # The hot path of a training step: JAX arrays (labels of an integer dtype) are
+        # used as they are, as JaxBackend.accept would; anything else goes there.
+        if type(feed_dict) is dict and not self.output.gradient_is_fed:
+            fed, array_type = [], self._array_type
+            for node, integer in self._feed_nodes:
+                value = feed_dict.get(node)
+                if type(value) is not array_type or (integer and value.dtype.kind not in "iu"):
+                    return super()._fed(feed_dict)  # converts, or says what is wrong
+                fed.append(value)
+            return fed
+        return super()._fed(feed_dict)
+
+    def _label_bounds(self, fed):
+        return []  # checked inside the compiled program (_out_of_range)
+
+    def _out_of_range(self, fed, values):
+        """How many fed integer values lie outside their limits, as a traced 0-d array
+        (None when labels are not checked or nothing indexes)."""
+        import numpy as np
+
+        if not self.check_labels:
+            return None
+        xp, count = self.backend.xp, None
+        for feed, n, also_allowed, _ in self._bounds_for(values):
+            labels = fed[feed]
+            info = np.iinfo(np.dtype(labels.dtype))
+            # A bound the dtype cannot reach is no test (and no constant of that dtype).
+            bad = labels < 0
+            if n <= info.max:
+                bad = bad | (labels >= n)
+            if also_allowed is not None and info.min <= also_allowed <= info.max:
+                bad = bad & (labels != also_allowed)
+            total = xp.sum(bad, dtype=xp.int32)
+            count = total if count is None else count + total
+        return count
+
+    def _raise_if_out_of_range(self, count, fed):
+        """value_and_grad's error for these feeds, where the program counted values out
+        of range: the host looks at them only then."""
+        import numpy as np
+
+        # Reading the count waits for the step (np.asarray: the cheapest read, ~5 us
+        # less than bool() on a 64-32 MLP's step).
+        if count is None or not np.asarray(count):
+            return
+        # One uncompiled run of the rules: a node that checks its values raises its own
+        # error, as value_and_grad does; the limits nodes state are checked for the rest.
+        self._check_labels(fed, CompiledStep._label_bounds(self, fed))
+        raise NodeError(f"{self.output.label}: {int(count)} fed integer values lie outside "
+                        "the limits of the nodes that read them")
 
     def _host(self, array):
         import numpy as np
 
         return np.asarray(array)  # a read-only view JAX caches: ~20x faster than DLPack
 
-    def _check_labels(self, fed, bounds):
-        # JAX arrays never change: labels found in range stay so while the same array
-        # is fed again (an evaluation set, a batch reused), and need no second look.
-        checked = self._labels_checked
-        fresh = [bound for bound in bounds if checked.get(bound[:3]) is not fed[bound[0]]]
-        if fresh:
-            super()._check_labels(fed, fresh)
-            for bound in fresh:
-                checked[bound[:3]] = fed[bound[0]]
-
     def _value_and_grad(self, entry, fed, settings=None):
-        return self._jit_vg(fed)
+        value, grads, count = self._jit_vg(fed)
+        self._raise_if_out_of_range(count, fed)
+        return value, grads
 
     def _sgd(self, entry, fed, lr, settings=None):
         params = self._params(fed)  # checks every wrt node is fed
         self._lr = _device_scalar(self.backend, self._lr, lr, params[0].dtype)
-        return self._jit_sgd(fed, self._lr[1])
+        value, params, count = self._jit_sgd(fed, self._lr[1])
+        self._raise_if_out_of_range(count, fed)
+        return value, params
 
 
 def _device_scalar(backend, cached, lr, dtype):

@@ -88,8 +88,9 @@ class Node:
 
         Its values must lie in ``[0, n)`` or equal ``also_allowed`` (None: nothing
         else), given the shapes of all the inputs. A compiled step checks its fed
-        integer inputs against these on the host, outside the traced code, where
-        the node's own forward cannot look at values. Nodes with
+        integer inputs against these (on the host, or as a count the compiled
+        program returns), since the node's own forward cannot look at traced
+        values. Nodes with
         ``integer_inputs`` define it.
         """
         return {}

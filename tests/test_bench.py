@@ -186,6 +186,33 @@ def test_contenders_compute_the_same_step(activation):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_torch_compiled_contender_steps_as_eager_and_reports_its_graphs():
+    """torch:compile: the eager step through torch.compile (here with the quick aot_eager
+    compiler: the same dynamo capture, no C++ build), from the same weights."""
+    torch = pytest.importorskip("torch")
+    hidden, batch = 16, 8
+    params = common.init_params(hidden)
+    x, y = common.synthetic_data(batch)
+    tx, ty = torch.as_tensor(x), torch.as_tensor(y)
+    eager = common.TorchMLP("cpu", hidden, "relu", params)
+    compiled = common.TorchCompiled(lambda: common.TorchMLP("cpu", hidden, "relu", params),
+                                    tx, ty, mode=None, backend="aot_eager")
+    # A training step cannot be one graph: dynamo stops at loss.backward().
+    assert (compiled.graphs, compiled.graph_breaks) == (2, 1)
+    assert any("backward" in reason for reason in compiled.break_reasons)
+    assert compiled.compile_s > 0
+    eager.step(tx, ty)  # the compiled model took this first step while compiling
+    for _ in range(2):
+        want = eager.step(tx, ty).item()
+        assert compiled.step(tx, ty).item() == pytest.approx(want, rel=1e-5)
+    for a, b in zip(eager.model.parameters(), compiled.eager.model.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5,
+                                   atol=1e-7)
+    assert compiled.recompiles() == 0  # the same shapes: nothing compiles again
+    compiled.x, compiled.y = tx[:5], ty[:5]
+    assert compiled.recompiles() > 0  # a new batch size does, and is counted
+
+
 def test_cnn_quick_compares_miniflow_with_pytorch_from_the_same_weights(tmp_path):
     torch = pytest.importorskip("torch")
     cnn_bench = importlib.import_module("cnn")

@@ -185,7 +185,7 @@ def curve_hand(data, seed: int, epochs: int) -> list[dict]:
     return points
 
 
-def curve_miniflow(data, seed: int, epochs: int | None) -> list[dict]:
+def curve_miniflow(data, seed: int, epochs: int | None, threads="auto") -> list[dict]:
     from miniflow.train import TrainConfig, train
 
     config = TrainConfig(seed=seed) if epochs is None else TrainConfig(seed=seed, epochs=epochs)
@@ -196,7 +196,7 @@ def curve_miniflow(data, seed: int, epochs: int | None) -> list[dict]:
                        "seconds": time.perf_counter() - started, "threads": stats.threads})
     started = time.perf_counter()
     train(config, data.train_images, data.train_labels, data.test_images, data.test_labels,
-          on_epoch=record)
+          on_epoch=record, threads=threads)
     return points
 
 
@@ -266,6 +266,11 @@ def main(argv=None) -> int:
         env = {**os.environ, "MINIFLOW_DATA": str(args.data_dir),
                "PYTHONPATH": os.pathsep.join(filter(None, [
                    str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}
+        if args.blas_threads:
+            # Read by OpenBLAS and OpenMP as they load: no thread count above it in either
+            # child, whatever the command's "auto" policy would pick.
+            env.update({k: str(args.blas_threads) for k in
+                        ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")})
         if args.data is not None:
             mf_data = load_npz(args.data, validation_size=QUICK_VALIDATION)
         else:
@@ -290,8 +295,11 @@ def main(argv=None) -> int:
             if not args.no_curve:
                 for name in order:
                     time.sleep(args.pause)
-                    points = (curve_hand(hand_data, seed, hand_epochs) if name == "hand:numpy" else
-                              curve_miniflow(mf_data, seed, args.epochs))
+                    with c.blas_limit(args.blas_threads):
+                        points = (curve_hand(hand_data, seed, hand_epochs)
+                                  if name == "hand:numpy" else
+                                  curve_miniflow(mf_data, seed, args.epochs,
+                                                 args.blas_threads or "auto"))
                     reached = time_to(points)
                     curves[(seed, name)] = points
                     found[name].update(curve=points, curve_s=points[-1]["seconds"],

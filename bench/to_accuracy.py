@@ -25,7 +25,7 @@ Besides the end-to-end and time-to-98% ratios of the two recipes, the table
 gives each one's seconds per epoch in the curve: the like-for-like speed of
 the engine, whatever the epoch counts.
 
-  python bench/to_accuracy.py                    # ~2 minutes a seed on 2 cores
+  python bench/to_accuracy.py                    # about a minute a seed on 2 cores
   python bench/to_accuracy.py --seeds 0,1,2
   python bench/to_accuracy.py --quick            # a 6,000-row subset, 2 epochs
 """

@@ -95,8 +95,10 @@ def _build_cnn(config, n_inputs, n_classes):
                n_classes=n_classes, seed=config.seed)
 
 
+# The MLP's 5 epochs: the cosine schedule lands in 5 as well as in 10 (98.1-98.2% test
+# accuracy on seeds 0-2 either way; bench/to_accuracy.py) in half the time.
 register_model("mlp", _build_mlp, {"hidden": (256,), "optimizer": "nesterov",
-                                   "schedule": "cosine", "epochs": 10, "lr": None,
+                                   "schedule": "cosine", "epochs": 5, "lr": None,
                                    "batch_size": 128, "shards": 1})
 # The CNN's (Adam with a one-cycle schedule, batches of 64, 3 epochs) reach 99.2% test
 # accuracy on MNIST (see the README for the seeds measured).

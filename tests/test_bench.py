@@ -271,3 +271,47 @@ def test_double_backprop_quick_trains_with_and_without_the_penalty(tmp_path):
         assert set(row["fgsm_accuracy"]) == {"0.05", "0.1"}
     # What the penalty is for: smaller input gradients, at the same seed and batches.
     assert penalised["input_grad_norm"] < plain["input_grad_norm"]
+
+
+def test_to_accuracy_quick_times_the_command_and_the_hand_written_trainer(tmp_path):
+    out = tmp_path / "to_accuracy.json"
+    proc = run_script("to_accuracy.py", "--quick", "--seeds", "0,1", "--data-dir",
+                      str(_mnist_dir()), "--json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = read(out)
+    check_machine(result["machine"])
+    rows = result["results"]
+    assert [(r["seed"], r["contender"]) for r in rows] == [
+        (0, "hand:numpy"), (0, "miniflow train"), (1, "hand:numpy"), (1, "miniflow train")]
+    for r in rows:
+        assert r["e2e_s"] > 0 and r["epochs"] == 2
+        # Two epochs on 5,500 rows learn far above chance (10%), by both recipes.
+        assert 0.8 < r["e2e_accuracy"] <= 1
+        assert [p["epoch"] for p in r["curve"]] == [1, 2]
+        assert 0 < r["curve"][0]["seconds"] < r["curve"][1]["seconds"]
+        assert 0.8 < r["final_accuracy"] <= 1
+    # The subprocess and the in-process run of the command train the same model.
+    for r in rows[1::2]:
+        assert r["e2e_accuracy"] == pytest.approx(r["final_accuracy"], abs=0.01)
+        assert "test accuracy:" in r["stdout"]
+    summary = result["summary"]
+    assert summary["end_to_end_ratio"] > 0 and summary["per_epoch_ratio"] > 0
+    assert len(result["load_average_at_start"]) == 3
+
+
+def test_to_accuracy_hand_written_trainer_learns_a_separable_problem():
+    to_accuracy = importlib.import_module("to_accuracy")
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((10, 784)).astype(np.float32) * 3
+    y = rng.integers(0, 10, 1200)
+    x = centres[y] + rng.standard_normal((1200, 784), dtype=np.float32)
+    seen = []
+    acc = to_accuracy.train_hand(x[:1000], y[:1000], x[1000:], y[1000:], epochs=3, seed=0,
+                                 on_epoch=lambda epoch, a: seen.append((epoch, a)))
+    assert [e for e, _ in seen] == [1, 2, 3] and seen[-1][1] == acc
+    assert acc > 0.95  # ten well separated clusters: chance is 10%
+    assert to_accuracy.time_to([{"epoch": 1, "test_accuracy": 0.97, "seconds": 1.0},
+                                {"epoch": 2, "test_accuracy": 0.981, "seconds": 2.0}]) == \
+        {"epoch": 2, "seconds": 2.0}
+    assert to_accuracy.time_to([{"epoch": 1, "test_accuracy": 0.5, "seconds": 1.0}]) == \
+        {"epoch": None, "seconds": None}

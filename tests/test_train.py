@@ -249,10 +249,13 @@ def test_evaluation_batches_and_threads_do_not_change_the_counts():
 
     from miniflow.backends import get_backend
     from miniflow.models import cnn, mlp
-    from miniflow.evaluation import eval_batch_size, measure
+    from miniflow.evaluation import (EVAL_BATCH_SIZE, EVAL_BATCH_SIZE_IMAGES, eval_batch_size,
+                                     measure)
 
-    assert eval_batch_size(mlp((8,), n_inputs=20)) == 10_000
-    assert eval_batch_size(cnn((4,), 8, image_shape=(1, 8, 8))) == 1_000
+    # Rows of features go in large batches; images, whose columns are large, in small ones.
+    assert EVAL_BATCH_SIZE_IMAGES < EVAL_BATCH_SIZE
+    assert eval_batch_size(mlp((8,), n_inputs=20)) == EVAL_BATCH_SIZE
+    assert eval_batch_size(cnn((4,), 8, image_shape=(1, 8, 8))) == EVAL_BATCH_SIZE_IMAGES
     rng = np.random.default_rng(3)
     model = cnn((4,), 8, image_shape=(1, 8, 8), n_classes=3, seed=2)
     x = rng.standard_normal((53, 1, 8, 8)).astype(np.float32)

@@ -270,7 +270,7 @@ def torch_twin(result_or_model, params: dict | None = None):
     values = {node.name: value for node, value in model.params.items()} if params is None \
         else params
     twin = _torch_module(torch, network)
-    flip = {sub.weight.name for sub in network._walk() if isinstance(sub, nn.Linear)}
+    flip = {sub.weight.name for sub in network.walk() if isinstance(sub, nn.Linear)}
     named = dict(twin.named_parameters())
     if sorted(named) != sorted(values):
         raise ConfigError(f"the twin's parameters {sorted(named)} differ from the model's "

@@ -281,7 +281,7 @@ def _hook_tuple(hooks):
 
 def _plan_for(output, wrt, extras, feed_dict):
     """The plan for this call, which depends on which non-Input nodes are fed."""
-    cache = output._plans or PlanCache.of(output)
+    cache = output.plan_cache or PlanCache.of(output)
     plan, wrt_positions = cache.lookup(output, wrt, _NOTHING_FED, extras)
     # When the feeds are exactly the plan's Inputs no other node can be fed: checking
     # that costs a length and a subset test, not a scan of every key.

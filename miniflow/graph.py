@@ -65,7 +65,7 @@ class Node:
         self.inputs = tuple(as_node(value) for value in inputs)
         self.name = name
         self.id = next(_ids)
-        self._plans = None  # the PlanCache of this node as an output, made on first run
+        self.plan_cache = None  # the PlanCache of this node as an output, made on first run
 
     def _check_arity(self, count: int):
         if self.arity is None:
@@ -629,7 +629,7 @@ class Plan:
 class PlanCache:
     """The plans of one output, least recently used dropped beyond ``size``.
 
-    Lives on the output node (``node._plans``) and holds no reference to it,
+    Lives on the output node (``node.plan_cache``) and holds no reference to it,
     so a graph nobody uses is freed at once, cycle collector or not. Two
     levels: each call signature (``wrt`` in the caller's order, fed nodes,
     extras) maps to a plan and to where the caller's ``wrt`` nodes sit in it;
@@ -646,12 +646,12 @@ class PlanCache:
 
     @classmethod
     def of(cls, output: Node) -> "PlanCache":
-        cache = output._plans
+        cache = output.plan_cache
         if cache is None:
             with cls._building:
-                cache = output._plans
+                cache = output.plan_cache
                 if cache is None:
-                    cache = output._plans = cls()
+                    cache = output.plan_cache = cls()
         return cache
 
     def lookup(self, output: Node, wrt: tuple, fed: frozenset, extras: tuple):

@@ -32,7 +32,7 @@ def _float64(backend):
 
 def _transposed(layer):
     """Names of the Linear weights, which are the transpose of torch.nn.Linear's."""
-    return {sub.weight.name for sub in layer._walk() if isinstance(sub, nn.Linear)}
+    return {sub.weight.name for sub in layer.walk() if isinstance(sub, nn.Linear)}
 
 
 def copy_into_torch(layer, module, seed=0):

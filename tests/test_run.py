@@ -319,7 +319,7 @@ def test_the_plan_cache_is_bounded():
         grown = tracemalloc.get_traced_memory()[0] - filled
     finally:
         tracemalloc.stop()
-    cache = out._plans
+    cache = out.plan_cache
     assert len(cache._calls) <= PlanCache.size and len(cache._plans) <= PlanCache.size
     # Which plans the cache holds changes; their number does not: nine times the runs
     # that filled it add less than filling it took.

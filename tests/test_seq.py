@@ -42,7 +42,7 @@ def _flat(outputs):
 
 def _linears(layer):
     """Names of miniflow Linear weights: the transpose of torch.nn.Linear's."""
-    return {sub.weight.name for sub in layer._walk() if isinstance(sub, nn.Linear)}
+    return {sub.weight.name for sub in layer.walk() if isinstance(sub, nn.Linear)}
 
 
 def compare(layer, module, inputs, backend, *, call=None, seed=0, rtol=1e-7, atol=1e-9):

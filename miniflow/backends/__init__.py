@@ -78,7 +78,7 @@ def get_backend(spec=None) -> Backend:
     if spec is None:
         spec = "numpy"
     backend = _instances.get(spec) if isinstance(spec, str) else None
-    if backend is not None and backend._xp is not None:  # the per-step fast path
+    if backend is not None and backend.loaded_xp is not None:  # the per-step fast path
         return backend
     if isinstance(spec, Backend):
         backend = spec

@@ -47,7 +47,7 @@ class Backend:
         self.name = name
         self.module_name = module_name
         self.install_hint = install_hint
-        self._xp = None
+        self.loaded_xp = None  # the namespace once imported: `get_backend` checks it per step
 
     # -- loading ---------------------------------------------------------
     def _import(self):
@@ -70,16 +70,16 @@ class Backend:
     @property
     def xp(self):
         """The Array-API namespace nodes compute with."""
-        if self._xp is None:
+        if self.loaded_xp is None:
             with loading_lock:
-                if self._xp is None:  # another thread may have loaded it meanwhile
+                if self.loaded_xp is None:  # another thread may have loaded it meanwhile
                     xp = self._load()
                     self.float32, self.int64 = xp.float32, xp.int64
                     self.array_type = type(xp.asarray(0.0))
                     self._floating = {}
                     self._promotions = {}
-                    self._xp = xp
-        return self._xp
+                    self.loaded_xp = xp
+        return self.loaded_xp
 
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run here, or None when it can."""

@@ -43,9 +43,9 @@ class CupyBackend(Backend):
     def own_gradients(self, grads):
         import cupy
 
-        from .numpy_backend import _own_arrays
+        from .numpy_backend import own_arrays
 
-        return _own_arrays(grads, cupy.array)
+        return own_arrays(grads, cupy.array)
 
     def make_rng(self, seed=None):
         import cupy

@@ -46,7 +46,7 @@ class NumpyBackend(Backend):
         return array
 
     def own_gradients(self, grads):
-        return _own_arrays(grads)
+        return own_arrays(grads)
 
     # The columns of a convolution (see miniflow.nodes.conv.windows): one copy out of
     # a strided view of the padded images, instead of a stack of kh*kw slices (which
@@ -145,7 +145,7 @@ class NumpyBackend(Backend):
 
 
 
-def _own_arrays(grads, array=np.array):
+def own_arrays(grads, array=np.array):
     """``grads`` with each view, read-only array or repeat replaced by a copy (NumPy and
     CuPy: ``flags.owndata`` is False for views, broadcast ones included)."""
     owned = []

@@ -164,17 +164,18 @@ class Layer:
             raise ConfigError(f"{layer!r} already belongs to a model; a layer has one place "
                               "in a tree (build a second one to use it twice)")
         layer._parent = self
-        for sub in layer._walk():
+        for sub in layer.walk():
             sub.path = name if not sub.path else f"{name}.{sub.path}"
             for slot in (*sub._parameters.values(), *sub._states.values()):
                 slot.node.name = f"{name}.{slot.node.name}"
         self._layers[name] = layer
         return layer
 
-    def _walk(self):
+    def walk(self):
+        """This layer, then every layer inside it, depth first."""
         yield self
         for layer in self._layers.values():
-            yield from layer._walk()
+            yield from layer.walk()
 
     # what subclasses define
     def build(self, *inputs) -> Node:
@@ -194,7 +195,7 @@ class Layer:
 
     def named_parameters(self) -> list:
         """``[(dotted name, Input)]``: this layer's parameters, then each sub-layer's, in order."""
-        return [(slot.node.name, slot.node) for layer in self._walk()
+        return [(slot.node.name, slot.node) for layer in self.walk()
                 for slot in layer._parameters.values()]
 
     def parameters(self) -> list:
@@ -203,12 +204,12 @@ class Layer:
 
     def named_states(self) -> list:
         """``[(dotted name, Input)]`` of the state (running statistics), in tree order."""
-        return [(slot.node.name, slot.node) for layer in self._walk()
+        return [(slot.node.name, slot.node) for layer in self.walk()
                 for slot in layer._states.values()]
 
     def shapes(self) -> dict:
         """``{dotted name: shape}`` of every parameter and state array, computed, not allocated."""
-        return {slot.node.name: slot.shape for layer in self._walk()
+        return {slot.node.name: slot.shape for layer in self.walk()
                 for slot in (*layer._parameters.values(), *layer._states.values())}
 
     def init(self, seed: int = 0) -> dict:
@@ -219,13 +220,13 @@ class Layer:
         """
         rng = np.random.default_rng(seed)
         return {slot.node: INITIALIZERS[slot.init](rng, slot.shape, slot.fan_in, slot.fan_out)
-                .astype(np.float32) for layer in self._walk()
+                .astype(np.float32) for layer in self.walk()
                 for slot in layer._parameters.values()}
 
     def init_state(self) -> dict:
         """First values of the state (zeros and ones): ``{Input: float32 array}``."""
         return {slot.node: INITIALIZERS[slot.init](None, slot.shape, 1, 1).astype(np.float32)
-                for layer in self._walk() for slot in layer._states.values()}
+                for layer in self.walk() for slot in layer._states.values()}
 
     def updates(self) -> dict:
         """``{state Input: node}``: the next value of each state array, as the graph built
@@ -234,7 +235,7 @@ class Layer:
         Ask for these nodes with ``run(..., training=True, extras=...)`` and feed
         their values as the state next time: the graph itself never changes.
         """
-        return {node: update for layer in self._walk()
+        return {node: update for layer in self.walk()
                 for node, update in layer._updates.items()}
 
     def _name(self):

@@ -7,7 +7,7 @@ import operator
 from ..errors import GraphError
 
 
-def _broadcast_problem(*shapes) -> str | None:
+def broadcast_problem(*shapes) -> str | None:
     """Say why NumPy-style broadcasting fails for these shapes, or None."""
     ndim = max(len(s) for s in shapes)
     padded = [(1,) * (ndim - len(s)) + tuple(s) for s in shapes]
@@ -20,7 +20,7 @@ def _broadcast_problem(*shapes) -> str | None:
 
 
 
-def _matmul_problem(x_shape, w_shape, x_name="x", w_name="w"):
+def matmul_problem(x_shape, w_shape, x_name="x", w_name="w"):
     if len(x_shape) == 0 or len(w_shape) == 0:
         return f"{x_name} @ {w_name} needs arrays of at least one axis, got {x_shape} and {w_shape}"
     inner_w = w_shape[0] if len(w_shape) == 1 else w_shape[-2]
@@ -31,7 +31,7 @@ def _matmul_problem(x_shape, w_shape, x_name="x", w_name="w"):
     return None
 
 
-def _integer_like(value) -> bool:
+def is_integer_like(value) -> bool:
     """Whether ``value`` is an integer other than a bool (``operator.index`` takes it)."""
     if isinstance(value, bool):
         return False
@@ -71,7 +71,7 @@ def as_int_tuple(values, what: str, low: int | None = None) -> tuple[int, ...]:
 
 def as_ints(values, what: str, low: int | None = None) -> tuple[int, ...]:
     """An integer or a sequence of them as a tuple of ints (``Tile(x, 2)`` or ``(2, 3)``)."""
-    if _integer_like(values):
+    if is_integer_like(values):
         return (as_int(values, what, low),)
     return as_int_tuple(values, what, low)
 

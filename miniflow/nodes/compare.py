@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import GraphError
 from ..graph import Node
-from ._common import _broadcast_problem, as_int
+from ._common import broadcast_problem, as_int
 
 
 class _Comparison(Node):
@@ -31,7 +31,7 @@ class _Comparison(Node):
         return None, None
 
     def shape_problem(self, *shapes):
-        return _broadcast_problem(*shapes)
+        return broadcast_problem(*shapes)
 
 
 class Less(_Comparison):

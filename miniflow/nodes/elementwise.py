@@ -9,12 +9,12 @@ import numbers
 
 from ..errors import GraphError
 from ..graph import Node
-from ._common import _broadcast_problem
+from ._common import broadcast_problem
 
 
 class _Elementwise(Node):
     def shape_problem(self, *shapes):
-        return _broadcast_problem(*shapes)
+        return broadcast_problem(*shapes)
 
 
 class Add(_Elementwise):

@@ -6,7 +6,7 @@ import operator
 
 from ..errors import GraphError, ShapeError
 from ..graph import Node
-from ._common import _broadcast_problem, _integer_like, _matmul_problem, argsort_ints
+from ._common import broadcast_problem, is_integer_like, matmul_problem, argsort_ints
 from .reductions import normalized_axes
 
 
@@ -55,7 +55,7 @@ class MatMul(Node):
         return grad_x, grad_w
 
     def shape_problem(self, x_shape, w_shape):
-        return _matmul_problem(x_shape, w_shape)
+        return matmul_problem(x_shape, w_shape)
 
 
 class Linear(Node):
@@ -100,8 +100,8 @@ class Linear(Node):
     def shape_problem(self, x_shape, w_shape, b_shape):
         if len(w_shape) != 2:
             return f"w must be a matrix (in, out), got shape {w_shape}"
-        problem = _matmul_problem(x_shape, w_shape)
-        if problem is None and _broadcast_problem(x_shape[:-1] + w_shape[1:], b_shape):
+        problem = matmul_problem(x_shape, w_shape)
+        if problem is None and broadcast_problem(x_shape[:-1] + w_shape[1:], b_shape):
             problem = f"b has shape {b_shape} but x @ w has shape {x_shape[:-1] + w_shape[1:]}"
         return problem
 
@@ -134,12 +134,12 @@ class Tensordot(Node):
 
     def __init__(self, a, b, axes=2, name=None):
         super().__init__(a, b, name=name)
-        if _integer_like(axes) and operator.index(axes) >= 0:
+        if is_integer_like(axes) and operator.index(axes) >= 0:
             self.axes = operator.index(axes)
         elif (isinstance(axes, (tuple, list)) and len(axes) == 2
               and all(isinstance(side, (tuple, list)) for side in axes)
               and len(axes[0]) == len(axes[1])
-              and all(_integer_like(k) for side in axes for k in side)):
+              and all(is_integer_like(k) for side in axes for k in side)):
             self.axes = tuple(tuple(operator.index(k) for k in side) for side in axes)
         else:
             raise GraphError(f"axes must be an int >= 0 or two equally long sequences of ints "

@@ -10,7 +10,7 @@ import numbers
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
-from ._common import _broadcast_problem
+from ._common import broadcast_problem
 from .elementwise import sigmoid
 from .reductions import as_axis, max_or_zero, reduction_axes
 
@@ -126,7 +126,7 @@ class MeanSquaredError(Node):
         return grad_prediction, -grad_prediction
 
     def shape_problem(self, prediction_shape, target_shape):
-        return _broadcast_problem(prediction_shape, target_shape)
+        return broadcast_problem(prediction_shape, target_shape)
 
 
 MSE = MeanSquaredError  # the short name PyTorch users look for
@@ -162,7 +162,7 @@ class BinaryCrossEntropyWithLogits(Node):
                 -x * upstream if need_t else None)
 
     def shape_problem(self, logits_shape, targets_shape):
-        return _broadcast_problem(logits_shape, targets_shape)
+        return broadcast_problem(logits_shape, targets_shape)
 
 
 class CrossEntropyWithSoftmax(Node):

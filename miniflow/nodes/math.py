@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from ..graph import Node
-from ._common import _broadcast_problem
+from ._common import broadcast_problem
 
 _LN2, _LN10 = math.log(2.0), math.log(10.0)
 
@@ -21,7 +21,7 @@ class _Binary(Node):
     arity = 2
 
     def shape_problem(self, *shapes):
-        return _broadcast_problem(*shapes)
+        return broadcast_problem(*shapes)
 
 
 class Tan(_Unary):

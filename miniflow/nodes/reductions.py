@@ -44,7 +44,7 @@ def reduction_axes(axis, shape) -> tuple[int, ...]:
     return axes
 
 
-def _check_axis_argument(axis):
+def check_axis_argument(axis):
     """At construction: axis must be None, an int, or a tuple/list of ints (kept as a tuple).
 
     NumPy integers are accepted and kept as Python ints (the axes are cache keys).
@@ -64,7 +64,7 @@ def as_axis(value) -> int:
     return operator.index(value)
 
 
-def _kept_shape(shape, axes) -> tuple[int, ...]:
+def kept_shape(shape, axes) -> tuple[int, ...]:
     """``shape`` with each reduced axis kept as size 1 (what keepdims=True gives)."""
     return tuple(1 if k in axes else n for k, n in enumerate(shape))
 
@@ -74,12 +74,12 @@ class _Reduction(Node):
 
     def __init__(self, x, axis=None, keepdims=False, name=None):
         super().__init__(x, name=name)
-        self.axis, self.keepdims = _check_axis_argument(axis), bool(keepdims)
+        self.axis, self.keepdims = check_axis_argument(axis), bool(keepdims)
 
     def _spread(self, xp, grad, shape, axes):
         """Broadcast a reduced gradient back over the axes the reduction removed."""
         if not self.keepdims:
-            grad = xp.reshape(grad, _kept_shape(shape, axes))
+            grad = xp.reshape(grad, kept_shape(shape, axes))
         return xp.broadcast_to(grad, shape)
 
     def _output(self, xp, kept, shape, axes):

@@ -13,7 +13,7 @@ import math
 from ..errors import GraphError, ShapeError
 from ..graph import Node
 from ._common import as_int, inverse_permutation
-from .reductions import _check_axis_argument, _kept_shape, reduction_axes
+from .reductions import check_axis_argument, kept_shape, reduction_axes
 
 
 def _exclusive_cumprod(xp, x):
@@ -49,7 +49,7 @@ class Prod(Node):
 
     def __init__(self, x, axis=None, keepdims=False, name=None):
         super().__init__(x, name=name)
-        self.axis, self.keepdims = _check_axis_argument(axis), bool(keepdims)
+        self.axis, self.keepdims = check_axis_argument(axis), bool(keepdims)
 
     def forward(self, ctx, x):
         return ctx.xp.prod(x, axis=reduction_axes(self.axis, x.shape), keepdims=self.keepdims)
@@ -64,7 +64,7 @@ class Prod(Node):
         inverse = inverse_permutation(perm)
         others = xp.permute_dims(others, inverse) if perm != tuple(range(x.ndim)) else others
         if not self.keepdims:
-            grad = xp.reshape(grad, _kept_shape(x.shape, axes))
+            grad = xp.reshape(grad, kept_shape(x.shape, axes))
         if self.axis is None and x.ndim and not ctx.backend.records_graph:
             # PyTorch's prod() over every axis returns zeros, not grad * 0, when two or
             # more factors are 0: so inf or nan from above becomes 0 there, as in PyTorch.

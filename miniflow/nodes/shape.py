@@ -12,7 +12,7 @@ import operator
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
-from ._common import _integer_like, as_int, as_int_tuple, inverse_permutation
+from ._common import is_integer_like, as_int, as_int_tuple, inverse_permutation
 
 
 def _nodes_list(kind, nodes):
@@ -284,12 +284,12 @@ def _check_key(key):
     checked = []
     for k in key:
         if isinstance(k, slice):
-            if not all(b is None or _integer_like(b) for b in (k.start, k.stop, k.step)) \
+            if not all(b is None or is_integer_like(b) for b in (k.start, k.stop, k.step)) \
                     or (k.step is not None and operator.index(k.step) == 0):
                 raise GraphError(f"slice {k} must have integer bounds and a nonzero step")
             k = slice(*(None if b is None else operator.index(b)
                         for b in (k.start, k.stop, k.step)))
-        elif _integer_like(k):
+        elif is_integer_like(k):
             k = operator.index(k)
         elif not (k is None or k is Ellipsis):
             raise GraphError(f"a node is indexed with ints, slices, None and ..., not "
@@ -431,7 +431,7 @@ def Split(x, sections, axis=0):
     when the graph runs) or the increasing positions to cut at, as in NumPy's
     ``split``: ``Split(x, [2, 5])`` gives x[:2], x[2:5], x[5:] along ``axis``.
     """
-    if _integer_like(sections):
+    if is_integer_like(sections):
         sections = as_int(sections, "Split sections", 1)
         count = sections
     else:

@@ -75,6 +75,23 @@ def test_bad_labels_name_the_node_and_the_values(labels, options, message, backe
         evaluate(CrossEntropyWithSoftmax(x, y, name="loss", **options), feed, backend=backend.name)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_int8_labels_for_more_classes_than_int8_holds(backend, to_numpy, reduction):
+    """200 classes, int8 labels: the classes are compared in a dtype that holds 199, so
+    -100 is refused (in int8, class 156 would wrap to -100 and match it) and 127 is the
+    last class an int8 label names, with PyTorch's value."""
+    logits = rng.standard_normal((3, 200))
+    x, y, feed = _feed(backend, logits, np.array([0, -100, 5], np.int8))
+    with pytest.raises(NodeError, match=r"labels must lie in \[0, 200\)"):
+        evaluate(CrossEntropyWithSoftmax(x, y, reduction=reduction), feed, backend=backend.name)
+    labels = np.array([0, 127, 5], np.int8)
+    x, y, feed = _feed(backend, logits, labels)
+    got = evaluate(CrossEntropyWithSoftmax(x, y, reduction=reduction), feed, backend=backend.name)
+    want = F.cross_entropy(torch.tensor(logits), torch.tensor(labels, dtype=torch.int64),
+                           reduction=reduction)
+    np.testing.assert_allclose(to_numpy(got), want.numpy(), rtol=1e-12)
+
+
 def test_an_ignored_label_may_lie_outside_the_classes(backend, to_numpy):
     logits, labels = rng.standard_normal((3, 4)), np.array([1, -100, 3])
     x, y, feed = _feed(backend, logits, labels)

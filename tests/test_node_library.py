@@ -267,6 +267,27 @@ def test_take_gradient_sums_repeated_indices(backend, to_numpy):
     np.testing.assert_array_equal(to_numpy(grad), [[0] * 3, [3] * 3, [0] * 3, [1] * 3])
 
 
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16"])
+def test_take_with_narrow_indices_into_more_rows_than_their_dtype_holds(backend, to_numpy,
+                                                                        dtype):
+    """int8 indices into 300 rows: the rows they name are compared in a dtype that holds
+    every row number (in int8 the row numbers past 127 would wrap, and row 130 would
+    match index -126 or none)."""
+    w, i = Input(), Input()
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((300, 2)).astype(np.float32)
+    top = min(np.iinfo(dtype).max, 299)
+    indices = np.array([0, top, top, 5, top - 1], dtype=dtype)
+    value, grad = value_and_grad(Sum(Take(w, i) * Take(w, i)),
+                                 {w: backend.asarray(table), i: backend.asarray(indices)}, w,
+                                 backend=backend.name)
+    used = indices.astype(np.int64)
+    expected = np.zeros_like(table)
+    np.add.at(expected, used, 2 * table[used])
+    np.testing.assert_allclose(to_numpy(value), (table[used] ** 2).sum(), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(grad), expected, rtol=1e-6)
+
+
 @pytest.mark.parametrize("axis", [0, 1])
 def test_take_sends_inf_and_nan_back_only_to_the_rows_that_took_them(backend, to_numpy, axis):
     """As PyTorch's index_add: a row no index took gets 0, one that took +inf and -inf

@@ -110,3 +110,13 @@ def on_mean_as_zero(xp, x, axes, grad, centered, unit=None):
     on_mean = xp.abs(centered) <= (bound if unit is None else bound * unit)
     return xp.where(xp.logical_not(xp.isfinite(grad)) & on_mean,
                     xp.zeros((), dtype=centered.dtype), centered)
+
+
+def index_range(xp, n: int, like_dtype):
+    """``0 .. n-1`` to compare with integer indices of ``like_dtype``: in that dtype
+    when it holds ``n - 1`` (no widened copy of the indices), else in the default
+    integer dtype, since int8 indices into 200 rows would wrap at 127 and match the
+    wrong rows."""
+    if n - 1 <= xp.iinfo(like_dtype).max:
+        return xp.arange(n, dtype=like_dtype)
+    return xp.arange(n)

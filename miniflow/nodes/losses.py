@@ -10,7 +10,7 @@ import numbers
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
-from ._common import broadcast_problem
+from ._common import broadcast_problem, index_range
 from .elementwise import sigmoid
 from .reductions import as_axis, max_or_zero, reduction_axes
 
@@ -229,7 +229,7 @@ class CrossEntropyWithSoftmax(Node):
         xp = ctx.xp
         batch, classes = _check_label_shapes(xp, logits, labels)
         # One-hot by comparison: standard everywhere, unlike a fancy-index scatter.
-        is_label = labels[:, None] == xp.arange(classes, dtype=labels.dtype)
+        is_label = labels[:, None] == index_range(xp, classes, labels.dtype)
         # A row holds at most one match, so fewer matches than rows means a label
         # outside [0, classes): one reduction checks them all.
         # A compiled (traced) step checks labels on the host, outside the trace.
@@ -339,7 +339,7 @@ class CrossEntropyWithSoftmax(Node):
                              f"shape {positions}, got {tuple(labels.shape)}")
         if not xp.isdtype(labels.dtype, "integral"):
             raise NodeError(f"labels must be integers, got dtype {labels.dtype}")
-        classes_along_axis = xp.reshape(xp.arange(classes, dtype=labels.dtype),
+        classes_along_axis = xp.reshape(index_range(xp, classes, labels.dtype),
                                         (classes,) + (1,) * (logits.ndim - axis - 1))
         labels = xp.expand_dims(labels, axis=axis)
         is_label = labels == classes_along_axis

@@ -12,7 +12,7 @@ import operator
 
 from ..errors import GraphError, NodeError, ShapeError
 from ..graph import Node
-from ._common import is_integer_like, as_int, as_int_tuple, inverse_permutation
+from ._common import as_int, as_int_tuple, inverse_permutation, index_range, is_integer_like
 
 
 def _nodes_list(kind, nodes):
@@ -468,13 +468,15 @@ class Take(Node):
         xp = ctx.xp
         axis = _axis_in(self.axis, x.ndim)
         n, flat = x.shape[axis], xp.reshape(indices, (-1,))
-        matches = flat[:, None] == xp.arange(n, dtype=flat.dtype)
+        matches = flat[:, None] == index_range(xp, n, flat.dtype)
         # A row of `matches` holds one True per valid index: one reduction checks them all.
         # A traced (compiled) step cannot look at values; its first, uncompiled call did.
         if not getattr(ctx, "tracing", False) and int(xp.count_nonzero(matches)) != flat.shape[0]:
             raise NodeError(f"indices must lie in [0, {n}) for axis {self.axis} of shape "
                             f"{tuple(x.shape)}")
         ctx.save(matches)
+        if flat.dtype != xp.int32 and flat.dtype != xp.int64:
+            flat = xp.astype(flat, xp.int64)  # PyTorch's index_select takes no other
         taken = xp.take(x, flat, axis=axis)
         return xp.reshape(taken, tuple(x.shape[:axis]) + tuple(indices.shape)
                           + tuple(x.shape[axis + 1:]))

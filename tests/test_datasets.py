@@ -301,6 +301,24 @@ def test_a_local_gzip_bomb_is_refused_one_byte_past_the_known_size(tmp_path):
     assert peak < 4 * LABELS.size  # never the 10 MB
 
 
+def test_an_unverified_gzip_stops_inflating_at_the_size_its_header_declares(tmp_path):
+    """A copy of any number of rows (verify=False, --data-dir) may be up to a gibibyte;
+    a gzip whose IDX header declares 10 labels but inflates to 100 MB is refused one
+    chunk past those 18 bytes, never after a gibibyte of inflating."""
+    head = write_idx(np.zeros(10, np.uint8))
+    bomb = gzip.compress(head + bytes(100 * 2**20))
+    spec = LABELS.any_copy()
+    tracemalloc.start()
+    with pytest.raises(MnistFormatError) as info:
+        mnist_module._decompress(bomb, "labels.gz", spec)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(info.value) == (f"labels.gz: gzip data inflates past {len(head)} bytes, "
+                               "the size its IDX header declares")
+    assert peak < 2**20
+    assert mnist_module._decompress(gzip.compress(head), "labels.gz", spec) == head
+
+
 def test_an_oversized_local_file_is_refused_unread(tmp_path):
     path = tmp_path / "train-labels-idx1-ubyte"
     with open(path, "wb") as file:

@@ -32,6 +32,20 @@ _CODES = {dtype.newbyteorder("="): code for code, dtype in _DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+def declared_size(head: bytes) -> int | None:
+    """The whole file's size in bytes as the header at the start of ``head`` declares
+    it, or None while ``head`` is too short to tell or is no IDX header (read_idx
+    then says what is wrong). Lets a reader stop inflating a compressed file at the
+    size it claims, before the rest arrives."""
+    if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in _DTYPES:
+        return None
+    header_size = 4 + 4 * head[3]
+    if len(head) < header_size:
+        return None
+    sizes = struct.unpack(f">{head[3]}I", head[4:header_size])
+    return header_size + _DTYPES[head[2]].itemsize * math.prod(sizes)
+
+
 def read_idx(data: bytes, name: str) -> np.ndarray:
     """Parse the bytes of an (uncompressed) IDX file into an array.
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import MnistChecksumError, MnistNotFoundError
 from ..files import atomic_write
-from .idx import MnistFormatError, read_idx
+from .idx import MnistFormatError, declared_size, read_idx
 
 # Tried in turn for each missing file. The original site often answers 403
 # to scripts, so it comes last.
@@ -49,6 +49,8 @@ _CHUNK_SIZE = 1 << 16
 # Concatenated gzip files are legal; a few members are plausible, thousands of
 # empty ones only make decompression slow.
 _MAX_GZIP_MEMBERS = 16
+_INFLATE_CHUNK = 1 << 22
+_IDX_HEAD = 4 + 4 * 255  # the longest IDX header: 255 dimensions
 
 _HOW_TO_POINT = (
     "To use a local copy of the four MNIST files (raw or .gz), pass "
@@ -379,32 +381,47 @@ def _not_found_message(folder, origin, missing, why):
 
 
 def _decompress(data, name, spec):
-    """Gunzip `data`, which must inflate to no more than `spec.size` bytes.
+    """Gunzip `data`, which must inflate to no more than `spec.size` bytes, nor past
+    the size its IDX header declares.
 
-    Inflating stops one byte past that size, so a small "gzip bomb" costs no
-    more memory than the genuine file would. The zlib module's errors become
-    MnistFormatError.
+    Inflating goes a chunk at a time and stops one byte past the smaller of those,
+    so a small "gzip bomb" costs no more memory than the file its header describes
+    (for a copy of any number of rows, `spec.size` alone would allow a gibibyte).
+    The zlib module's errors become MnistFormatError.
     """
-    members = []
-    inflated = 0
+    chunks, head = [], b""
+    inflated, limit, declared = 0, spec.size, None
     try:
         # A gzip file may hold several members, concatenated (as gzip.decompress
         # accepts them), with zero padding between them.
         for _ in range(_MAX_GZIP_MEMBERS):
             inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-            member = inflater.decompress(data, spec.size + 1 - inflated)
-            inflated += len(member)
-            members.append(member)
-            if inflated > spec.size:
-                raise MnistFormatError(
-                    name,
-                    f"gzip data inflates past {spec.size} bytes, the size of {spec.name}",
-                )
+            pending = data
+            while not inflater.eof:
+                # The header first, alone: the size it declares bounds every later chunk.
+                step = _IDX_HEAD if len(head) < _IDX_HEAD and declared is None else _INFLATE_CHUNK
+                chunk = inflater.decompress(pending, min(step, limit + 1 - inflated))
+                pending = inflater.unconsumed_tail
+                chunks.append(chunk)
+                inflated += len(chunk)
+                if declared is None and len(head) < _IDX_HEAD:
+                    head += chunk[:_IDX_HEAD - len(head)]
+                    declared = declared_size(head)
+                    if declared is not None:
+                        limit = min(limit, declared)
+                if inflated > limit:
+                    raise MnistFormatError(
+                        name,
+                        f"gzip data inflates past {limit} bytes, the size "
+                        f"{'its IDX header declares' if limit == declared else 'of ' + spec.name}",
+                    )
+                if not chunk and not pending:
+                    break  # the input ran out before the stream's end
             if not inflater.eof:
                 raise MnistFormatError(name, "truncated gzip data (the stream ends early)")
             data = inflater.unused_data.lstrip(b"\x00")
             if not data:
-                return b"".join(members)
+                return b"".join(chunks)
     except zlib.error as exc:
         raise MnistFormatError(name, f"corrupt gzip data ({exc})") from None
     raise MnistFormatError(name, f"more than {_MAX_GZIP_MEMBERS} gzip members")

@@ -323,3 +323,27 @@ def test_layer_norm_weight_gradient_where_an_inf_meets_an_element_on_its_mean(ba
         np.testing.assert_array_equal(got[k], want[k])
     if np.isinf(upstream):
         np.testing.assert_array_equal(got[1], [-np.inf, np.nan, np.inf])
+
+
+# -- issue 21: the input gradient one product per kernel offset, the blocked bias sums ---
+
+@pytest.mark.parametrize("images,kwargs", [
+    ((4, conv.PIECEWISE_CHANNELS, 8, 8), {"padding": "same"}),  # 256 rows: blocked bias sums
+    ((1, conv.PIECEWISE_CHANNELS + 1, 5, 7), {"stride": 2, "padding": 1, "dilation": 2}),
+], ids=["same, blocked bias sums", "strided, dilated"])
+def test_conv_with_many_input_channels_matches_pytorch(backend, images, kwargs):
+    """Enough input channels for the product-per-offset input gradient: PyTorch's numbers."""
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal(images)
+    w = rng.standard_normal((3, images[1], 3, 3))
+    b = rng.standard_normal(3)
+    _with_torch(backend, lambda n, v, c: Conv2D(n, v, c, **kwargs),
+                lambda t, v, c: torch.nn.functional.conv2d(t, v, c, **kwargs), x, w, b)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 255, 256, 4096 + 32])
+def testcolumn_sums_equal_the_sum_down_the_rows(rows):
+    xp = get_backend("numpy").xp
+    values = rng.standard_normal((rows, 5))
+    np.testing.assert_allclose(conv.column_sums(xp, values), values.sum(axis=0),
+                               rtol=1e-12, atol=1e-12)

@@ -181,6 +181,11 @@ def _check_images(x, what="x"):
 EVAL_COLUMN_BYTES = 32 << 20
 
 
+#: The fewest input channels for which a convolution's input gradient is computed as
+#: one matrix product per kernel offset (below, the products are too narrow to pay).
+PIECEWISE_CHANNELS = 16
+
+
 def _itemsize(xp, dtype) -> int:
     try:
         return xp.finfo(dtype).bits // 8
@@ -191,6 +196,21 @@ def _itemsize(xp, dtype) -> int:
 def _weight_rows(xp, w):
     """Kernels (O, C, kh, kw) as rows (O, kh*kw*C), in the order of the columns."""
     return xp.reshape(xp.permute_dims(w, (0, 2, 3, 1)), (w.shape[0], math.prod(w.shape[1:])))
+
+
+def column_sums(xp, rows):
+    """``sum(rows, axis=0)`` of a (M, O) array, summed as blocks of ``k`` rows side by side.
+
+    Summing down a tall, narrow array adds it one short row at a time (NumPy: 4x
+    slower than a row of k*O values); the blocked sums are also k partial sums
+    instead of one long one (smaller rounding error).
+    """
+    m, o = rows.shape
+    k = next((d for d in (64, 32, 16, 8, 4, 2) if m % d == 0), 1)
+    if k == 1 or m < 4 * k:
+        return xp.sum(rows, axis=0)
+    blocks = xp.sum(xp.reshape(rows, (m // k, k * o)), axis=0)
+    return xp.sum(xp.reshape(blocks, (k, o)), axis=0)
 
 
 class _Windowed(Node):
@@ -323,10 +343,20 @@ class Conv2D(_Windowed):
             o, c, kh, kw = w.shape
             grad_w = xp.permute_dims(xp.reshape(grad_w_rows, (o, kh, kw, c)), (0, 3, 1, 2))
         if len(needs) > 2 and needs[2]:
-            grad_b = xp.sum(grad_rows, axis=0)
+            grad_b = column_sums(xp, grad_rows)
         if needs[0]:
-            grad_cols = xp.reshape(grad_rows @ _weight_rows(xp, w), cols_shape)
-            pieces = [grad_cols[:, :, :, k, :] for k in range(cols_shape[3])]
+            w_rows, c = _weight_rows(xp, w), cols_shape[4]
+            if c >= PIECEWISE_CHANNELS:
+                # One product per kernel offset, each a contiguous (N, OH, OW, C) piece:
+                # the fold then adds runs of OW*C values, not of C. On NumPy the fold
+                # takes half the time (the CNN's second convolution: 7 -> 3.6 ms) and
+                # the narrower products 2 ms more than one wide one: ~1 ms less.
+                pieces = [xp.reshape(grad_rows @ w_rows[:, k * c:(k + 1) * c],
+                                     cols_shape[:3] + (c,))
+                          for k in range(cols_shape[3])]
+            else:
+                grad_cols = xp.reshape(grad_rows @ w_rows, cols_shape)
+                pieces = [grad_cols[:, :, :, k, :] for k in range(cols_shape[3])]
             grad_padded = _fold(ctx, pieces, padded_shape, tuple(w.shape[2:]), self.stride,
                                 self.dilation)
             grad_x = _channels_first(xp, _unpad(grad_padded, pads))

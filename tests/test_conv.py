@@ -76,6 +76,22 @@ def test_numpy_windows_equal_the_array_api_windows_exactly(stride, dilation, cha
     np.testing.assert_array_equal(fast, generic)
 
 
+@pytest.mark.parametrize("pads", [((0, 0), (0, 0)), ((1, 1), (1, 1)), ((0, 2), (1, 0)),
+                                  ((2, 1), (0, 3))])
+@pytest.mark.parametrize("value,dtype", [(0.0, np.float32), (-np.inf, np.float64),
+                                         (False, np.bool_)])
+def test_numpy_pad_equals_the_array_api_pad_exactly(pads, value, dtype):
+    # A channels-last view of NCHW memory, as the nodes pass it.
+    x = np.ascontiguousarray((rng.standard_normal((2, 3, 4, 5)) > 0).astype(dtype)
+                             if dtype is np.bool_ else
+                             rng.standard_normal((2, 3, 4, 5)).astype(dtype)).transpose(0, 2, 3, 1)
+    numpy_backend = get_backend("numpy")
+    fast = numpy_backend.pad2d(x, pads, value)
+    generic = conv.pad2d(numpy_backend.xp, x, pads, value)
+    assert fast.dtype == generic.dtype
+    np.testing.assert_array_equal(fast, generic)
+
+
 def test_windows_and_fold_are_adjoint():
     """<windows(x), c> == <x, fold(c)>: fold is exactly the transpose of the windowing."""
     xp = get_backend("numpy").xp

@@ -9,9 +9,10 @@ pass "folds" gradient columns back, adding each offset's slice into the
 input's gradient. Everything is Array-API slicing, stacking and matmul: no
 Python loop over images or pixels, only over kernel offsets (9 for 3x3).
 
-A backend may offer faster versions of the two window primitives (NumPy's
-strided views, in-place slice adds) as ``backend.windows`` and
-``backend.fold_windows``; they must give the same results as the ones here.
+A backend may offer faster versions of the window primitives (NumPy's
+strided views, in-place slice adds) as ``backend.windows``,
+``backend.fold_windows`` and ``backend.pad2d``; they must give the same results
+as the ones here.
 """
 from __future__ import annotations
 
@@ -136,6 +137,13 @@ def fold_windows(xp, pieces, shape, kernel, stride, dilation):
                                       (left, width - left - piece.shape[2])))
             total = piece if total is None else total + piece
     return total
+
+
+def _pad(ctx, x, pads, value=0.0):
+    fast = getattr(ctx.backend, "pad2d", None)
+    if fast is not None and not getattr(ctx, "tracing", False):
+        return fast(x, pads, value)
+    return pad2d(ctx.xp, x, pads, value)
 
 
 def _windows(ctx, x, kernel, stride, dilation, out_size):
@@ -268,7 +276,7 @@ class Conv2D(_Windowed):
             # An empty batch: nothing to compute (and Dask fails to reshape some empty arrays).
             ctx.save(None)
             return xp.zeros((0, w.shape[0], oh, ow), dtype=x.dtype)
-        padded = pad2d(xp, _channels_last(xp, x), pads)
+        padded = _pad(ctx, _channels_last(xp, x), pads)
         n, o = x.shape[0], w.shape[0]
         width = kernel[0] * kernel[1] * x.shape[1]
         training = any(ctx.needs_input_grad)
@@ -378,7 +386,7 @@ class _Pool2D(_Windowed):
         """The window slices of x, channels last (see :func:`window_slices`)."""
         _check_images(x)
         pads, out = self._geometry(x.shape, self.kernel)
-        padded = pad2d(ctx.xp, _channels_last(ctx.xp, x), pads, fill)
+        padded = _pad(ctx, _channels_last(ctx.xp, x), pads, fill)
         return window_slices(padded, self.kernel, self.stride, self.dilation, out), \
             padded.shape, pads
 

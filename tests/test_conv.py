@@ -76,6 +76,22 @@ def test_numpy_windows_equal_the_array_api_windows_exactly(stride, dilation, cha
     np.testing.assert_array_equal(fast, generic)
 
 
+@pytest.mark.parametrize("pads", [((0, 0), (0, 0)), ((1, 1), (1, 1)), ((0, 2), (1, 0)),
+                                  ((2, 1), (0, 3))])
+@pytest.mark.parametrize("value,dtype", [(0.0, np.float32), (-np.inf, np.float64),
+                                         (False, np.bool_)])
+def test_numpy_pad_equals_the_array_api_pad_exactly(pads, value, dtype):
+    # A channels-last view of NCHW memory, as the nodes pass it.
+    x = np.ascontiguousarray((rng.standard_normal((2, 3, 4, 5)) > 0).astype(dtype)
+                             if dtype is np.bool_ else
+                             rng.standard_normal((2, 3, 4, 5)).astype(dtype)).transpose(0, 2, 3, 1)
+    numpy_backend = get_backend("numpy")
+    fast = numpy_backend.pad2d(x, pads, value)
+    generic = conv.pad2d(numpy_backend.xp, x, pads, value)
+    assert fast.dtype == generic.dtype
+    np.testing.assert_array_equal(fast, generic)
+
+
 def test_windows_and_fold_are_adjoint():
     """<windows(x), c> == <x, fold(c)>: fold is exactly the transpose of the windowing."""
     xp = get_backend("numpy").xp
@@ -323,3 +339,26 @@ def test_layer_norm_weight_gradient_where_an_inf_meets_an_element_on_its_mean(ba
         np.testing.assert_array_equal(got[k], want[k])
     if np.isinf(upstream):
         np.testing.assert_array_equal(got[1], [-np.inf, np.nan, np.inf])
+
+
+# -- issue 21: the input gradient one product per kernel offset, the blocked bias sums ---
+
+@pytest.mark.parametrize("images,kwargs", [
+    ((4, conv.PIECEWISE_CHANNELS, 8, 8), {"padding": "same"}),  # 256 rows: blocked bias sums
+    ((1, conv.PIECEWISE_CHANNELS + 1, 5, 7), {"stride": 2, "padding": 1, "dilation": 2}),
+], ids=["same, blocked bias sums", "strided, dilated"])
+def test_conv_with_many_input_channels_matches_pytorch(backend, images, kwargs):
+    """Enough input channels for the product-per-offset input gradient: PyTorch's numbers."""
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal(images)
+    w = rng.standard_normal((3, images[1], 3, 3))
+    b = rng.standard_normal(3)
+    _with_torch(backend, lambda n, v, c: Conv2D(n, v, c, **kwargs),
+                lambda t, v, c: torch.nn.functional.conv2d(t, v, c, **kwargs), x, w, b)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 255, 256, 4096 + 32])
+def test_numpy_column_sums_equal_the_sum_down_the_rows(rows):
+    values = rng.standard_normal((rows, 5))
+    np.testing.assert_allclose(get_backend("numpy").column_sums(values), values.sum(axis=0),
+                               rtol=1e-12, atol=1e-12)

@@ -372,7 +372,8 @@ class CrossEntropyKernel:
         np.copyto(shifted, logits.T)
         np.maximum.reduce(shifted, axis=0, out=self.row_max)
         np.subtract(shifted, self.row_max, out=shifted)
-        np.multiply(labels, self.batch, out=self.picked_t)
+        # In intp: int8 labels times the batch would overflow in their own dtype.
+        np.multiply(labels, self.batch, out=self.picked_t, dtype=np.intp)
         np.add(self.picked_t, self.rows, out=self.picked_t)
         exp = np.exp(shifted, out=self.probs_t)
         np.add.reduce(exp, axis=0, out=self.total)
@@ -397,7 +398,7 @@ def _cross_entropy(node, args, needs):
     logits, labels = args
     # Only the lab's form: any reduction, smoothing, ignored label, probability
     # target or class axis beyond the second runs the node's own rules.
-    if node._lab_form and logits.ndim == 2 and labels.ndim == 1 and logits.shape[0] \
+    if node.lab_form and logits.ndim == 2 and labels.ndim == 1 and logits.shape[0] \
             and logits.shape[0] == labels.shape[0] and logits.dtype in _SAME_WIDTH_INTS \
             and labels.dtype.kind in "iu" and not needs[1]:
         return CrossEntropyKernel(node, logits)

@@ -218,13 +218,14 @@ class CrossEntropyWithSoftmax(Node):
         self.soft_targets = bool(soft_targets)
         if self.soft_targets:
             self.integer_inputs = ()  # probabilities are floats, and differentiable
-        self._lab_form = (reduction == "mean" and not label_smoothing and ignore_index is None
-                          and not soft_targets)
+        # The lab's two-argument form, with fast rules of its own (and a planned kernel).
+        self.lab_form = (reduction == "mean" and not label_smoothing and ignore_index is None
+                         and not soft_targets)
 
     # -- the lab's form: mean over (batch, classes), one label per row -------------------
 
     def forward(self, ctx, logits, labels):
-        if not (self._lab_form and logits.ndim == 2):
+        if not (self.lab_form and logits.ndim == 2):
             return self._forward_general(ctx, logits, labels)
         xp = ctx.xp
         batch, classes = _check_label_shapes(xp, logits, labels)

@@ -47,14 +47,15 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FEATURES, CLASSES = 784, 10
 LEARNING_RATE = 0.01
 
-# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on
-# 64-bit (4 MiB * sizeof(long)).
+from miniflow.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD  # noqa: E402
+
+# glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 << 20
 MALLOC_POLICIES = {
     # Arrays up to 32 MiB come from the heap and freed memory stays there: after
-    # warm-up no contender pays page faults. The steady state of a long training run.
-    "heap": {_M_MMAP_THRESHOLD: _MMAP_THRESHOLD_MAX, _M_TRIM_THRESHOLD: 1 << 30},
+    # warm-up no contender pays page faults. The steady state of a long training run,
+    # and what the miniflow command sets (miniflow.allocator.keep_freed_memory).
+    "heap": {_M_MMAP_THRESHOLD: MMAP_THRESHOLD, _M_TRIM_THRESHOLD: TRIM_THRESHOLD},
     # Every array of 128 KiB or more is a fresh mmap, faulted in page by page on each
     # step: the worst case, made consistent (glibc's own threshold would drift).
     "mmap": {_M_MMAP_THRESHOLD: 128 << 10},

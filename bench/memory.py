@@ -17,7 +17,7 @@ what is reported. Contenders:
 Both sides load MNIST through ``miniflow.datasets.load_mnist`` (float32 images,
 188 MB for the training set), train E epochs on the training split and measure
 accuracy on the validation and test sets in batches (1,000 images for the CNN;
-miniflow evaluates images 500 at a time),
+miniflow evaluates images 64 at a time),
 so the data costs both the same. Ratios are miniflow / PyTorch for each model.
 
   python bench/memory.py                     # one epoch each, a few minutes

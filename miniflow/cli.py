@@ -28,6 +28,7 @@ from .optim import OPTIMIZERS, SCHEDULES
 from .files import atomic_write, check_writable
 from .serialize import load_model, save_model
 from .progress import Progress, diagnose, plural
+from .allocator import keep_freed_memory
 from .threads import THREADS_INSTALL_HINT
 from .checkpoint import load_checkpoint
 from .train import (DEFAULT_LR, MODEL_DEFAULTS, MODELS, TrainConfig, build_model,
@@ -562,6 +563,9 @@ def main(argv=None) -> int:
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None
+    # Every command runs steps that allocate and free the same large arrays: reusing
+    # freed memory saved a third of the CNN's first epoch (see miniflow.allocator).
+    keep_freed_memory()
     try:
         language_model = _language_model_argv(argv)
         if language_model is not None:

@@ -372,3 +372,47 @@ def test_one_cycle_matches_pytorch():
         sgd.step()
         reference.step()
     assert make_schedule("onecycle", 0.003, total)(10) == schedule(10)
+
+
+@pytest.mark.parametrize("name", ["momentum", "nesterov", "adam", "rmsprop"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_running_averages_decaying_into_subnormals_are_cleared_every_flush_every_steps(
+        name, dtype):
+    """A gradient that stays 0 lets its running average decay into the subnormal floats
+    (slow on x86): both paths set such values to 0 on every FLUSH_EVERY-th step, and
+    only below the smallest normal number; the parameters still follow torch.optim."""
+    from miniflow.optim import FLUSH_EVERY
+
+    tiny = np.finfo(dtype).smallest_normal
+    node = Input("w")
+    start = np.linspace(-1, 1, 6).astype(dtype)
+    # Entry 0 gets one gradient of 2 * tiny then zeros, so its average is subnormal
+    # long before step FLUSH_EVERY; entry 1 stays normal; the rest get gradients.
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(6).astype(dtype) for _ in range(2 * FLUSH_EVERY + 3)]
+    first = grads[0].copy()
+    first[:2] = (2 * tiny, 1.0)
+    grads[0] = first
+    for g in grads[1:]:
+        g[:2] = 0
+    in_place, functional = (make_optimizer(name, {node: start}, 0.01) for _ in range(2))
+    functional.in_place = False
+    slot = in_place.slots[0]  # velocity, m, square_avg: the average of g or of g**2
+    seen = []
+    for step, g in enumerate(grads, start=1):
+        in_place.step([g])
+        functional.step([g])
+        value = getattr(in_place, slot)[node]
+        np.testing.assert_array_equal(value, getattr(functional, slot)[node])
+        np.testing.assert_array_equal(in_place.params[node], functional.params[node])
+        seen.append(value[:2].copy())
+    before, at = seen[FLUSH_EVERY - 2], seen[FLUSH_EVERY - 1]
+    if name != "rmsprop":  # (2 tiny)**2 underflows to 0 at once: nothing left to clear
+        assert 0 < abs(before[0]) < tiny, "the test needs a subnormal average to clear"
+    assert at[0] == 0 and all(s[0] == 0 for s in seen[FLUSH_EVERY - 1:])
+    assert abs(at[1]) >= tiny  # a normal value is kept, however small it became
+    reference = _torch_steps(name, [start.astype(np.float64)], [[g.astype(np.float64)]
+                                                                 for g in grads],
+                             ConstantLR(0.01), 0.0, None)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(in_place.params[node], reference[0], rtol=rtol, atol=rtol)

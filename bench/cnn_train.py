@@ -6,7 +6,7 @@ evaluation) and the test accuracy it prints, per seed:
 
   miniflow:cnn    python -m miniflow train --model cnn --seed S   (its defaults: conv32-
                   pool-ReLU-conv64-pool-ReLU-fc128-ReLU-dropout 0.1-fc10, Adam one-cycle
-                  peaking at 0.003, batch 64 in 2 shards, 3 epochs)
+                  peaking at 0.004, batch 64 in 2 shards, 3 epochs)
   torch:cnn       the comparable net the issue names, in PyTorch eager: conv32-ReLU-pool-
                   conv64-ReLU-pool-fc128-ReLU-dropout 0.1-fc10 (nn.Sequential),
                   CrossEntropyLoss, Adam with OneCycleLR (peak 0.003), batch 128,

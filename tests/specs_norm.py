@@ -7,7 +7,6 @@ and ``BatchNorm2d`` in tests/test_nn.py. The running statistics are data in
 both libraries (PyTorch refuses a gradient for them), so they are drawn as
 keyword arguments and enter the graph as constants.
 """
-import numpy as np
 import torch
 from hypothesis import strategies as st
 

@@ -4,7 +4,6 @@ import sys
 import threading
 
 import numpy as np
-import pytest
 
 from miniflow import (CrossEntropyWithSoftmax, DummyGrad, Input, Linear, Sigmoid, Sum, evaluate,
                       value_and_grad)

@@ -6,7 +6,7 @@ Values and gradients against PyTorch for random shapes are in test_differential.
 import numpy as np
 import pytest
 
-from miniflow import (GraphError, Input, Linear, MatMul, Outer, ShapeError, Sum, Tensordot,
+from miniflow import (GraphError, Input, Linear, MatMul, Outer, ShapeError, Tensordot,
                       evaluate, gradcheck, value_and_grad)
 
 rng = np.random.default_rng(0)

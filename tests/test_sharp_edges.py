@@ -4,7 +4,7 @@ import pytest
 
 from miniflow import (Concat, ExpandDims, Flatten, Input, Reshape, Split, Squeeze, Stack, Sum,
                       Take, Tensordot, Transpose, evaluate, value_and_grad)
-from miniflow.errors import FeedError, NodeError, ShapeError
+from miniflow.errors import FeedError, ShapeError
 
 I = np.int64  # noqa: E741 - a NumPy integer, as users get from shapes and argmax
 

@@ -32,18 +32,25 @@ _CODES = {dtype.newbyteorder("="): code for code, dtype in _DTYPES.items()}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def declared_size(head: bytes) -> int | None:
-    """The whole file's size in bytes as the header at the start of ``head`` declares
-    it, or None while ``head`` is too short to tell or is no IDX header (read_idx
-    then says what is wrong). Lets a reader stop inflating a compressed file at the
-    size it claims, before the rest arrives."""
+def _header(head: bytes):
+    """``(dtype, shape, header_size, file_size)`` as the IDX header at the start of
+    ``head`` declares them, or None while ``head`` is too short to tell or is no IDX
+    header (read_idx then says what is wrong)."""
     if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in _DTYPES:
         return None
-    header_size = 4 + 4 * head[3]
+    dtype, header_size = _DTYPES[head[2]], 4 + 4 * head[3]
     if len(head) < header_size:
         return None
-    sizes = struct.unpack(f">{head[3]}I", head[4:header_size])
-    return header_size + _DTYPES[head[2]].itemsize * math.prod(sizes)
+    shape = struct.unpack(f">{head[3]}I", head[4:header_size])
+    return dtype, shape, header_size, header_size + dtype.itemsize * math.prod(shape)
+
+
+def declared_size(head: bytes) -> int | None:
+    """The whole file's size in bytes as the header at the start of ``head`` declares
+    it, or None while ``head`` is too short to tell or is no IDX header. Lets a reader
+    stop inflating a compressed file at the size it claims, before the rest arrives."""
+    found = _header(head)
+    return None if found is None else found[3]
 
 
 def read_idx(data: bytes, name: str) -> np.ndarray:
@@ -89,16 +96,14 @@ def read_idx(data: bytes, name: str) -> np.ndarray:
         raise MnistFormatError(
             name, f"unknown data-type code 0x{code:02X} (known: {known})"
         )
-    dtype = _DTYPES[code]
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
+    found = _header(data)
+    if found is None:  # the checks above passed: only the sizes can be missing
         raise MnistFormatError(
             name,
-            f"truncated: expected a {header_size}-byte header for {ndim} "
+            f"truncated: expected a {4 + 4 * ndim}-byte header for {ndim} "
             f"dimensions, got {len(data)} bytes",
         )
-    shape = struct.unpack(f">{ndim}I", data[4:header_size])
-    expected = header_size + math.prod(shape) * dtype.itemsize
+    dtype, shape, header_size, expected = found
     if len(data) < expected:
         raise MnistFormatError(
             name,

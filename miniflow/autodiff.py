@@ -63,6 +63,7 @@ import threading
 
 import numpy as np
 
+from .backends.base import Backend
 from .errors import GraphError, NotTwiceDifferentiableError
 from .executor import backward_pass, forward_pass, seed_gradient, weak_dtype
 from .graph import Constant, Context, Input, Node, Plan, TracingContext, topological_order
@@ -556,8 +557,8 @@ class TracingBackend:
     """A backend whose arrays are :class:`Traced`: running rules over it writes a graph.
 
     Everything but the namespace, promotion and conversion is the real
-    backend's; its fast paths (``windows``, ``fold_windows``) are hidden, so
-    nodes take their Array-API path, which the namespace can record.
+    backend's; its fast paths (``Backend.FAST_PATHS``) are hidden, so nodes take
+    their Array-API path, which the namespace can record.
     """
 
     records_graph = True  # see Backend.records_graph
@@ -568,7 +569,7 @@ class TracingBackend:
         self.name = backend.name
 
     def __getattr__(self, name):
-        if name in ("windows", "fold_windows"):
+        if name in Backend.FAST_PATHS:
             raise AttributeError(name)
         return getattr(self.real, name)
 

@@ -429,3 +429,55 @@ def test_a_gradient_penalty_compiles(name):
     value, got = step(feed)
     np.testing.assert_allclose(float(value), float(want_value), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(got), want_grad, rtol=1e-9, atol=1e-12)
+
+
+# -- a backend's fast paths stay out of recorded graphs ------------------------------
+
+@pytest.mark.parametrize("images, kwargs", [
+    # 72 rows of columns: the bias gradient takes NumPy's blocked column_sums path.
+    ((2, 3, 6, 6), {"padding": 1, "bias": True}),
+    ((1, 3, 6, 6), {"padding": "same", "bias": True}),
+    ((2, 2, 8, 8), {"padding": 0, "bias": False, "pool": True}),  # tiled 2x2 max pooling
+])
+def test_second_derivative_through_the_cnn_shapes_fast_paths_serve(images, kwargs, backend):
+    """Shapes large enough for NumPy's fast paths (blocked bias sums, padding, tiled
+    pooling): grad of grad still records the Array-API rules and matches PyTorch."""
+    _float64_backend(backend)
+    F = torch.nn.functional
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(images)
+    w = rng.standard_normal((4, images[1], 3, 3)) * 0.3
+    arrays = [x, w] + ([rng.standard_normal(4)] if kwargs["bias"] else [])
+    pad, pool = kwargs["padding"], kwargs.get("pool", False)
+
+    def build(*nodes):
+        out = miniflow.Conv2D(nodes[0], nodes[1], nodes[2] if len(nodes) > 2 else None,
+                              padding=pad)
+        return miniflow.MaxPool2D(out, 2) if pool else out
+
+    def torch_fn(*t):
+        out = F.conv2d(t[0], t[1], t[2] if len(t) > 2 else None, padding=pad)
+        return F.max_pool2d(out, 2) if pool else out
+
+    second_order_with_torch(build, torch_fn, arrays, backend, rtol=1e-6, atol=1e-8)
+
+
+def test_every_fast_path_a_node_looks_up_is_hidden_from_graph_recording():
+    """Nodes reach a backend's optional fast paths by name (getattr(ctx.backend, ...));
+    the tracing backend of gradients-as-graphs must hide each one (Backend.FAST_PATHS)."""
+    import re
+    from pathlib import Path
+
+    from miniflow.autodiff import TracingBackend
+    from miniflow.backends import get_backend
+    from miniflow.backends.base import Backend
+
+    source = "".join(p.read_text() for p in
+                     (Path(miniflow.__file__).parent / "nodes").glob("*.py"))
+    looked_up = set(re.findall(r'getattr\(ctx\.backend, "(\w+)"', source)) - {"writable_arrays"}
+    assert looked_up, "the rule found no fast path to check"
+    assert looked_up <= set(Backend.FAST_PATHS)
+    tracing = TracingBackend(get_backend("numpy"))
+    for name in Backend.FAST_PATHS:
+        assert hasattr(get_backend("numpy"), name)
+        assert not hasattr(tracing, name)

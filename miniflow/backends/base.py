@@ -43,6 +43,13 @@ class Backend:
     #: as PyTorch does under ``create_graph=True``.
     records_graph = False
 
+    #: Methods a backend may add to run part of a node's rule faster on its own arrays
+    #: (NumPy's, see miniflow.nodes.conv); each gives the same numbers as the node's
+    #: Array-API path. A backend that records a graph hides them all, so nodes take
+    #: the path its namespace can write down.
+    FAST_PATHS = ("windows", "fold_windows", "pad2d", "column_sums", "max_pool_tiles",
+                  "max_pool_tiles_grad")
+
     def __init__(self, name: str, module_name: str, install_hint: str):
         self.name = name
         self.module_name = module_name

@@ -10,9 +10,8 @@ input's gradient. Everything is Array-API slicing, stacking and matmul: no
 Python loop over images or pixels, only over kernel offsets (9 for 3x3).
 
 A backend may offer faster versions of the window primitives (NumPy's
-strided views, in-place slice adds) as ``backend.windows``,
-``backend.fold_windows`` and ``backend.pad2d``; they must give the same results
-as the ones here.
+strided views, in-place slice adds) and of a few pieces of the rules, named in
+``Backend.FAST_PATHS``; they must give the same results as the ones here.
 """
 from __future__ import annotations
 
@@ -141,7 +140,7 @@ def fold_windows(xp, pieces, shape, kernel, stride, dilation):
 
 def _pad(ctx, x, pads, value=0.0):
     fast = getattr(ctx.backend, "pad2d", None)
-    if fast is not None and not getattr(ctx, "tracing", False):
+    if fast is not None:
         return fast(x, pads, value)
     return pad2d(ctx.xp, x, pads, value)
 

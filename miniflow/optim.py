@@ -34,7 +34,7 @@ __all__ = [
 
 
 #: Running averages of the gradients are cleared of subnormal values every this many
-#: steps (see Optimizer._flush_subnormal): often enough to skip ~90% of their cost, at
+#: steps (see Optimizer._without_subnormals): often enough to skip ~90% of their cost, at
 #: a sixteenth of the cost of doing it every step.
 FLUSH_EVERY = 16
 
@@ -354,24 +354,23 @@ class Optimizer:
             value *= rate
             value += addend
         else:
-            value = slot[node] = rate * slot[node] + addend
+            value = rate * slot[node] + addend
         if self.step_count % FLUSH_EVERY == 0:
-            value = self._flush_subnormal(slot, node, value)
+            value = self._without_subnormals(value)
+        slot[node] = value
         return value
 
-    def _flush_subnormal(self, slot, node, value):
+    def _without_subnormals(self, value):
         # Where a gradient stays 0 (a dead unit, a pixel always 0), the running average
         # decays by `rate` each step into the subnormal floats (below finfo.smallest_normal),
         # where x86 CPUs compute ~15x slower: ~150 steps of that for each value at
         # rate 0.9, 2.4 -> 5 ms of the CNN's Adam step. Set to 0 every FLUSH_EVERY
         # steps, such a value moves its parameter by < lr * 1e-30 less than in PyTorch.
-        tiny = self.xp.finfo(value.dtype).smallest_normal
-        below = self.xp.abs(value) < tiny
+        below = self.xp.abs(value) < self.xp.finfo(value.dtype).smallest_normal
         if self.in_place:
             value[below] = 0
             return value
-        value = slot[node] = self.xp.where(below, self.xp.zeros_like(value), value)
-        return value
+        return self.xp.where(below, self.xp.zeros_like(value), value)
 
     def _descend(self, node, param, delta) -> None:
         """``self.params[node] = param - delta``, in place where arrays can be written."""

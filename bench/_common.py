@@ -47,18 +47,16 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 FEATURES, CLASSES = 784, 10
 LEARNING_RATE = 0.01
 
-from miniflow.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD  # noqa: E402
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+from miniflow.allocator import (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD,  # noqa: E402
+                                MMAP_THRESHOLD, TRIM_THRESHOLD)
 MALLOC_POLICIES = {
     # Arrays up to 32 MiB come from the heap and freed memory stays there: after
     # warm-up no contender pays page faults. The steady state of a long training run,
     # and what the miniflow command sets (miniflow.allocator.keep_freed_memory).
-    "heap": {_M_MMAP_THRESHOLD: MMAP_THRESHOLD, _M_TRIM_THRESHOLD: TRIM_THRESHOLD},
+    "heap": {M_MMAP_THRESHOLD: MMAP_THRESHOLD, M_TRIM_THRESHOLD: TRIM_THRESHOLD},
     # Every array of 128 KiB or more is a fresh mmap, faulted in page by page on each
     # step: the worst case, made consistent (glibc's own threshold would drift).
-    "mmap": {_M_MMAP_THRESHOLD: 128 << 10},
+    "mmap": {M_MMAP_THRESHOLD: 128 << 10},
     # Whatever glibc and the MALLOC_*_ environment variables decide (luck included).
     "glibc": {},
 }
@@ -78,7 +76,7 @@ def set_malloc_policy(policy: str) -> dict:
     except (OSError, AttributeError) as exc:  # not glibc (macOS, musl): nothing to pin
         record["error"] = f"mallopt unavailable ({exc}); allocator left as is"
         return record
-    names = {_M_MMAP_THRESHOLD: "M_MMAP_THRESHOLD", _M_TRIM_THRESHOLD: "M_TRIM_THRESHOLD"}
+    names = {M_MMAP_THRESHOLD: "M_MMAP_THRESHOLD", M_TRIM_THRESHOLD: "M_TRIM_THRESHOLD"}
     for param, value in settings.items():
         if mallopt(param, value) != 1:
             record["error"] = f"mallopt({names[param]}, {value}) failed"

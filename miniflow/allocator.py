@@ -22,15 +22,16 @@ import ctypes
 import ctypes.util
 import sys
 
-__all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "M_MMAP_THRESHOLD",
+           "M_TRIM_THRESHOLD"]
 
 #: Blocks up to this size come from the heap (glibc's maximum on 64-bit: 4 MiB * 8).
 MMAP_THRESHOLD = 32 << 20
 #: Freed memory kept for reuse before glibc returns the top of the heap to the system.
 TRIM_THRESHOLD = 1 << 30
 
-# mallopt's parameter numbers (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: mallopt's parameter numbers (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 
 
 def keep_freed_memory() -> bool:
@@ -49,5 +50,5 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     # mallopt returns 1 on success; the mmap threshold first: setting it also stops
     # glibc from moving either threshold by itself.
-    return mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 \
-        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 \
+        and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1

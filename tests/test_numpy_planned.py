@@ -122,6 +122,36 @@ def test_blocks_of_rows_give_the_whole_arrays_results(monkeypatch, activation):
     assert len(activation_kernel.blocks) == 6
 
 
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+@pytest.mark.parametrize("layout", ["contiguous", "strided rows", "strided columns"])
+def test_large_linear_outputs_add_the_product_to_the_bias(monkeypatch, layout, dtype, rtol):
+    """Past BLOCK_ELEMENTS outputs, BLAS adds x @ w to the copied bias; data it cannot
+    describe (columns apart in memory) take NumPy's product and the added rows."""
+    monkeypatch.setattr(numpy_planned, "BLOCK_ELEMENTS", 50)  # 11 x 24 outputs: past it
+    images, labels, params, loss = mlp("sigmoid")
+    step = miniflow.compile(loss, params, backend="numpy")
+    feed = feed_for(images, labels, params, batch=11, features=7, hidden=24, dtype=dtype)
+    data = feed[images]
+    if layout == "strided rows":  # every other row of a larger array: BLAS takes it
+        data = np.repeat(data, 2, axis=0)[::2]
+    elif layout == "strided columns":  # every other column: BLAS cannot
+        data = np.repeat(data, 2, axis=1)[:, ::2]
+    feed[images] = data
+    for _ in range(3):
+        value, grads = step(feed)
+        want_value, want_grads = value_and_grad(loss, feed, params)
+        np.testing.assert_allclose(value, want_value, rtol=rtol)
+        for g, w in zip(grads, want_grads):
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * 1e-3)
+    if dtype == np.float64:
+        assert_three_steps_match_by_hand(step, loss, feed, params, 0.2)
+    ((entry, _),) = step._compiled.values()
+    first = next(k for k in entry["kernels"] if type(k).__name__ == "LinearKernel")
+    assert (first.bias_then_product is not None) == (numpy_gemm() is not None)
+    assert (first.bias_rows is not None) == (layout == "strided columns"
+                                            or numpy_gemm() is None)
+
+
 def test_row_blocks_cover_every_row_once():
     blocks = numpy_planned._row_blocks((1000, 100))
     rows = np.zeros(1000, int)

@@ -125,8 +125,9 @@ def test_blocks_of_rows_give_the_whole_arrays_results(monkeypatch, activation):
 @pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-10), (np.float32, 2e-4)])
 @pytest.mark.parametrize("layout", ["contiguous", "strided rows", "strided columns"])
 def test_large_linear_outputs_add_the_product_to_the_bias(monkeypatch, layout, dtype, rtol):
-    """Past BLOCK_ELEMENTS outputs, BLAS adds x @ w to the copied bias; data it cannot
-    describe (columns apart in memory) take NumPy's product and the added rows."""
+    """Past BLOCK_ELEMENTS outputs, BLAS adds x @ w to the copied bias (and past as many
+    weights, x^T g to the weight in sgd); data it cannot describe (columns apart in
+    memory) take NumPy's product and the added rows."""
     monkeypatch.setattr(numpy_planned, "BLOCK_ELEMENTS", 50)  # 11 x 24 outputs: past it
     images, labels, params, loss = mlp("sigmoid")
     step = miniflow.compile(loss, params, backend="numpy")
@@ -148,6 +149,7 @@ def test_large_linear_outputs_add_the_product_to_the_bias(monkeypatch, layout, d
     ((entry, _),) = step._compiled.values()
     first = next(k for k in entry["kernels"] if type(k).__name__ == "LinearKernel")
     assert (first.bias_then_product is not None) == (numpy_gemm() is not None)
+    assert (first.gemm is not None) == (numpy_gemm() is not None)  # the update inside it
     assert (first.bias_rows is not None) == (layout == "strided columns"
                                             or numpy_gemm() is None)
 

@@ -185,7 +185,9 @@ class LinearKernel:
         self.need_w = need_w
         self.grad_w = None  # made when a call returns d/dw (an SGD step never does)
         self.grad_b = np.empty_like(b) if need_b else None
-        self.gemm = gemm if need_w else None
+        # The same for the weight's update, w -= x^T g inside the product: it saves a
+        # pass over a weight larger than the cache; a small one's costs less than the call.
+        self.gemm = gemm if need_w and w.size > BLOCK_ELEMENTS else None
         self.applying = ()
         # What backward reports for a parameter it has updated itself: zeros that
         # take no memory (the update is done; nobody adds this gradient anywhere).

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import miniflow
-from miniflow import CrossEntropyWithSoftmax, Input, Linear, Sigmoid, value_and_grad
+from miniflow import (CrossEntropyWithSoftmax, DummyGrad, Input, Linear, ReLU, Sigmoid,
+                      value_and_grad)
 from miniflow.backends import numpy_planned
 from miniflow.backends.numpy_planned import numpy_gemm
 
@@ -152,6 +153,36 @@ def test_large_linear_outputs_add_the_product_to_the_bias(monkeypatch, layout, d
     assert (first.gemm is not None) == (numpy_gemm() is not None)  # the update inside it
     assert (first.bias_rows is not None) == (layout == "strided columns"
                                             or numpy_gemm() is None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("block_elements", [None, 7], ids=["whole", "blocks"])
+def test_relu_kernel_gives_value_and_grads_bits(monkeypatch, dtype, block_elements):
+    """The kernel's max(x, 0) is x's bits under a mask: the very bits of eager's
+    np.maximum for signed zeros, nans, infinities and subnormals, and its gradient
+    eager's select."""
+    if block_elements is not None:
+        monkeypatch.setattr(numpy_planned, "BLOCK_ELEMENTS", block_elements)
+    tiny = np.finfo(dtype).smallest_subnormal
+    special = np.array([-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, tiny, -tiny, 1.5, -2.5,
+                        np.finfo(dtype).max, -np.finfo(dtype).max], dtype)
+    rng = np.random.default_rng(4)
+    xs = np.concatenate([special, rng.standard_normal(12).astype(dtype)]).reshape(6, 4)
+    x = Input("x")
+    head = DummyGrad(ReLU(x))
+    upstream = rng.standard_normal((6, 4)).astype(dtype)
+    upstream[0, :2] = np.inf
+    feed = {x: xs, head: upstream}
+    step = miniflow.compile(head, [x], backend="numpy")
+    want_value, (want_grad,) = value_and_grad(head, feed, [x])
+    for _ in range(2):
+        value, (grad,) = step(feed)
+        np.testing.assert_array_equal(value.view(f"u{value.itemsize}"),
+                                      want_value.view(f"u{value.itemsize}"))
+        np.testing.assert_array_equal(grad.view(f"u{grad.itemsize}"),
+                                      want_grad.view(f"u{grad.itemsize}"))
+    ((entry, _),) = step._compiled.values()
+    assert any(type(k).__name__ == "ReLUKernel" for k in entry["kernels"])
 
 
 def test_row_blocks_cover_every_row_once():

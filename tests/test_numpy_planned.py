@@ -156,7 +156,7 @@ def test_large_linear_outputs_add_the_product_to_the_bias(monkeypatch, layout, d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("block_elements", [None, 7], ids=["whole", "blocks"])
+@pytest.mark.parametrize("block_elements", [None, 8], ids=["whole", "blocks"])
 def test_relu_kernel_gives_value_and_grads_bits(monkeypatch, dtype, block_elements):
     """The kernel's max(x, 0) is x's bits under a mask: the very bits of eager's
     np.maximum for signed zeros, nans, infinities and subnormals, and its gradient
@@ -167,10 +167,11 @@ def test_relu_kernel_gives_value_and_grads_bits(monkeypatch, dtype, block_elemen
     special = np.array([-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, tiny, -tiny, 1.5, -2.5,
                         np.finfo(dtype).max, -np.finfo(dtype).max], dtype)
     rng = np.random.default_rng(4)
-    xs = np.concatenate([special, rng.standard_normal(12).astype(dtype)]).reshape(6, 4)
+    # 7 rows: blocks of 2 rows and a last one of 1.
+    xs = np.concatenate([special, rng.standard_normal(16).astype(dtype)]).reshape(7, 4)
     x = Input("x")
     head = DummyGrad(ReLU(x))
-    upstream = rng.standard_normal((6, 4)).astype(dtype)
+    upstream = rng.standard_normal((7, 4)).astype(dtype)
     upstream[0, :2] = np.inf
     feed = {x: xs, head: upstream}
     step = miniflow.compile(head, [x], backend="numpy")
@@ -182,7 +183,8 @@ def test_relu_kernel_gives_value_and_grads_bits(monkeypatch, dtype, block_elemen
         np.testing.assert_array_equal(grad.view(f"u{grad.itemsize}"),
                                       want_grad.view(f"u{grad.itemsize}"))
     ((entry, _),) = step._compiled.values()
-    assert any(type(k).__name__ == "ReLUKernel" for k in entry["kernels"])
+    kernel, = [k for k in entry["kernels"] if type(k).__name__ == "ReLUKernel"]
+    assert len(kernel.blocks) == (1 if block_elements is None else 4)
 
 
 def test_row_blocks_cover_every_row_once():

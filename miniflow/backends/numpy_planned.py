@@ -265,32 +265,45 @@ class ReLUKernel:
     A select, as the node's rule, not a product with a 0/1 mask: an inf or nan
     arriving where x <= 0 gives 0, as in PyTorch (inf * 0 would be nan). The
     select is branch-free: the gradient's bits ANDed with an all-ones or
-    all-zeros integer mask made once in forward, where the same mask ANDed with
-    x's bits makes the output.
+    all-zeros integer mask, as x's bits ANDed with the same mask make the
+    output. Over one block the mask made in forward is kept for backward; over
+    several, only x <= 0 is kept (a byte, not four or eight, per element to
+    write and read back from memory) and each block's mask is made again in
+    cache.
     """
 
     def __init__(self, x):
         self.out = np.empty_like(x)
         self.nonpositive = np.empty(x.shape, bool)
-        self.mask = np.empty(x.shape, _SAME_WIDTH_INTS[x.dtype])
         self.grad_x = np.empty_like(x)
         self.blocks = _row_blocks(x.shape)
+        self.blocked = len(self.blocks) > 1
+        mask_shape = (self.blocks[0].stop,) + x.shape[1:] if self.blocked else x.shape
+        self.mask = np.empty(mask_shape, _SAME_WIDTH_INTS[x.dtype])
+
+    def _mask(self, rows):
+        """The mask of these rows, from x <= 0: 0 there, all bits set elsewhere (nan too)."""
+        nonpositive = self.nonpositive[rows]
+        mask = self.mask[:nonpositive.shape[0]] if self.blocked else self.mask
+        np.subtract(nonpositive.view(np.int8), 1, out=mask, casting="unsafe")
+        return mask
 
     def forward(self, ctx, x):
         for rows in self.blocks:
-            nonpositive, xb = self.nonpositive[rows], x[rows]
-            np.less_equal(xb, 0, out=nonpositive)
-            # x <= 0 (1) -> 0; anything else, nan included (0) -> -1, all bits set.
-            mask = self.mask[rows]
-            np.subtract(nonpositive.view(np.int8), 1, out=mask, casting="unsafe")
-            # max(x, 0) with that mask: x's bits, or +0.0's (np.maximum is slower).
+            xb = x[rows]
+            np.less_equal(xb, 0, out=self.nonpositive[rows])
+            mask = self._mask(rows)
+            # max(x, 0): x's bits, or +0.0's (np.maximum is slower).
             np.bitwise_and(xb.view(mask.dtype), mask, out=self.out[rows].view(mask.dtype))
         return self.out
 
     def backward(self, ctx, grad):
         if grad.dtype != self.grad_x.dtype or grad.shape != self.grad_x.shape:
             return (np.where(self.nonpositive, 0, grad),)
-        np.bitwise_and(self.mask, grad.view(self.mask.dtype), out=self.grad_x.view(self.mask.dtype))
+        for rows in self.blocks:
+            mask = self._mask(rows) if self.blocked else self.mask
+            np.bitwise_and(mask, grad[rows].view(mask.dtype),
+                           out=self.grad_x[rows].view(mask.dtype))
         return (self.grad_x,)
 
 

@@ -176,9 +176,8 @@ class LinearKernel:
         gemm = numpy_gemm()
         # BLAS adds the product to the bias copied into the output (None: NumPy's
         # product, then the bias added from a buffer of copied rows).
-        self.bias_then_product = gemm if gemm is not None and self.out.size > BLOCK_ELEMENTS \
-            else None
-        self.bias_rows = None if self.bias_then_product else np.empty(out_shape, x.dtype)
+        self.bias_then_product = gemm if self.out.size > BLOCK_ELEMENTS else None
+        self.bias_rows = None  # made on first use (never, where BLAS takes every call)
         self.ones = np.ones(x.shape[0], x.dtype)
         need_x, need_w, need_b = needs
         self.grad_x = np.empty_like(x) if need_x else None
@@ -206,7 +205,7 @@ class LinearKernel:
         return np.add(out, bias_rows, out=out)
 
     def _bias_rows(self):
-        if self.bias_rows is None:  # a layout BLAS did not take (x's rows strided)
+        if self.bias_rows is None:
             self.bias_rows = np.empty_like(self.out)
         return self.bias_rows
 

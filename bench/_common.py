@@ -462,6 +462,41 @@ def matmul_floor(params, x) -> Callable[[], None]:
     return run
 
 
+def planned_kernels_alone(graph: MLPGraph, params, x, y,
+                          lr: float = LEARNING_RATE) -> Callable[[], object]:
+    """The planned NumPy step's own kernels, called one after the other in straight-line
+    Python: what ``miniflow:numpy+plan`` would cost if its interpreter (feed checks,
+    the plan's loops, contexts, the gradients' checks) cost nothing. Not a way to
+    train anything but this MLP: a measure of the interpreter's share of a step."""
+    compiled = CompiledMLP("numpy", graph, params, lr)
+    compiled.step(x, y)  # compiles: the kernels for these shapes exist from here on
+    (entry, _), = compiled.compiled._compiled.values()
+    kernels = [k for k in entry["kernels"] if k is not None]
+    names = [type(k).__name__ for k in kernels]
+    if len(kernels) != 4 or names[0] != "LinearKernel" or names[2] != "LinearKernel" \
+            or names[3] != "CrossEntropyKernel":
+        raise RuntimeError(f"the planned MLP step's kernels are {names}, not the four "
+                           "this measure calls")
+    first, activation, second, loss_kernel = kernels
+    w1, b1, w2, b2 = compiled.params
+    for linear in (first, second):
+        linear.applying = (1, 2)  # as sgd has them: each updates its weight and bias
+    first_inputs = types.SimpleNamespace(inputs=(x, w1, b1))
+    second_inputs = types.SimpleNamespace(inputs=None)
+    seed = np.float32(lr)
+
+    def step():
+        hidden = activation.forward(None, first.forward(None, x, w1, b1))
+        second_inputs.inputs = (hidden, w2, b2)
+        loss = loss_kernel.forward(None, second.forward(None, hidden, w2, b2), y)
+        grad_logits, _ = loss_kernel.backward(None, seed)
+        grad_hidden, _, _ = second.backward(second_inputs, grad_logits)
+        grad_z, = activation.backward(None, grad_hidden)
+        first.backward(first_inputs, grad_z)
+        return loss
+    return step
+
+
 class MiniflowMLP:
     """The training step through miniflow: value_and_grad, then SGD in place."""
 

@@ -12,6 +12,9 @@ process, timed in interleaved rounds:
   floor:matmul       only the step's two (batch x 784)-sized matrix products,
                      x @ w1 and x.T @ dz1, into preallocated arrays: no NumPy
                      step can be faster, whatever it fuses
+  floor:kernels      numpy+plan's own kernels called in straight-line Python, with
+                     no interpreter: the step numpy+plan would be if its
+                     interpreter cost nothing (the gap between the two is its share)
   hand:cupy          the hand-written step on CuPy (GPU only)
   torch:cpu/cuda     PyTorch eager: nn.Sequential + CrossEntropyLoss + optim.SGD
   torch:compile      that step (CPU) through torch.compile(mode="default"), whole: its
@@ -65,6 +68,9 @@ def make_contenders(hidden: int, batch: int, activation: str,
     found = [c.Contender(REFERENCE, partial(hand.step, x, y))]
     if wanted("floor:matmul"):
         found.append(c.Contender("floor:matmul", c.matmul_floor(params, x)))
+    if wanted("floor:kernels") and c.compiled_backends(lambda name: name == "miniflow:numpy+plan"):
+        found.append(c.Contender("floor:kernels",
+                                 c.planned_kernels_alone(graph, params, x, y)))
     for name in c.miniflow_backends(wanted):
         model = c.MiniflowMLP(name, graph, params)
         bx, by = model.backend.asarray(x), model.backend.asarray(y)

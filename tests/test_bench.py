@@ -54,6 +54,19 @@ def test_step_quick_records_machine_and_ratios(step_json):
     assert alloc["miniflow:numpy+plan"] < alloc["hand:numpy"] / 4
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
+def test_kernels_alone_take_the_planned_step(activation):
+    # floor:kernels measures the planned step without its interpreter: it must be
+    # that step, update included (each loss after the first depends on it).
+    graph, params = common.build_mlp(16, activation), common.init_params(16)
+    x, y = common.synthetic_data(8)
+    alone = common.planned_kernels_alone(graph, params, x, y)
+    planned = common.CompiledMLP("numpy", graph, params)
+    planned.step(x, y)  # as planned_kernels_alone's first, compiling step
+    for _ in range(3):
+        assert float(alone()) == float(planned.step(x, y))
+
+
 def test_overhead_quick(tmp_path):
     out = tmp_path / "overhead.json"
     proc = run_script("overhead.py", "--quick", "--json", str(out))

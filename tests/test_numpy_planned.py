@@ -266,3 +266,73 @@ def test_jax_step_never_copies_good_labels_to_the_host_and_refuses_bad_ones():
     bad[2] = 5
     with pytest.raises(NodeError, match=r"labels.* must lie in \[0, 5\)"):
         step({**feed, labels: jnp.asarray(bad)})
+
+
+def _entry(step):
+    ((entry, _),) = step._compiled.values()
+    return entry
+
+
+def _shared_weight_graph():
+    """The second layer reads the first's (square) weight again: a fan-out gradient."""
+    x, labels, w, b1, b2 = Input("x"), Input("labels"), Input("w"), Input("b1"), Input("b2")
+    loss = CrossEntropyWithSoftmax(Linear(Sigmoid(Linear(x, w, b1)), w, b2), labels)
+    rng = np.random.default_rng(5)
+    feed = {x: rng.standard_normal((9, 6)), w: rng.standard_normal((6, 6)) / 3,
+            b1: rng.standard_normal(6), b2: rng.standard_normal(6),
+            labels: rng.integers(0, 6, 9)}
+    return loss, [w, b1, b2], feed, labels
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("graph", ["relu", "sigmoid", "tanh", "shared weight"])
+def test_replayed_calls_give_the_interpreters_bits(graph, dtype):
+    """After its first call a fully planned step replays the interpreter's passes: the
+    same numbers, bit for bit, as the interpreter running the same kernels."""
+    if graph == "shared weight":
+        loss, params, feed, _ = _shared_weight_graph()
+    else:
+        images, labels, params, loss = mlp(graph)
+        feed = feed_for(images, labels, params, batch=13, features=8, hidden=12)
+    feed = {n: v.astype(dtype) if v.dtype.kind == "f" else v for n, v in feed.items()}
+    replayed, interpreted = (miniflow.compile(loss, params, backend="numpy") for _ in range(2))
+    feeds = [feed, {n: v.copy() for n, v in feed.items()}]
+    for k, lr in enumerate([0.1, 0.1, 0.05, None, 0.2]):
+        results = []
+        for step, fed in zip((replayed, interpreted), feeds):
+            if k == 1:
+                _entry(interpreted)["replay"] = None  # from here on, the interpreter only
+            results.append(step(fed) if lr is None else step.sgd(fed, lr))
+        (value, got), (want_value, want) = results
+        assert value.tobytes() == np.asarray(want_value).tobytes()
+        for g, w in zip(got, want):
+            assert g.tobytes() == w.tobytes()
+    assert _entry(replayed)["replay"].checked  # the replay ran
+
+
+def test_a_replayed_call_with_bad_labels_fails_as_the_interpreter_does():
+    loss, params, feed, labels = _shared_weight_graph()
+    step = miniflow.compile(loss, params, backend="numpy")
+    for _ in range(2):
+        step.sgd(feed, 0.1)
+    assert _entry(step)["replay"].checked
+    before = [feed[p].copy() for p in params]
+    feed[labels] = feed[labels].copy()
+    feed[labels][4] = 6
+    with pytest.raises(miniflow.NodeError) as replayed:
+        step.sgd(feed, 0.1)
+    with pytest.raises(miniflow.NodeError) as eager:
+        value_and_grad(loss, feed, params)
+    assert str(replayed.value) == str(eager.value)
+    assert "CrossEntropyWithSoftmax" in str(replayed.value)
+    for p, b in zip(params, before):  # forward failed: nothing was updated
+        np.testing.assert_array_equal(feed[p], b)
+
+
+def test_a_node_without_a_kernel_keeps_the_interpreter():
+    images, labels, params, loss = mlp("relu")
+    loss = miniflow.Mean(miniflow.Exp(loss))  # no planned kernel for either
+    step = miniflow.compile(loss, params, backend="numpy")
+    feed = feed_for(images, labels, params, batch=5, features=4, hidden=3)
+    assert_three_steps_match_by_hand(step, loss, feed, params, 0.1)
+    assert _entry(step)["replay"] is None

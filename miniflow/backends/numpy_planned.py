@@ -196,11 +196,11 @@ class LinearKernel:
     def forward(self, ctx, x, w, b):
         out = self.out
         if self.bias_then_product is not None:
-            np.copyto(out, b)
+            out[...] = b
             if self.bias_then_product.add_product(out, x, w):
                 return out
         bias_rows = self._bias_rows()
-        np.copyto(bias_rows, b)
+        bias_rows[...] = b
         np.matmul(x, w, out=out)
         return np.add(out, bias_rows, out=out)
 
@@ -372,6 +372,10 @@ def _unary(kernel):
     return factory
 
 
+#: The unsigned integers of each width: labels seen as these, a negative one is huge.
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
 class CrossEntropyKernel:
     """Mean of -log softmax(logits)[label] over a (batch, classes) batch: the node's
     two-argument form. d/dlogits = (softmax - one_hot) g / batch.
@@ -402,11 +406,11 @@ class CrossEntropyKernel:
 
     def forward(self, ctx, logits, labels):
         # Seen as unsigned, a negative label is huge: one reduction checks both ends.
-        unsigned = labels.view(np.dtype(f"u{labels.itemsize}"))
+        unsigned = labels.view(_UNSIGNED[labels.itemsize])
         if labels.size and np.maximum.reduce(unsigned, axis=None) >= self.classes:
             return self.node.forward(ctx, logits, labels)  # raises the node's own error
         shifted = self.logits_t
-        np.copyto(shifted, logits.T)
+        shifted[...] = logits.T
         np.maximum.reduce(shifted, axis=0, out=self.row_max)
         np.subtract(shifted, self.row_max, out=shifted)
         # In intp: int8 labels times the batch would overflow in their own dtype.
@@ -425,9 +429,9 @@ class CrossEntropyKernel:
         scale = grad / self.batch
         g = np.multiply(self.probs_t.T, scale, out=self.grad_logits)
         # The label's entry: (p - 1) * scale, as the node's (probs - one_hot) * scale.
-        label_probs = np.take(self.probs_t, self.picked_t, out=self.label_probs)
+        label_probs = self.probs_t.take(self.picked_t, out=self.label_probs)
         np.subtract(label_probs, 1, out=label_probs)
-        np.put(g, self.picked, np.multiply(label_probs, scale, out=label_probs))
+        g.put(self.picked, np.multiply(label_probs, scale, out=label_probs))
         return g, None
 
 

@@ -758,7 +758,7 @@ class PlannedNumpyStep(CompiledStep):
 
     @staticmethod
     def _apply_in_kernels(entry, fed, params):
-        """``([(kernel, inputs it updates)], {wrt positions updated})`` for these feeds:
+        """``([(kernel, inputs it updates)], [wrt positions left to update])`` for these feeds:
         no update in a kernel for a parameter whose memory another fed array shares
         (a rule could read it after the update). Checked again only when the fed
         arrays are not the last call's."""
@@ -772,7 +772,7 @@ class PlannedNumpyStep(CompiledStep):
             if not any(q is not p and np.may_share_memory(p, q) for q in fed):
                 by_kernel[kernel] = by_kernel.get(kernel, ()) + (k,)
                 done.add(w)
-        found = (list(by_kernel.items()), done)
+        found = (list(by_kernel.items()), [w for w in range(len(params)) if w not in done])
         entry["last_fed"] = (list(fed), found)
         return found
 
@@ -782,7 +782,7 @@ class PlannedNumpyStep(CompiledStep):
         # done by the kernel that makes the gradient where it can (in cache, and for
         # a weight inside the matrix product: one pass over it fewer), here for the rest.
         params = self._params(fed)
-        applying, done = self._apply_in_kernels(entry, fed, params)
+        applying, left = self._apply_in_kernels(entry, fed, params)
         for kernel, inputs in applying:
             kernel.applying = inputs
         try:
@@ -790,9 +790,8 @@ class PlannedNumpyStep(CompiledStep):
         finally:
             for kernel, _ in applying:
                 kernel.applying = ()
-        for w, (p, g) in enumerate(zip(params, grads)):
-            if w not in done:
-                np.subtract(p, g, out=p)
+        for w in left:
+            np.subtract(params[w], grads[w], out=params[w])
         return value, params
 
 

@@ -392,6 +392,7 @@ class CrossEntropyKernel:
         batch, classes = logits.shape
         self.batch, self.classes = batch, classes
         dtype = logits.dtype
+        self.batch_size = dtype.type(batch)  # the mean's divisor, in the logits' dtype
         self.rows = np.arange(batch)
         self.row_starts = self.rows * classes
         self.picked_t = np.empty(batch, np.intp)  # label's flat index in (classes, batch)
@@ -423,7 +424,7 @@ class CrossEntropyKernel:
             - np.add.reduce(shifted.take(self.picked_t), axis=None)
         np.divide(exp, self.total, out=exp)
         np.add(self.row_starts, labels, out=self.picked)
-        return loss / logits.dtype.type(self.batch)
+        return loss / self.batch_size
 
     def backward(self, ctx, grad):
         scale = grad / self.batch

@@ -39,7 +39,8 @@ import numpy as np
 
 from .backends import get_backend
 from .errors import CompileError, FeedError, GraphError, NodeError
-from .executor import _failure, backward_pass, forward_pass, seed_gradient, value_and_grad
+from .executor import (backward_pass, forward_pass, rule_failure, seed_gradient,
+                       value_and_grad)
 from .graph import (Constant, Context, Node, Plan, RunSettings, TracingContext,
                     topological_order)
 from .threads import apply_policy as _apply_thread_policy
@@ -844,14 +845,14 @@ class _Replay:
             try:
                 values[i] = kernel.forward(ctx, *args)
             except Exception as exc:
-                raise _failure(node, "forward", args, exc) from exc
+                raise rule_failure(node, "forward", args, exc) from exc
         grads = [None] * self.size
         grads[self.output_index] = seed
         for i, node, kernel, ctx, targets in self.backward:
             try:
                 input_grads = kernel.backward(ctx, grads[i])
             except Exception as exc:
-                raise _failure(node, "backward", ctx.inputs, exc) from exc
+                raise rule_failure(node, "backward", ctx.inputs, exc) from exc
             ctx.inputs = ()  # the caller's arrays, not kept past the call
             for k, j in targets:
                 grads[j] = input_grads[k] if grads[j] is None \

@@ -312,7 +312,7 @@ def _fed(plan: Plan, output: Node) -> list[Node]:
     return [step.node or output for step in plan.feeds]
 
 
-def _failure(node: Node, stage: str, args, exc: Exception) -> NodeError:
+def rule_failure(node: Node, stage: str, args, exc: Exception) -> NodeError:
     """Turn an exception inside a node's rule into an error naming the node and shapes."""
     shapes = [tuple(getattr(a, "shape", ())) for a in args]
     if isinstance(exc, MiniflowError):
@@ -370,7 +370,7 @@ def forward_pass(plan: Plan, output, values, backend, *, settings=None, hooks=No
         except _HookFailed as failed:
             raise failed.error from None
         except Exception as exc:
-            raise _failure(node, "forward", args, exc) from exc
+            raise rule_failure(node, "forward", args, exc) from exc
         if releases is None:
             contexts[i] = ctx
         else:
@@ -515,7 +515,7 @@ def backward_pass(plan: Plan, output, values, contexts, seed, xp, *, hooks=None,
         except _HookFailed as failed:
             raise failed.error from None
         except Exception as exc:
-            raise _failure(node, "backward", ctx.inputs, exc) from exc
+            raise rule_failure(node, "backward", ctx.inputs, exc) from exc
         if type(input_grads) is not tuple or len(input_grads) != len(step.inputs):
             input_grads = _as_gradient_tuple(node, input_grads, len(step.inputs))
         for k, j in step.grad_targets:

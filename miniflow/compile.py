@@ -152,6 +152,7 @@ class CompiledStep:
         self.check_labels, self.options = check_labels, options
         self._compiled: OrderedDict = OrderedDict()  # signature -> (compiled, label limits)
         self._param_feeds = None  # feed positions of the wrt nodes, found on first sgd
+        # (node, whether it takes integers) per feed, in plan order: what every call checks.
         self._feed_nodes = [(step.node or output, step.integer) for step in self.plan.feeds]
         self._constants = self._constant_kernels()
 
@@ -211,13 +212,12 @@ class CompiledStep:
             raise FeedError(f"feed_dict must be a dict {{Input: value}}, "
                             f"not {type(feed_dict).__name__}")
         fed = []
-        for step in self.plan.feeds:
-            node = step.node or self.output
+        for node, integer in self._feed_nodes:
             try:
                 value = feed_dict[node]
             except KeyError:
                 raise GraphError(f"{node.label} is missing from feed_dict") from None
-            fed.append(self.backend.accept(value, integer=step.integer, what=node))
+            fed.append(self.backend.accept(value, integer=integer, what=node))
         if self.output.gradient_is_fed:
             if self.output not in feed_dict:
                 raise GraphError(f"{self.output.label} needs its upstream gradient in feed_dict")

@@ -7,6 +7,8 @@ feeds that must not.
 """
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import miniflow
 from miniflow import (CrossEntropyWithSoftmax, DummyGrad, Input, Linear, ReLU, Sigmoid,
@@ -336,3 +338,51 @@ def test_a_node_without_a_kernel_keeps_the_interpreter():
     feed = feed_for(images, labels, params, batch=5, features=4, hidden=3)
     assert_three_steps_match_by_hand(step, loss, feed, params, 0.1)
     assert _entry(step)["replay"] is None
+
+
+@given(st.data())
+@settings(max_examples=25, deadline=None, derandomize=True)
+def test_random_planned_chains_replay_as_eager_and_as_the_interpreter(data):
+    """Random chains of nodes that all have kernels (so calls after the first replay):
+    Linear layers of random widths (size 1 included), a random activation or none
+    after each, a weight shared by two layers where the shapes allow, float32/64.
+    Each replayed sgd step equals value_and_grad then the update (to rounding) and
+    the interpreter running the same kernels (bit for bit)."""
+    dtype = data.draw(st.sampled_from([np.float64, np.float32]))
+    depth = data.draw(st.integers(1, 4))
+    widths = data.draw(st.lists(st.integers(1, 6), min_size=depth + 1, max_size=depth + 1))
+    batch = data.draw(st.integers(1, 7))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x, labels = Input("x"), Input("labels")
+    feed = {x: rng.standard_normal((batch, widths[0])).astype(dtype),
+            labels: rng.integers(0, widths[-1], batch)}
+    params, weights, value = [], {}, x
+    for layer, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        w = weights.get((n_in, n_out)) if data.draw(st.booleans()) else None
+        if w is None:
+            w = weights[(n_in, n_out)] = Input(f"w{layer}")
+            params.append(w)
+            feed[w] = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(dtype)
+        b = Input(f"b{layer}")
+        params.append(b)
+        feed[b] = rng.standard_normal(n_out).astype(dtype)
+        value = Linear(value, w, b)
+        if layer < depth - 1:
+            activation = data.draw(st.sampled_from([None, ReLU, Sigmoid, miniflow.Tanh]))
+            value = value if activation is None else activation(value)
+    loss = CrossEntropyWithSoftmax(value, labels)
+    replayed, interpreted = (miniflow.compile(loss, params, backend="numpy") for _ in range(2))
+    feeds = [feed, {n: v.copy() for n, v in feed.items()}]
+    rtol = 1e-10 if dtype == np.float64 else 2e-4
+    for k in range(3):
+        want_value, want_params = sgd_by_hand(loss, feeds[0], params, 0.1)
+        if k == 1:
+            _entry(interpreted)["replay"] = None
+        (value, got), (same_value, same) = (step.sgd(f, 0.1) for step, f in
+                                            zip((replayed, interpreted), feeds))
+        np.testing.assert_allclose(value, want_value, rtol=rtol, atol=rtol)
+        assert np.asarray(value).tobytes() == np.asarray(same_value).tobytes()
+        for g, w, s in zip(got, want_params, same):
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol)
+            assert g.tobytes() == s.tobytes()
+    assert _entry(replayed)["replay"].checked
